@@ -1,0 +1,169 @@
+//! The one error type of keyfob.
+//!
+//! Every fallible operation returns [`Error`], which carries an [`ErrorKind`]
+//! saying what went wrong and, where there is one, the underlying cause as its
+//! [`source`](std::error::Error::source). Backend errors are never flattened
+//! into strings.
+//!
+//! On a request path an [`ErrorKind::Store`] error renders as
+//! `503 session store unavailable` with `Retry-After: 1` (with the `axum`
+//! feature, `Error` implements `IntoResponse`), so a store outage never turns
+//! into an empty session or a bare `500`.
+//!
+//! ```
+//! use keyfob::{Error, ErrorKind};
+//!
+//! let err = Error::store(std::io::Error::other("connection refused"));
+//! assert_eq!(err.kind(), ErrorKind::Store);
+//! assert!(std::error::Error::source(&err).is_some());
+//! ```
+
+use std::{error::Error as StdError, fmt};
+
+type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// What kind of failure an [`Error`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The session store failed or could not be reached. Rendered as `503`.
+    Store,
+    /// The store did not answer within the configured timeout. Rendered as `503`.
+    Timeout,
+    /// A configuration value was refused when the layer or store was built.
+    Config,
+    /// A value could not be serialized into the session.
+    Serialize,
+    /// The operating system's random number generator failed.
+    Random,
+    /// A record is too large for where it must be kept (a cookie, a column).
+    TooLarge,
+}
+
+impl ErrorKind {
+    fn describe(self) -> &'static str {
+        match self {
+            ErrorKind::Store => "session store error",
+            ErrorKind::Timeout => "session store timed out",
+            ErrorKind::Config => "invalid configuration",
+            ErrorKind::Serialize => "session value could not be serialized",
+            ErrorKind::Random => "the OS random number generator failed",
+            ErrorKind::TooLarge => "session record too large",
+        }
+    }
+}
+
+/// The error type of every fallible keyfob operation.
+///
+/// ```
+/// use keyfob::{ErrorKind, SessionLayer, MemoryStore};
+///
+/// // A `__Host-` cookie may not carry a `Domain`: refused when the layer is built.
+/// let err = SessionLayer::builder(MemoryStore::new())
+///     .with_name("__Host-id")
+///     .with_domain("example.com")
+///     .build()
+///     .unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::Config);
+/// assert!(err.to_string().contains("Domain"));
+/// ```
+pub struct Error {
+    kind: ErrorKind,
+    message: Option<Box<str>>,
+    source: Option<BoxError>,
+}
+
+impl Error {
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// A store backend failure, keeping the backend's error as the source.
+    ///
+    /// Store implementations outside keyfob use this to report their errors.
+    pub fn store(source: impl Into<BoxError>) -> Self {
+        Error {
+            kind: ErrorKind::Store,
+            message: None,
+            source: Some(source.into()),
+        }
+    }
+
+    /// A store failure described by a message (no underlying error value).
+    pub fn store_msg(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Store, message)
+    }
+
+    /// A refused configuration, with a message that says what to change.
+    pub fn config(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Config, message)
+    }
+
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: Some(message.into().into_boxed_str()),
+            source: None,
+        }
+    }
+
+    pub(crate) fn with_source(kind: ErrorKind, source: impl Into<BoxError>) -> Self {
+        Error {
+            kind,
+            message: None,
+            source: Some(source.into()),
+        }
+    }
+
+    /// True for failures that mean "the store is not available right now";
+    /// these render as `503` and are worth retrying.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self.kind, ErrorKind::Store | ErrorKind::Timeout)
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.kind);
+        if let Some(m) = &self.message {
+            d.field("message", m);
+        }
+        if let Some(s) = &self.source {
+            d.field("source", s);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind.describe())?;
+        if let Some(m) = &self.message {
+            write!(f, ": {m}")?;
+        }
+        if let Some(s) = &self.source {
+            write!(f, ": {s}")?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_ref()
+            .map(|s| &**s as &(dyn StdError + 'static))
+    }
+}
+
+/// `Result` with keyfob's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(feature = "axum")]
+impl axum_core::response::IntoResponse for Error {
+    fn into_response(self) -> axum_core::response::Response {
+        crate::layer::error_response(&self)
+    }
+}

@@ -1,0 +1,179 @@
+//! When sessions end: idle and absolute deadlines, and the clock that drives them.
+//!
+//! Rules:
+//! - **idle timeout**: a session unused for this long is gone. Reads count as
+//!   activity, but the store is touched (only the deadline is written) at
+//!   most once per *touch interval*, so a read-heavy app does not write on
+//!   every request;
+//! - **absolute timeout**: a hard cap set when the session is created and
+//!   never extended, not by activity and not by [`Session::cycle_id`];
+//! - the server checks both on every load, whatever the cookie says;
+//! - a per-session [`Expiry`] (the tower-sessions enum) overrides the idle
+//!   policy of one session; the absolute cap still applies.
+//!
+//! Caveat: a record's `last_seen` is precise to the touch interval only.
+//!
+//! Time comes from a [`Clock`]; tests inject a [`ManualClock`] and move time
+//! without sleeping.
+//!
+//! ```
+//! use keyfob::{ManualClock, Clock};
+//! use time::Duration;
+//!
+//! let clock = ManualClock::new();
+//! let t0 = clock.now();
+//! clock.advance(Duration::hours(3));
+//! assert_eq!(clock.now() - t0, Duration::hours(3));
+//! ```
+//!
+//! [`Session::cycle_id`]: crate::Session::cycle_id
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::{Deserialize, Serialize};
+use time::{Duration, OffsetDateTime};
+
+/// The expiry of one session, as in tower-sessions.
+///
+/// ```
+/// use keyfob::Expiry;
+/// use time::Duration;
+///
+/// let e = Expiry::OnInactivity(Duration::minutes(30));
+/// assert_ne!(e, Expiry::OnSessionEnd);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Expiry {
+    /// A browser-session cookie (no `Max-Age`): the browser drops it when it
+    /// closes. The server still ends the session after the layer's idle timeout.
+    OnSessionEnd,
+    /// The session ends after this much inactivity (replaces the layer's idle timeout).
+    OnInactivity(Duration),
+    /// The session ends at this instant, whatever the activity.
+    AtDateTime(#[serde(with = "time::serde::timestamp")] OffsetDateTime),
+}
+
+/// A source of the current time.
+///
+/// ```
+/// use keyfob::{Clock, SystemClock};
+///
+/// let now = SystemClock.now();
+/// assert!(now.year() >= 2024);
+/// ```
+pub trait Clock: Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> OffsetDateTime;
+}
+
+/// The real wall clock.
+///
+/// ```
+/// let _clock = keyfob::SystemClock;
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}
+
+/// A clock that moves only when told to; for tests. Clones share one time.
+///
+/// ```
+/// use keyfob::{Clock, ManualClock};
+/// use time::Duration;
+///
+/// let clock = ManualClock::new();
+/// let other = clock.clone();
+/// clock.advance(Duration::seconds(5));
+/// assert_eq!(clock.now(), other.now());
+/// ```
+#[derive(Debug, Clone)]
+pub struct ManualClock(Arc<Mutex<OffsetDateTime>>);
+
+impl ManualClock {
+    /// A manual clock set to the current wall-clock time (truncated to whole seconds).
+    pub fn new() -> Self {
+        let now = OffsetDateTime::now_utc();
+        let now = now.replace_nanosecond(0).unwrap_or(now);
+        ManualClock(Arc::new(Mutex::new(now)))
+    }
+
+    /// Moves the clock forward (or back, with a negative duration).
+    pub fn advance(&self, by: Duration) {
+        let mut t = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        *t += by;
+    }
+
+    /// Sets the clock to an instant.
+    pub fn set(&self, to: OffsetDateTime) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = to;
+    }
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> OffsetDateTime {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The layer-wide expiry policy (set through the layer builder).
+#[derive(Debug, Clone)]
+pub(crate) struct Policy {
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) absolute_timeout: Option<Duration>,
+    pub(crate) browser_session_cookie: bool,
+    pub(crate) touch_interval: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            idle_timeout: Some(Duration::hours(2)),
+            absolute_timeout: Some(Duration::hours(12)),
+            browser_session_cookie: false,
+            touch_interval: Duration::minutes(1),
+        }
+    }
+}
+
+impl Policy {
+    /// The idle deadline for a session active at `now`.
+    pub(crate) fn idle_deadline(
+        &self,
+        expiry: Option<Expiry>,
+        now: OffsetDateTime,
+    ) -> Option<OffsetDateTime> {
+        match expiry {
+            Some(Expiry::OnInactivity(d)) => Some(now + d),
+            Some(Expiry::AtDateTime(at)) => Some(at),
+            Some(Expiry::OnSessionEnd) | None => self.idle_timeout.map(|d| now + d),
+        }
+    }
+
+    /// Whether the idle deadline slides with activity (so reads must touch).
+    pub(crate) fn slides(&self, expiry: Option<Expiry>) -> bool {
+        match expiry {
+            Some(Expiry::AtDateTime(_)) => false,
+            Some(Expiry::OnInactivity(_)) => true,
+            Some(Expiry::OnSessionEnd) | None => self.idle_timeout.is_some(),
+        }
+    }
+
+    pub(crate) fn browser_session(&self, expiry: Option<Expiry>) -> bool {
+        match expiry {
+            Some(Expiry::OnSessionEnd) => true,
+            Some(_) => false,
+            None => self.browser_session_cookie,
+        }
+    }
+}

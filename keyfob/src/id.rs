@@ -1,0 +1,213 @@
+//! Session IDs and their public handles.
+//!
+//! Rules:
+//! - an ID is 256 bits from the operating system's CSPRNG, written in the
+//!   cookie as 43 characters of unpadded base64url;
+//! - a cookie value is accepted only in that exact canonical form: anything
+//!   else (other length, padding, other alphabet, non-canonical trailing bits)
+//!   is "no session";
+//! - stores never see the ID. They key records by its SHA-256, the
+//!   [`Handle`], so a leaked store or log holds nothing that works as a cookie.
+//!   The handle is also what the app shows a user to name a session (the
+//!   session list, revoke buttons): 64 hex digits, which never parse as a
+//!   cookie value.
+//!
+//! A raw ID cannot be constructed, printed or read through the public API.
+//!
+//! ```
+//! use keyfob::Handle;
+//!
+//! let handle: Handle = "00".repeat(32).parse().unwrap();
+//! assert_eq!(handle.to_string(), "00".repeat(32));
+//! // Anything else is refused.
+//! assert!("not-a-handle".parse::<Handle>().is_err());
+//! ```
+
+use std::{fmt, str::FromStr};
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, ErrorKind};
+
+const ID_LEN: usize = 32;
+const ENCODED_LEN: usize = 43;
+
+/// A session ID: the secret that the cookie carries. Crate-private by design.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct SessionId([u8; ID_LEN]);
+
+impl SessionId {
+    pub(crate) fn generate() -> Result<Self, Error> {
+        let mut bytes = [0u8; ID_LEN];
+        getrandom::fill(&mut bytes).map_err(|e| Error::new(ErrorKind::Random, e.to_string()))?;
+        Ok(SessionId(bytes))
+    }
+
+    /// Parses a cookie value; `None` unless it is exactly a canonical ID.
+    pub(crate) fn parse(value: &[u8]) -> Option<Self> {
+        if value.len() != ENCODED_LEN {
+            return None;
+        }
+        let mut bytes = [0u8; ID_LEN];
+        // `decode_slice` rejects non-canonical trailing bits with the default
+        // engine config, so one ID has exactly one accepted spelling.
+        match URL_SAFE_NO_PAD.decode_slice(value, &mut bytes) {
+            Ok(ID_LEN) => Some(SessionId(bytes)),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    pub(crate) fn handle(&self) -> Handle {
+        Handle(Sha256::digest(self.0).into())
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the secret; the handle identifies it well enough.
+        write!(f, "SessionId(handle={})", self.handle().short())
+    }
+}
+
+/// The public name of a session: the SHA-256 of its ID.
+///
+/// Stores key records by it; apps show it to users to name a session (the
+/// "your sessions" list). It cannot be turned back into an ID, so it is never
+/// usable as a cookie. Displayed and parsed as 64 lowercase hex digits.
+///
+/// ```
+/// use keyfob::Handle;
+///
+/// let h = Handle::from_bytes([7; 32]);
+/// let text = h.to_string();
+/// assert_eq!(text.len(), 64);
+/// assert_eq!(text.parse::<Handle>().unwrap(), h);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Handle([u8; 32]);
+
+impl Handle {
+    /// A handle from its 32 bytes, as a store that keeps binary keys reads it back.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Handle(bytes)
+    }
+
+    /// The 32 bytes of the handle, for stores that keep binary keys.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The first 8 hex digits: enough to correlate log lines, too short to
+    /// enumerate anything.
+    pub fn short(&self) -> String {
+        let mut s = self.to_string();
+        s.truncate(8);
+        s
+    }
+}
+
+impl fmt::Display for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Handle({self})")
+    }
+}
+
+/// The error of parsing a [`Handle`] from text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseHandleError;
+
+impl fmt::Display for ParseHandleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a session handle is 64 lowercase hex digits")
+    }
+}
+
+impl std::error::Error for ParseHandleError {}
+
+impl FromStr for Handle {
+    type Err = ParseHandleError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.as_bytes();
+        if s.len() != 64 {
+            return Err(ParseHandleError);
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in s.chunks_exact(2).enumerate() {
+            out[i] = (hex_digit(pair[0])? << 4) | hex_digit(pair[1])?;
+        }
+        Ok(Handle(out))
+    }
+}
+
+fn hex_digit(c: u8) -> Result<u8, ParseHandleError> {
+    match c {
+        b'0'..=b'9' => Ok(c - b'0'),
+        b'a'..=b'f' => Ok(c - b'a' + 10),
+        _ => Err(ParseHandleError),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_round_trip_through_the_cookie_form() {
+        let id = SessionId::generate().unwrap();
+        let text = id.encode();
+        assert_eq!(text.len(), ENCODED_LEN);
+        assert_eq!(SessionId::parse(text.as_bytes()), Some(id));
+    }
+
+    #[test]
+    fn non_canonical_cookie_values_are_refused() {
+        let id = SessionId::generate().unwrap().encode();
+        let cases: Vec<String> = vec![
+            String::new(),
+            id[..42].to_string(),
+            format!("{id}A"),
+            format!("{id}="),
+            id.replace(|c: char| c.is_ascii_alphanumeric(), "+"),
+            // The last character carries 4 unused bits; a non-zero one is another spelling.
+            format!("{}B", &"A".repeat(42)),
+            "A".repeat(43).to_lowercase().replace('a', "/"),
+        ];
+        for case in cases {
+            assert_eq!(SessionId::parse(case.as_bytes()), None, "{case:?}");
+        }
+    }
+
+    #[test]
+    fn handle_never_parses_as_an_id() {
+        let id = SessionId::generate().unwrap();
+        assert_eq!(SessionId::parse(id.handle().to_string().as_bytes()), None);
+    }
+
+    #[test]
+    fn debug_does_not_print_the_secret() {
+        let id = SessionId::generate().unwrap();
+        assert!(!format!("{id:?}").contains(&id.encode()));
+    }
+
+    #[test]
+    fn handle_parse_refuses_uppercase_and_wrong_length() {
+        assert!("AA".repeat(32).parse::<Handle>().is_err());
+        assert!("0".repeat(63).parse::<Handle>().is_err());
+        assert!("g".repeat(64).parse::<Handle>().is_err());
+    }
+}

@@ -1,0 +1,453 @@
+//! The tower layer: the only place that reads and writes the session cookie.
+//!
+//! Rules, per request:
+//! 1. read the session cookie (strictly: see [`crate::config`]) and put a
+//!    [`Session`] in the request extensions, *not* loaded;
+//! 2. call the inner service; the handler's first session access loads the record;
+//! 3. afterwards, if the record changed, send the change-set to the store; if
+//!    only the idle deadline is due for a refresh, touch it; else write nothing.
+//!    A `5xx` response saves nothing unless
+//!    [`with_save_on_server_error`](SessionLayerBuilder::with_save_on_server_error) says so;
+//! 4. `Set-Cookie` only when the ID or the cookie's expiry changed, with
+//!    `Cache-Control: no-store` unless the handler set its own; `Vary: Cookie`
+//!    on every response that used the session.
+//!
+//! A store failure while saving replaces the response with
+//! `503 session store unavailable` and `Retry-After: 1`.
+//!
+//! ```
+//! use axum::{routing::get, Router};
+//! use keyfob::{MemoryStore, SessionLayer};
+//! use time::Duration;
+//!
+//! let layer = SessionLayer::builder(MemoryStore::new())
+//!     .with_idle_timeout(Duration::minutes(30))
+//!     .with_absolute_timeout(Some(Duration::hours(8)))
+//!     .build()
+//!     .expect("valid session configuration");
+//! let app: Router = Router::new().route("/", get(|| async { "hi" })).layer(layer);
+//! ```
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{ready, Context, Poll},
+};
+
+use http::{
+    header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, SET_COOKIE, VARY},
+    HeaderValue, Request, Response, StatusCode,
+};
+use pin_project_lite::pin_project;
+use time::Duration;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::{
+    config::{CookieConfig, Presented, SameSite},
+    error::{Error, ErrorKind, Result},
+    expiry::{Clock, Policy, SystemClock},
+    session::{CookieOut, Session, Shared},
+    store::{BoxFuture, SessionStore},
+};
+
+/// Adds a [`Session`] to every request. Cheap to clone.
+///
+/// ```
+/// use keyfob::{MemoryStore, SessionLayer};
+/// let layer = SessionLayer::new(MemoryStore::new());
+/// # let _ = layer;
+/// ```
+#[derive(Clone)]
+pub struct SessionLayer {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for SessionLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionLayer")
+            .field("cookie", &self.shared.cookie.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionLayer {
+    /// A layer with the default settings: cookie `id`, `Secure`, `HttpOnly`,
+    /// `SameSite=Lax`, `Path=/`; idle timeout 2 hours, absolute timeout 12 hours,
+    /// touch interval 1 minute.
+    pub fn new(store: impl SessionStore) -> Self {
+        SessionLayer {
+            shared: Arc::new(SessionLayerBuilder::new(Arc::new(store)).into_shared()),
+        }
+    }
+
+    /// A builder to change the defaults; [`SessionLayerBuilder::build`] checks them.
+    pub fn builder(store: impl SessionStore) -> SessionLayerBuilder {
+        SessionLayerBuilder::new(Arc::new(store))
+    }
+
+    /// The store this layer uses, for the app's own session management
+    /// (listing and revoking sessions, health checks).
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.shared.store
+    }
+}
+
+/// Configures a [`SessionLayer`]; every setting is checked by [`build`](Self::build).
+///
+/// ```
+/// use keyfob::{MemoryStore, SameSite, SessionLayer};
+///
+/// let layer = SessionLayer::builder(MemoryStore::new())
+///     .with_name("__Host-session")
+///     .with_same_site(SameSite::Strict)
+///     .build()
+///     .unwrap();
+/// # let _ = layer;
+/// ```
+#[must_use]
+pub struct SessionLayerBuilder {
+    store: Arc<dyn SessionStore>,
+    cookie: CookieConfig,
+    policy: Policy,
+    clock: Arc<dyn Clock>,
+    save_on_server_error: bool,
+}
+
+impl fmt::Debug for SessionLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionLayerBuilder")
+            .field("cookie", &self.cookie)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionLayerBuilder {
+    fn new(store: Arc<dyn SessionStore>) -> Self {
+        SessionLayerBuilder {
+            store,
+            cookie: CookieConfig::default(),
+            policy: Policy::default(),
+            clock: Arc::new(SystemClock),
+            save_on_server_error: false,
+        }
+    }
+
+    /// The cookie name. Default `id`.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.cookie.name = name.into().into_boxed_str();
+        self
+    }
+
+    /// The `Secure` attribute. Default `true`.
+    pub fn with_secure(mut self, secure: bool) -> Self {
+        self.cookie.secure = secure;
+        self
+    }
+
+    /// The `HttpOnly` attribute. Default `true`.
+    pub fn with_http_only(mut self, http_only: bool) -> Self {
+        self.cookie.http_only = http_only;
+        self
+    }
+
+    /// The `SameSite` attribute. Default [`SameSite::Lax`].
+    pub fn with_same_site(mut self, same_site: SameSite) -> Self {
+        self.cookie.same_site = same_site;
+        self
+    }
+
+    /// The `Domain` attribute. Default none (host-only cookie).
+    pub fn with_domain(mut self, domain: impl Into<String>) -> Self {
+        self.cookie.domain = Some(domain.into().into_boxed_str());
+        self
+    }
+
+    /// The `Path` attribute. Default `/`.
+    pub fn with_path(mut self, path: impl Into<String>) -> Self {
+        self.cookie.path = path.into().into_boxed_str();
+        self
+    }
+
+    /// The `Partitioned` attribute (CHIPS). Default `false`.
+    pub fn with_partitioned(mut self, partitioned: bool) -> Self {
+        self.cookie.partitioned = partitioned;
+        self
+    }
+
+    /// End sessions unused for this long. Default 2 hours.
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.policy.idle_timeout = Some(idle);
+        self
+    }
+
+    /// No idle timeout: sessions end only at the absolute deadline.
+    pub fn without_idle_timeout(mut self) -> Self {
+        self.policy.idle_timeout = None;
+        self
+    }
+
+    /// End every session this long after it was created, whatever its
+    /// activity; `None` for no cap. Default 12 hours.
+    pub fn with_absolute_timeout(mut self, absolute: Option<Duration>) -> Self {
+        self.policy.absolute_timeout = absolute;
+        self
+    }
+
+    /// Send the cookie without `Max-Age`, so the browser drops it when it
+    /// closes; the server-side deadlines still apply. Default `false`.
+    pub fn with_browser_session_cookie(mut self, on: bool) -> Self {
+        self.policy.browser_session_cookie = on;
+        self
+    }
+
+    /// Refresh the idle deadline of a read-only session at most this often.
+    /// Default 1 minute.
+    pub fn with_touch_interval(mut self, every: Duration) -> Self {
+        self.policy.touch_interval = every;
+        self
+    }
+
+    /// Also save when the response is a `5xx`. Default `false`: a failed
+    /// request leaves the session as it was.
+    pub fn with_save_on_server_error(mut self, on: bool) -> Self {
+        self.save_on_server_error = on;
+        self
+    }
+
+    /// The clock that decides expiry; tests pass a [`ManualClock`](crate::ManualClock).
+    /// Default the system clock.
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    fn into_shared(self) -> Shared {
+        Shared {
+            store: self.store,
+            cookie: self.cookie,
+            policy: self.policy,
+            clock: self.clock,
+            save_on_server_error: self.save_on_server_error,
+        }
+    }
+
+    /// Checks the settings and builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) with a message that says
+    /// what to change: an invalid cookie name, a cookie-prefix rule broken,
+    /// `SameSite=None` without `Secure`, no timeout at all, a non-positive timeout.
+    pub fn build(self) -> Result<SessionLayer> {
+        self.cookie.validate()?;
+        let p = &self.policy;
+        if p.idle_timeout.is_none() && p.absolute_timeout.is_none() {
+            return Err(Error::config(
+                "sessions need an idle or an absolute timeout, or they would never end: set one",
+            ));
+        }
+        for (what, d) in [("idle", p.idle_timeout), ("absolute", p.absolute_timeout)] {
+            if d.is_some_and(|d| d < Duration::seconds(1)) {
+                return Err(Error::config(format!(
+                    "the {what} timeout must be at least one second"
+                )));
+            }
+        }
+        if p.touch_interval.is_negative() {
+            return Err(Error::config("the touch interval may not be negative"));
+        }
+        Ok(SessionLayer {
+            shared: Arc::new(self.into_shared()),
+        })
+    }
+}
+
+impl<S> Layer<S> for SessionLayer {
+    type Service = SessionService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service made by [`SessionLayer`].
+#[derive(Clone)]
+pub struct SessionService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for SessionService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: From<&'static str>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let presented = match self.shared.cookie.read(req.headers()) {
+            Presented::None => None,
+            Presented::Id(id) => Some(id),
+            Presented::Invalid(reason) => {
+                tracing::info!(event = "session.malformed", reason, "keyfob: session cookie refused");
+                None
+            }
+        };
+        let session = Session::new(self.shared.clone(), presented);
+        req.extensions_mut().insert(session.clone());
+        ResponseFuture {
+            state: State::Inner {
+                fut: self.inner.call(req),
+                session: Some(session),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`SessionService`].
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        state: State<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B> {
+        Inner { #[pin] fut: F, session: Option<Session> },
+        Finishing {
+            fut: BoxFuture<'static, Result<CookieOut>>,
+            response: Option<Response<B>>,
+            session: Session,
+        },
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: From<&'static str>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Inner { fut, session } => {
+                    let response = ready!(fut.poll(cx))?;
+                    let Some(session) = session.take() else {
+                        return Poll::Ready(Ok(response));
+                    };
+                    if !session.was_accessed() {
+                        return Poll::Ready(Ok(response));
+                    }
+                    let server_error = response.status().is_server_error();
+                    let s = session.clone();
+                    let fut: BoxFuture<'static, Result<CookieOut>> =
+                        Box::pin(async move { s.finish(server_error).await });
+                    this.state.set(State::Finishing {
+                        fut,
+                        response: Some(response),
+                        session,
+                    });
+                }
+                StateProj::Finishing {
+                    fut,
+                    response,
+                    session,
+                } => {
+                    let out = ready!(fut.as_mut().poll(cx));
+                    let Some(response) = response.take() else {
+                        // Polled after completion: answer with an error rather than panic.
+                        return Poll::Ready(Ok(error_response(&Error::store_msg(
+                            "response future polled after completion",
+                        ))));
+                    };
+                    return Poll::Ready(Ok(match out {
+                        Ok(out) => apply_cookie(response, out, &session.shared().cookie),
+                        Err(err) => {
+                            tracing::error!(error = %err, "keyfob: saving the session failed");
+                            error_response(&err)
+                        }
+                    }));
+                }
+            }
+        }
+    }
+}
+
+fn apply_cookie<B>(mut response: Response<B>, out: CookieOut, cookie: &CookieConfig) -> Response<B> {
+    let headers = response.headers_mut();
+    let value = match out {
+        CookieOut::Keep => None,
+        CookieOut::Set { id, max_age } => Some(cookie.set_cookie(&id.encode(), max_age)),
+        CookieOut::Remove => Some(cookie.removal()),
+    };
+    add_vary_cookie(headers);
+    if let Some(value) = value {
+        headers.append(SET_COOKIE, value);
+        if !headers.contains_key(CACHE_CONTROL) {
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+    }
+    response
+}
+
+fn add_vary_cookie(headers: &mut http::HeaderMap) {
+    let already = headers.get_all(VARY).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("cookie") || p.trim() == "*")
+        })
+    });
+    if !already {
+        headers.append(VARY, HeaderValue::from_static("Cookie"));
+    }
+}
+
+/// The response for an error on a request path: `503` for store trouble.
+pub(crate) fn error_response<B: From<&'static str>>(err: &Error) -> Response<B> {
+    let (status, body) = match err.kind() {
+        ErrorKind::Store | ErrorKind::Timeout => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "session store unavailable",
+        ),
+        ErrorKind::TooLarge => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "session too large to store",
+        ),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "session error"),
+    };
+    let mut response = Response::new(B::from(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}

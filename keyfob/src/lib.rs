@@ -1,0 +1,73 @@
+//! Sessions, signed cookies and CSRF protection for axum and tower, with
+//! every store in one crate.
+//!
+//! One layer, one extractor:
+//!
+//! ```
+//! use axum::{routing::get, Router};
+//! use keyfob::{Key, MemoryStore, Session, SessionLayer};
+//!
+//! const VISITS: Key<u64> = Key::new("visits");
+//!
+//! async fn visit(session: Session) -> Result<String, keyfob::Error> {
+//!     let n = session.get(VISITS).await?.unwrap_or(0) + 1;
+//!     session.insert(VISITS, n).await?;
+//!     Ok(format!("visit {n}"))
+//! }
+//!
+//! let app: Router = Router::new()
+//!     .route("/", get(visit))
+//!     .layer(SessionLayer::new(MemoryStore::new()));
+//! ```
+//!
+//! What it guarantees:
+//! - the record is loaded lazily, at most once per request, and a request
+//!   that only reads writes nothing and sends no `Set-Cookie`;
+//! - saves send a change-set that the store merges into its current record,
+//!   so concurrent requests writing different keys all persist, and a
+//!   logged-out session is never written back;
+//! - session IDs are 256 random bits; stores keep only their SHA-256;
+//! - idle and absolute expiry are enforced by the server on every load;
+//! - a store outage is a `503 session store unavailable`, never a panic or a
+//!   silently empty session.
+//!
+//! # Cargo features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `axum` | yes | the `Session` and `AuthUser` extractors, `IntoResponse` for errors |
+//! | `memory` | yes | [`MemoryStore`], sharded, in process |
+//!
+//! Module map (one home per concept): [`session`] the handle and change
+//! tracking, [`record`] what stores keep, [`id`] IDs and handles, [`expiry`]
+//! deadlines and clocks, [`config`] cookie rules, [`layer`] the middleware,
+//! [`store`] the store trait and stores, [`auth`] login and the login guard.
+
+#![deny(missing_docs, unreachable_pub)]
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod expiry;
+#[cfg(feature = "axum")]
+pub mod extract;
+pub mod id;
+pub mod layer;
+pub mod record;
+pub mod session;
+pub mod store;
+
+pub use config::SameSite;
+pub use error::{Error, ErrorKind, Result};
+pub use expiry::{Clock, Expiry, ManualClock, SystemClock};
+pub use id::Handle;
+pub use layer::{SessionLayer, SessionLayerBuilder};
+pub use record::{Record, Update};
+pub use session::{AsKey, Key, Session};
+#[cfg(feature = "memory")]
+pub use store::memory::MemoryStore;
+pub use store::SessionStore;
+
+// Re-exported so users name the same `time` version keyfob uses.
+pub use time;

@@ -1,0 +1,613 @@
+//! The [`Session`] handle and its change tracking.
+//!
+//! Rules:
+//! - method names follow tower-sessions (`get`, `insert`, `remove`, `clear`,
+//!   `delete`, `cycle_id`, `flush`, `id`, `expiry`, `set_expiry`, `save`,
+//!   `load`), so migrating is mostly a change of `use` lines;
+//! - the record is loaded lazily, at most once per request, on first use;
+//! - the handle records what the request changes (set key, remove key,
+//!   clear) and the layer sends only that change-set to the store, which
+//!   applies it to the record it holds now;
+//! - [`Key<T>`] constants carry the value type, so `session.get(USER)` cannot
+//!   be read as the wrong type;
+//! - a stored value that no longer deserializes into the requested type
+//!   reads as absent, with a warning, instead of failing the request.
+//!
+//! Caveats: [`Session::delete`] deletes in the store at once (so a logout is
+//! effective even if the response never completes); [`Session::id`] returns
+//! the public [`Handle`], never the secret ID.
+//!
+//! ```
+//! use axum::{routing::get, Router};
+//! use keyfob::{Key, MemoryStore, Session, SessionLayer};
+//!
+//! const COUNTER: Key<usize> = Key::new("counter");
+//!
+//! async fn count(session: Session) -> Result<String, keyfob::Error> {
+//!     let n = session.get(COUNTER).await?.unwrap_or(0) + 1;
+//!     session.insert(COUNTER, n).await?;
+//!     // session.insert(COUNTER, "three").await?; // does not compile: COUNTER holds a usize
+//!     Ok(format!("{n}"))
+//! }
+//!
+//! let app: Router = Router::new()
+//!     .route("/count", get(count))
+//!     .layer(SessionLayer::new(MemoryStore::new()));
+//! ```
+
+use std::{
+    fmt,
+    marker::PhantomData,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::{
+    config::CookieConfig,
+    error::{Error, ErrorKind, Result},
+    expiry::{Clock, Expiry, Policy},
+    id::{Handle, SessionId},
+    record::{secs, ChangeSet, Data, Record, Update},
+    store::{Created, SessionStore, Updated},
+};
+
+/// A typed session key: a name and the type of the value stored under it.
+///
+/// ```
+/// use keyfob::Key;
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct User { id: u64 }
+///
+/// const USER: Key<User> = Key::new("user");
+/// assert_eq!(USER.name(), "user");
+/// ```
+pub struct Key<T> {
+    name: &'static str,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> Key<T> {
+    /// A key named `name` holding values of type `T`.
+    pub const fn new(name: &'static str) -> Self {
+        Key {
+            name,
+            _type: PhantomData,
+        }
+    }
+
+    /// The key's name in the session.
+    pub const fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+impl<T> Clone for Key<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Key<T> {}
+
+impl<T> fmt::Debug for Key<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({:?})", self.name)
+    }
+}
+
+/// Something that names a session key holding a `T`: a string (any `T`, as
+/// in tower-sessions) or a [`Key<T>`] (exactly `T`).
+///
+/// ```
+/// use keyfob::{AsKey, Key};
+///
+/// fn name_of<T>(k: impl AsKey<T>) -> String { k.key_name().to_string() }
+/// assert_eq!(name_of::<u8>("a"), "a");
+/// assert_eq!(name_of(Key::<u8>::new("b")), "b");
+/// ```
+pub trait AsKey<T> {
+    /// The key's name.
+    fn key_name(&self) -> &str;
+}
+
+impl<T> AsKey<T> for &str {
+    fn key_name(&self) -> &str {
+        self
+    }
+}
+
+impl<T> AsKey<T> for String {
+    fn key_name(&self) -> &str {
+        self
+    }
+}
+
+impl<T> AsKey<T> for &String {
+    fn key_name(&self) -> &str {
+        self
+    }
+}
+
+impl<T> AsKey<T> for Key<T> {
+    fn key_name(&self) -> &str {
+        self.name
+    }
+}
+
+/// What the layer holds for every session: store, cookie and expiry settings.
+pub(crate) struct Shared {
+    pub(crate) store: Arc<dyn SessionStore>,
+    pub(crate) cookie: CookieConfig,
+    pub(crate) policy: Policy,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) save_on_server_error: bool,
+}
+
+/// What the layer must do with the cookie after the request.
+#[derive(Debug)]
+pub(crate) enum CookieOut {
+    Keep,
+    Set {
+        id: SessionId,
+        max_age: Option<i64>,
+    },
+    Remove,
+}
+
+#[derive(Default)]
+struct State {
+    loaded: bool,
+    /// The ID the record lives under: the presented one until it fails to load.
+    current: Option<SessionId>,
+    /// The stored record as loaded; `None` when there is no session in the store.
+    base: Option<Arc<Record>>,
+    changes: ChangeSet,
+    rotate_to: Option<SessionId>,
+    owner: Option<Option<Box<str>>>,
+    expiry: Option<Option<Expiry>>,
+    /// The cookie an earlier explicit `save` decided on, for the layer to send.
+    cookie: Option<CookieOut>,
+}
+
+impl State {
+    fn lookup(&self, key: &str) -> Option<&RawValue> {
+        match self.changes.lookup(key) {
+            Some(v) => v,
+            None if self.changes.is_cleared() => None,
+            None => self.base.as_ref().and_then(|b| b.data.get(key)),
+        }
+    }
+
+    fn data(&self) -> Data {
+        let mut data = match &self.base {
+            Some(b) => b.data.clone(),
+            None => Data::default(),
+        };
+        self.changes.apply_to(&mut data);
+        data
+    }
+
+    fn expiry(&self) -> Option<Expiry> {
+        match self.expiry {
+            Some(e) => e,
+            None => self.base.as_ref().and_then(|b| b.expiry),
+        }
+    }
+
+    fn owner(&self) -> Option<&str> {
+        match &self.owner {
+            Some(o) => o.as_deref(),
+            None => self.base.as_ref().and_then(|b| b.owner()),
+        }
+    }
+
+    fn is_dirty(&self) -> bool {
+        !self.changes.is_empty()
+            || self.rotate_to.is_some()
+            || self.owner.is_some()
+            || self.expiry.is_some()
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    accessed: AtomicBool,
+    state: Mutex<State>,
+}
+
+/// One request's session: a cheap, cloneable handle (an `Arc`).
+///
+/// Get it as an axum extractor, or from the request extensions in plain
+/// tower code. Every method that reaches the store returns
+/// [`Result`]; a store outage is an [`Error`] that renders as `503`.
+///
+/// ```
+/// use keyfob::Session;
+///
+/// async fn handler(session: Session) -> Result<String, keyfob::Error> {
+///     session.insert("greeting", "hello").await?;
+///     let g: Option<String> = session.get("greeting").await?;
+///     Ok(g.unwrap_or_default())
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session").finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(shared: Arc<Shared>, presented: Option<SessionId>) -> Self {
+        Session {
+            inner: Arc::new(Inner {
+                shared,
+                accessed: AtomicBool::new(false),
+                state: Mutex::new(State {
+                    current: presented,
+                    ..State::default()
+                }),
+            }),
+        }
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        self.inner.shared.clock.now()
+    }
+
+    /// Locks the state, loading the record first if this request has not yet.
+    async fn state(&self) -> Result<MutexGuard<'_, State>> {
+        self.inner.accessed.store(true, Ordering::Relaxed);
+        let mut st = self.inner.state.lock().await;
+        if !st.loaded {
+            if let Some(id) = &st.current {
+                let handle = id.handle();
+                let now = self.now();
+                let found = self.inner.shared.store.load(&handle, now).await?;
+                // The store must filter expired records; check again anyway,
+                // since expiry is the server's to enforce whatever a store does.
+                match found.filter(|r| !r.is_expired(now)) {
+                    Some(record) => st.base = Some(record),
+                    None => {
+                        tracing::info!(
+                            event = "session.unknown",
+                            handle = %handle.short(),
+                            "keyfob: unknown or expired session ID presented"
+                        );
+                        st.current = None;
+                    }
+                }
+            }
+            st.loaded = true;
+        }
+        Ok(st)
+    }
+
+    /// The value under `key`, or `None`. A value that does not deserialize
+    /// into `T` reads as `None` (with a warning).
+    ///
+    /// ```
+    /// # async fn f(session: keyfob::Session) -> Result<(), keyfob::Error> {
+    /// let n: Option<usize> = session.get("counter").await?;
+    /// let n = session.get::<usize>("counter").await?;
+    /// # let _ = n; Ok(()) }
+    /// ```
+    pub async fn get<T: DeserializeOwned>(&self, key: impl AsKey<T>) -> Result<Option<T>> {
+        let st = self.state().await?;
+        Ok(decode(key.key_name(), st.lookup(key.key_name())))
+    }
+
+    /// The value under `key` as JSON, or `None`.
+    pub async fn get_value(&self, key: &str) -> Result<Option<serde_json::Value>> {
+        self.get::<serde_json::Value>(key).await
+    }
+
+    /// Sets `key` to `value`.
+    ///
+    /// ```
+    /// # async fn f(session: keyfob::Session) -> Result<(), keyfob::Error> {
+    /// session.insert("counter", 1usize).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn insert<T: Serialize>(&self, key: impl AsKey<T>, value: T) -> Result<()> {
+        let raw = serde_json::value::to_raw_value(&value)
+            .map_err(|e| Error::with_source(ErrorKind::Serialize, e))?;
+        let mut st = self.state().await?;
+        st.changes.set(key.key_name(), Some(raw));
+        Ok(())
+    }
+
+    /// Removes `key`, returning its value if it held a `T`.
+    pub async fn remove<T: DeserializeOwned>(&self, key: impl AsKey<T>) -> Result<Option<T>> {
+        let mut st = self.state().await?;
+        let name = key.key_name();
+        let old = decode(name, st.lookup(name));
+        st.changes.set(name, None);
+        Ok(old)
+    }
+
+    /// Removes `key`, returning its value as JSON.
+    pub async fn remove_value(&self, key: &str) -> Result<Option<serde_json::Value>> {
+        self.remove::<serde_json::Value>(key).await
+    }
+
+    /// Removes every key. The session itself (its ID and owner) stays.
+    pub async fn clear(&self) -> Result<()> {
+        self.state().await?.changes.clear();
+        Ok(())
+    }
+
+    /// True when the session holds no data.
+    pub async fn is_empty(&self) -> Result<bool> {
+        let st = self.state().await?;
+        Ok(st.data().is_empty())
+    }
+
+    /// Deletes the session from the store now and removes the cookie.
+    ///
+    /// Any later write in this request starts a new session with a new ID.
+    pub async fn delete(&self) -> Result<()> {
+        let mut st = self.state().await?;
+        if let Some(id) = st.current.take() {
+            let handle = id.handle();
+            self.inner.shared.store.delete(&handle).await?;
+            tracing::info!(event = "session.deleted", handle = %handle.short(), "keyfob: session deleted");
+        }
+        *st = State {
+            loaded: true,
+            cookie: Some(CookieOut::Remove),
+            ..State::default()
+        };
+        Ok(())
+    }
+
+    /// Clears the data and deletes the session (tower-sessions' `flush`).
+    pub async fn flush(&self) -> Result<()> {
+        self.delete().await
+    }
+
+    /// Gives the session a new ID, keeping its data; the old ID is retired
+    /// when the response is sent. Call it on every privilege change (login).
+    /// The absolute deadline does not move.
+    pub async fn cycle_id(&self) -> Result<()> {
+        let id = SessionId::generate()?;
+        self.state().await?.rotate_to = Some(id);
+        Ok(())
+    }
+
+    /// The session's public [`Handle`], or `None` when there is no session
+    /// (yet). After [`cycle_id`](Self::cycle_id), the new handle.
+    pub async fn id(&self) -> Result<Option<Handle>> {
+        let st = self.state().await?;
+        Ok(st.rotate_to.as_ref().or(st.current.as_ref()).map(SessionId::handle))
+    }
+
+    /// This session's [`Expiry`] override, if one was set.
+    pub async fn expiry(&self) -> Result<Option<Expiry>> {
+        Ok(self.state().await?.expiry())
+    }
+
+    /// Overrides the layer's idle policy for this session (`None` restores it).
+    pub async fn set_expiry(&self, expiry: Option<Expiry>) -> Result<()> {
+        self.state().await?.expiry = Some(expiry);
+        Ok(())
+    }
+
+    /// When the session will end if nothing else happens: the earlier of its
+    /// idle and absolute deadlines, or `None` for a session not yet stored.
+    pub async fn expiry_date(&self) -> Result<Option<OffsetDateTime>> {
+        let st = self.state().await?;
+        Ok(st.base.as_ref().and_then(|b| b.expires_at()))
+    }
+
+    /// When the session was created, or `None` for a session not yet stored.
+    pub async fn created_at(&self) -> Result<Option<OffsetDateTime>> {
+        Ok(self.state().await?.base.as_ref().map(|b| b.created()))
+    }
+
+    /// The owner recorded at login (see [`crate::auth::login`]).
+    pub async fn owner(&self) -> Result<Option<String>> {
+        Ok(self.state().await?.owner().map(str::to_owned))
+    }
+
+    pub(crate) async fn set_owner(&self, owner: Option<&str>) -> Result<()> {
+        self.state().await?.owner = Some(owner.map(Into::into));
+        Ok(())
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// Loads the record now (the first access does this anyway).
+    pub async fn load(&self) -> Result<()> {
+        self.state().await.map(drop)
+    }
+
+    /// Writes this request's changes to the store now instead of after the
+    /// handler; for handlers that must know the write is durable before they
+    /// go on. The layer still sends the cookie.
+    pub async fn save(&self) -> Result<()> {
+        let mut st = self.state().await?;
+        let out = self.commit(&mut st).await?;
+        if !matches!(out, CookieOut::Keep) {
+            st.cookie = Some(out);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn was_accessed(&self) -> bool {
+        self.inner.accessed.load(Ordering::Relaxed)
+    }
+
+    /// Called by the layer after the handler: saves, touches or does nothing.
+    pub(crate) async fn finish(&self, server_error: bool) -> Result<CookieOut> {
+        let mut st = self.inner.state.lock().await;
+        if !st.loaded {
+            return Ok(CookieOut::Keep);
+        }
+        let out = if server_error && !self.inner.shared.save_on_server_error {
+            CookieOut::Keep
+        } else {
+            self.commit(&mut st).await?
+        };
+        Ok(match (out, st.cookie.take()) {
+            (CookieOut::Keep, Some(earlier)) => earlier,
+            (out, _) => out,
+        })
+    }
+
+    /// Sends the pending change-set to the store and resets the state so the
+    /// next access reloads.
+    async fn commit(&self, st: &mut State) -> Result<CookieOut> {
+        let shared = &*self.inner.shared;
+        let now = self.now();
+        let expiry = st.expiry();
+        let browser_session = shared.policy.browser_session(expiry);
+        let Some(id) = st.current.clone().filter(|_| st.base.is_some()) else {
+            return self.create(st, now).await;
+        };
+        let base_seen = st.base.as_ref().map_or(0, |b| b.last_seen);
+        let dirty = st.is_dirty();
+        let touch_due = shared.policy.slides(expiry)
+            && secs(now) - base_seen >= shared.policy.touch_interval.whole_seconds();
+        if !dirty && !touch_due {
+            return Ok(CookieOut::Keep);
+        }
+        let idle = shared.policy.idle_deadline(expiry, now).map(secs);
+        let rotate_to = st.rotate_to.take();
+        let update = Update {
+            changes: std::mem::take(&mut st.changes),
+            seen: secs(now),
+            idle_deadline: idle,
+            owner: st.owner.take(),
+            expiry: st.expiry.take(),
+            rename_to: rotate_to.as_ref().map(SessionId::handle),
+        };
+        let absolute = st.base.as_ref().and_then(|b| b.absolute_deadline);
+        // Drop our reference first, so a memory store can update in place.
+        st.base = None;
+        st.loaded = false;
+        let handle = id.handle();
+        match shared.store.update(&handle, &update, now).await? {
+            Updated::Applied => {
+                let rotated = rotate_to.is_some();
+                let new_id = rotate_to.unwrap_or(id);
+                if rotated {
+                    tracing::info!(
+                        event = "session.rotated",
+                        from = %handle.short(),
+                        to = %new_id.handle().short(),
+                        "keyfob: session ID rotated"
+                    );
+                }
+                st.current = Some(new_id.clone());
+                let max_age = cookie_max_age(idle, absolute, now);
+                if browser_session && !rotated {
+                    Ok(CookieOut::Keep)
+                } else {
+                    Ok(CookieOut::Set {
+                        id: new_id,
+                        max_age: if browser_session { None } else { max_age },
+                    })
+                }
+            }
+            Updated::Gone => {
+                // Deleted (logout, revocation) or expired while this request ran:
+                // never write it back.
+                tracing::info!(
+                    event = "session.interrupted",
+                    handle = %handle.short(),
+                    "keyfob: session ended during the request; its changes were dropped"
+                );
+                st.current = None;
+                Ok(CookieOut::Remove)
+            }
+        }
+    }
+
+    async fn create(&self, st: &mut State, now: OffsetDateTime) -> Result<CookieOut> {
+        let shared = &*self.inner.shared;
+        let data = st.data();
+        let owner = st.owner().map(Box::<str>::from);
+        let expiry = st.expiry();
+        if data.is_empty() && owner.is_none() {
+            // Nothing to keep: no record, no cookie (and nothing to retire).
+            st.changes = ChangeSet::default();
+            st.rotate_to = None;
+            st.owner = None;
+            st.expiry = None;
+            return Ok(CookieOut::Keep);
+        }
+        let idle = shared.policy.idle_deadline(expiry, now);
+        let absolute = shared.policy.absolute_timeout.map(|d| now + d);
+        let mut record = Record::new(now, idle, absolute);
+        record.data = data;
+        record.owner = owner;
+        record.expiry = expiry;
+        let mut id = match st.rotate_to.take() {
+            Some(id) => id,
+            None => SessionId::generate()?,
+        };
+        let mut tries = 0;
+        loop {
+            let handle = id.handle();
+            match shared.store.create(&handle, &record).await? {
+                Created::Stored => {
+                    tracing::info!(event = "session.created", handle = %handle.short(), "keyfob: session created");
+                    break;
+                }
+                Created::Collision if tries < 3 => {
+                    tries += 1;
+                    id = SessionId::generate()?;
+                }
+                Created::Collision => {
+                    return Err(Error::store_msg(
+                        "could not find a free session ID after 4 tries",
+                    ))
+                }
+            }
+        }
+        *st = State {
+            current: Some(id.clone()),
+            ..State::default()
+        };
+        let max_age = if shared.policy.browser_session(expiry) {
+            None
+        } else {
+            cookie_max_age(record.idle_deadline, record.absolute_deadline, now)
+        };
+        Ok(CookieOut::Set { id, max_age })
+    }
+}
+
+fn cookie_max_age(idle: Option<i64>, absolute: Option<i64>, now: OffsetDateTime) -> Option<i64> {
+    let deadline = match (idle, absolute) {
+        (Some(i), Some(a)) => Some(i.min(a)),
+        (i, a) => i.or(a),
+    }?;
+    Some((deadline - secs(now)).max(0))
+}
+
+fn decode<T: DeserializeOwned>(key: &str, raw: Option<&RawValue>) -> Option<T> {
+    let raw = raw?;
+    match serde_json::from_str(raw.get()) {
+        Ok(v) => Some(v),
+        Err(err) => {
+            tracing::warn!(key, error = %err, "keyfob: session value does not deserialize into the requested type; reading it as absent");
+            None
+        }
+    }
+}

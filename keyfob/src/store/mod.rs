@@ -1,0 +1,216 @@
+//! The [`SessionStore`] trait and the stores that ship with keyfob.
+//!
+//! Rules every store keeps (and `tests/conformance` checks, for each store):
+//! - records are keyed by [`Handle`] (a hash of the session ID), never the ID;
+//! - an expired record is never returned, and [`SessionStore::update`] of an
+//!   expired or deleted record reports it gone instead of writing it back;
+//! - an update is applied to the record the store holds *now* (see
+//!   [`Record::apply`]), atomically, so concurrent requests that write
+//!   different keys all persist;
+//! - a failure is an [`Error`] of kind [`Store`](crate::ErrorKind::Store), never a panic.
+//!
+//! Caveat: stores may keep expired records until [`SessionStore::delete_expired`]
+//! runs; [`cleanup`] runs it periodically and keeps going after an error.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use keyfob::{MemoryStore, SessionStore};
+//!
+//! // Any store can be shared behind an `Arc` or used as a trait object.
+//! let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+//! # let _ = store;
+//! ```
+
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration as StdDuration};
+
+use time::OffsetDateTime;
+
+use crate::{
+    error::Result,
+    expiry::Clock,
+    id::Handle,
+    record::{Record, Update},
+};
+
+#[cfg(feature = "memory")]
+pub mod memory;
+
+/// A boxed, sendable future: what [`SessionStore`] methods return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What [`SessionStore::create`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The record was stored under the handle.
+    Stored,
+    /// A live record already has this handle; the layer draws a new ID and retries.
+    Collision,
+}
+
+/// What [`SessionStore::update`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Updated {
+    /// The update was applied to the current record.
+    Applied,
+    /// No live record has this handle (deleted, expired, revoked): nothing was
+    /// written, so a logged-out session is never brought back.
+    Gone,
+}
+
+/// A live session of one owner, as listed by [`SessionStore::list_by_owner`].
+#[derive(Debug, Clone)]
+pub struct OwnedSession {
+    /// The session's public handle.
+    pub handle: Handle,
+    /// Its record.
+    pub record: Arc<Record>,
+}
+
+/// A backend that keeps session records.
+///
+/// Few methods, each one atomic on the backend. Implement it for your own
+/// backend with [`Record::apply`] doing the merge; return
+/// [`Error::store`](crate::Error::store) for backend failures.
+///
+/// ```
+/// use keyfob::{MemoryStore, SessionStore, Handle, Record, store::Created};
+/// use time::OffsetDateTime;
+///
+/// # tokio_test();
+/// # fn tokio_test() {
+/// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// # rt.block_on(async {
+/// let store = MemoryStore::new();
+/// let handle = Handle::from_bytes([1; 32]);
+/// let now = OffsetDateTime::now_utc();
+/// let record = Record::new(now, None, None);
+/// assert_eq!(store.create(&handle, &record).await.unwrap(), Created::Stored);
+/// assert!(store.load(&handle, now).await.unwrap().is_some());
+/// # });
+/// # }
+/// ```
+pub trait SessionStore: Send + Sync + 'static {
+    /// The live record with this handle, or `None` (unknown or expired).
+    fn load<'a>(
+        &'a self,
+        handle: &'a Handle,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Option<Arc<Record>>>>;
+
+    /// Stores a new record unless a live record already has the handle.
+    fn create<'a>(&'a self, handle: &'a Handle, record: &'a Record)
+        -> BoxFuture<'a, Result<Created>>;
+
+    /// Applies `update` to the current live record, atomically, and moves it
+    /// to [`Update::rename_to`] when set (the old handle then loads nothing).
+    fn update<'a>(
+        &'a self,
+        handle: &'a Handle,
+        update: &'a Update,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Updated>>;
+
+    /// Deletes the record; `true` when there was one.
+    fn delete<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Result<bool>>;
+
+    /// Deletes up to `batch` expired records; returns how many it deleted.
+    fn delete_expired(&self, now: OffsetDateTime, batch: usize) -> BoxFuture<'_, Result<u64>>;
+
+    /// The live sessions recorded for `owner` (see [`crate::auth`] login).
+    fn list_by_owner<'a>(
+        &'a self,
+        owner: &'a str,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Vec<OwnedSession>>>;
+
+    /// Deletes every session of `owner` except `keep`; returns how many it deleted.
+    fn delete_by_owner<'a>(
+        &'a self,
+        owner: &'a str,
+        keep: Option<&'a Handle>,
+    ) -> BoxFuture<'a, Result<u64>>;
+}
+
+impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
+    fn load<'a>(
+        &'a self,
+        handle: &'a Handle,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Option<Arc<Record>>>> {
+        (**self).load(handle, now)
+    }
+    fn create<'a>(
+        &'a self,
+        handle: &'a Handle,
+        record: &'a Record,
+    ) -> BoxFuture<'a, Result<Created>> {
+        (**self).create(handle, record)
+    }
+    fn update<'a>(
+        &'a self,
+        handle: &'a Handle,
+        update: &'a Update,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Updated>> {
+        (**self).update(handle, update, now)
+    }
+    fn delete<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Result<bool>> {
+        (**self).delete(handle)
+    }
+    fn delete_expired(&self, now: OffsetDateTime, batch: usize) -> BoxFuture<'_, Result<u64>> {
+        (**self).delete_expired(now, batch)
+    }
+    fn list_by_owner<'a>(
+        &'a self,
+        owner: &'a str,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Vec<OwnedSession>>> {
+        (**self).list_by_owner(owner, now)
+    }
+    fn delete_by_owner<'a>(
+        &'a self,
+        owner: &'a str,
+        keep: Option<&'a Handle>,
+    ) -> BoxFuture<'a, Result<u64>> {
+        (**self).delete_by_owner(owner, keep)
+    }
+}
+
+/// Deletes expired records every `period`, in batches of `batch`, forever.
+///
+/// A failed pass is logged and the task carries on at the next period, so a
+/// store outage never ends the cleanup. Spawn it once per process:
+///
+/// ```
+/// use std::{sync::Arc, time::Duration};
+/// use keyfob::{MemoryStore, SystemClock};
+///
+/// # let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+/// # rt.block_on(async {
+/// let store = Arc::new(MemoryStore::new());
+/// let task = tokio::spawn(keyfob::store::cleanup(store.clone(), SystemClock, Duration::from_secs(60), 1000));
+/// task.abort();
+/// # });
+/// ```
+pub async fn cleanup<S, C>(store: S, clock: C, period: StdDuration, batch: usize)
+where
+    S: SessionStore,
+    C: Clock,
+{
+    let batch = batch.max(1);
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        loop {
+            match store.delete_expired(clock.now(), batch).await {
+                Ok(n) if (n as usize) < batch => break,
+                Ok(_) => tokio::task::yield_now().await,
+                Err(err) => {
+                    tracing::warn!(error = %err, "keyfob: expired-session cleanup failed; retrying next period");
+                    break;
+                }
+            }
+        }
+    }
+}
