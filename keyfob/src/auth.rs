@@ -96,11 +96,14 @@ where
         _: &S,
     ) -> Result<Self, Self::Rejection> {
         use crate::extract::AuthRejection;
-        let session = parts
-            .extensions
-            .get::<Session>()
-            .cloned()
-            .ok_or(AuthRejection::SessionMissing(crate::extract::SessionMissing))?;
+        let session =
+            parts
+                .extensions
+                .get::<Session>()
+                .cloned()
+                .ok_or(AuthRejection::SessionMissing(
+                    crate::extract::SessionMissing,
+                ))?;
         match current_user::<U>(&session).await {
             Ok(Some(user)) => Ok(AuthUser(user)),
             Ok(None) => Err(AuthRejection::LoginRequired),

@@ -88,7 +88,8 @@ fn is_token_byte(b: u8) -> bool {
 }
 
 fn is_attr_value(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
+    s.bytes()
+        .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
 }
 
 impl CookieConfig {
@@ -220,8 +221,14 @@ impl CookieConfig {
 }
 
 fn trim(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|c| *c != b' ' && *c != b'\t').unwrap_or(b.len());
-    let end = b.iter().rposition(|c| *c != b' ' && *c != b'\t').map_or(start, |e| e + 1);
+    let start = b
+        .iter()
+        .position(|c| *c != b' ' && *c != b'\t')
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| *c != b' ' && *c != b'\t')
+        .map_or(start, |e| e + 1);
     &b[start..end]
 }
 
@@ -304,22 +311,102 @@ mod tests {
     #[test]
     fn invalid_configurations_are_refused_with_a_reason() {
         let cases: Vec<(CookieConfig, &str)> = vec![
-            (CookieConfig { name: "".into(), ..cfg() }, "name"),
-            (CookieConfig { name: "a b".into(), ..cfg() }, "name"),
-            (CookieConfig { name: "a;b".into(), ..cfg() }, "name"),
-            (CookieConfig { name: "__Host-x".into(), secure: false, ..cfg() }, "Secure"),
-            (CookieConfig { name: "__Host-x".into(), domain: Some("a.com".into()), ..cfg() }, "Domain"),
-            (CookieConfig { name: "__Host-x".into(), path: "/a".into(), ..cfg() }, "Path"),
-            (CookieConfig { name: "__Secure-x".into(), secure: false, ..cfg() }, "Secure"),
-            (CookieConfig { same_site: SameSite::None, secure: false, ..cfg() }, "Secure"),
-            (CookieConfig { partitioned: true, secure: false, ..cfg() }, "Secure"),
-            (CookieConfig { domain: Some("a.com; x".into()), ..cfg() }, "domain"),
-            (CookieConfig { path: "app".into(), ..cfg() }, "path"),
+            (
+                CookieConfig {
+                    name: "".into(),
+                    ..cfg()
+                },
+                "name",
+            ),
+            (
+                CookieConfig {
+                    name: "a b".into(),
+                    ..cfg()
+                },
+                "name",
+            ),
+            (
+                CookieConfig {
+                    name: "a;b".into(),
+                    ..cfg()
+                },
+                "name",
+            ),
+            (
+                CookieConfig {
+                    name: "__Host-x".into(),
+                    secure: false,
+                    ..cfg()
+                },
+                "Secure",
+            ),
+            (
+                CookieConfig {
+                    name: "__Host-x".into(),
+                    domain: Some("a.com".into()),
+                    ..cfg()
+                },
+                "Domain",
+            ),
+            (
+                CookieConfig {
+                    name: "__Host-x".into(),
+                    path: "/a".into(),
+                    ..cfg()
+                },
+                "Path",
+            ),
+            (
+                CookieConfig {
+                    name: "__Secure-x".into(),
+                    secure: false,
+                    ..cfg()
+                },
+                "Secure",
+            ),
+            (
+                CookieConfig {
+                    same_site: SameSite::None,
+                    secure: false,
+                    ..cfg()
+                },
+                "Secure",
+            ),
+            (
+                CookieConfig {
+                    partitioned: true,
+                    secure: false,
+                    ..cfg()
+                },
+                "Secure",
+            ),
+            (
+                CookieConfig {
+                    domain: Some("a.com; x".into()),
+                    ..cfg()
+                },
+                "domain",
+            ),
+            (
+                CookieConfig {
+                    path: "app".into(),
+                    ..cfg()
+                },
+                "path",
+            ),
         ];
         for (c, word) in cases {
             let err = c.validate().unwrap_err();
-            assert!(err.to_string().contains(word), "{err} should mention {word}");
+            assert!(
+                err.to_string().contains(word),
+                "{err} should mention {word}"
+            );
         }
-        assert!(CookieConfig { name: "__Host-id".into(), ..cfg() }.validate().is_ok());
+        assert!(CookieConfig {
+            name: "__Host-id".into(),
+            ..cfg()
+        }
+        .validate()
+        .is_ok());
     }
 }

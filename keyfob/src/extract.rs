@@ -59,17 +59,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Session {
     type Rejection = SessionMissing;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<Session>().cloned().ok_or(SessionMissing)
+        parts
+            .extensions
+            .get::<Session>()
+            .cloned()
+            .ok_or(SessionMissing)
     }
 }
 
 impl<S: Send + Sync> OptionalFromRequestParts<S> for Session {
     type Rejection = Infallible;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        _: &S,
-    ) -> Result<Option<Self>, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, Self::Rejection> {
         Ok(parts.extensions.get::<Session>().cloned())
     }
 }

@@ -310,7 +310,11 @@ where
             Presented::None => None,
             Presented::Id(id) => Some(id),
             Presented::Invalid(reason) => {
-                tracing::info!(event = "session.malformed", reason, "keyfob: session cookie refused");
+                tracing::info!(
+                    event = "session.malformed",
+                    reason,
+                    "keyfob: session cookie refused"
+                );
                 None
             }
         };
@@ -399,7 +403,11 @@ where
     }
 }
 
-fn apply_cookie<B>(mut response: Response<B>, out: CookieOut, cookie: &CookieConfig) -> Response<B> {
+fn apply_cookie<B>(
+    mut response: Response<B>,
+    out: CookieOut,
+    cookie: &CookieConfig,
+) -> Response<B> {
     let headers = response.headers_mut();
     let value = match out {
         CookieOut::Keep => None,
@@ -431,10 +439,9 @@ fn add_vary_cookie(headers: &mut http::HeaderMap) {
 /// The response for an error on a request path: `503` for store trouble.
 pub(crate) fn error_response<B: From<&'static str>>(err: &Error) -> Response<B> {
     let (status, body) = match err.kind() {
-        ErrorKind::Store | ErrorKind::Timeout => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "session store unavailable",
-        ),
+        ErrorKind::Store | ErrorKind::Timeout => {
+            (StatusCode::SERVICE_UNAVAILABLE, "session store unavailable")
+        }
         ErrorKind::TooLarge => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "session too large to store",
@@ -444,7 +451,10 @@ pub(crate) fn error_response<B: From<&'static str>>(err: &Error) -> Response<B> 
     let mut response = Response::new(B::from(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if status == StatusCode::SERVICE_UNAVAILABLE {
         headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));

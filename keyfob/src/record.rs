@@ -321,6 +321,27 @@ pub struct Update {
 }
 
 impl Update {
+    /// An update that only refreshes the idle deadline: what the layer sends
+    /// for a read-only request once the touch interval has passed.
+    ///
+    /// ```
+    /// use keyfob::Update;
+    /// use time::{Duration, OffsetDateTime};
+    ///
+    /// let now = OffsetDateTime::now_utc();
+    /// assert!(Update::touch(now, Some(now + Duration::hours(1))).is_touch());
+    /// ```
+    pub fn touch(now: OffsetDateTime, idle_deadline: Option<OffsetDateTime>) -> Self {
+        Update {
+            changes: ChangeSet::default(),
+            seen: secs(now),
+            idle_deadline: idle_deadline.map(secs),
+            owner: None,
+            expiry: None,
+            rename_to: None,
+        }
+    }
+
     /// The new handle when the request rotated the session ID (`cycle_id`, login).
     pub fn rename_to(&self) -> Option<&Handle> {
         self.rename_to.as_ref()

@@ -155,10 +155,7 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 pub(crate) enum CookieOut {
     Keep,
-    Set {
-        id: SessionId,
-        max_age: Option<i64>,
-    },
+    Set { id: SessionId, max_age: Option<i64> },
     Remove,
 }
 
@@ -391,7 +388,11 @@ impl Session {
     /// (yet). After [`cycle_id`](Self::cycle_id), the new handle.
     pub async fn id(&self) -> Result<Option<Handle>> {
         let st = self.state().await?;
-        Ok(st.rotate_to.as_ref().or(st.current.as_ref()).map(SessionId::handle))
+        Ok(st
+            .rotate_to
+            .as_ref()
+            .or(st.current.as_ref())
+            .map(SessionId::handle))
     }
 
     /// This session's [`Expiry`] override, if one was set.

@@ -272,11 +272,15 @@ impl SessionStore for MemoryStore {
         update: &'a Update,
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<Updated>> {
-        Box::pin(std::future::ready(Ok(self.update_sync(handle, update, now))))
+        Box::pin(std::future::ready(
+            Ok(self.update_sync(handle, update, now)),
+        ))
     }
 
     fn delete<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Result<bool>> {
-        let removed = write(&self.shards[shard_of(handle)]).remove(handle).is_some();
+        let removed = write(&self.shards[shard_of(handle)])
+            .remove(handle)
+            .is_some();
         Box::pin(std::future::ready(Ok(removed)))
     }
 

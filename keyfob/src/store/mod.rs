@@ -98,8 +98,11 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<Arc<Record>>>>;
 
     /// Stores a new record unless a live record already has the handle.
-    fn create<'a>(&'a self, handle: &'a Handle, record: &'a Record)
-        -> BoxFuture<'a, Result<Created>>;
+    fn create<'a>(
+        &'a self,
+        handle: &'a Handle,
+        record: &'a Record,
+    ) -> BoxFuture<'a, Result<Created>>;
 
     /// Applies `update` to the current live record, atomically, and moves it
     /// to [`Update::rename_to`] when set (the old handle then loads nothing).

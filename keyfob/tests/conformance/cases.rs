@@ -1,0 +1,447 @@
+//! One body of cases, run against every store (see `main.rs`).
+
+use std::sync::Arc;
+
+use axum::{
+    body::Body,
+    http::{header, Request, StatusCode},
+};
+use keyfob::{
+    store::{Created, Updated},
+    Handle, Record, SessionStore,
+};
+use time::{Duration, OffsetDateTime};
+
+use crate::support::App;
+
+type Store = Arc<dyn SessionStore>;
+
+// ---------------------------------------------------------------- HTTP level
+
+pub async fn handler_that_never_touches_the_session_loads_nothing(store: Store) {
+    let app = App::new(store);
+    let cookie = app.session_with("a", "1").await;
+    let (loads, writes) = (app.store.loads(), app.store.writes());
+    let r = app.send("GET", "/nothing", Some(&cookie)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.set_cookies().is_empty());
+    assert!(r.headers.get(header::VARY).is_none());
+    assert_eq!((app.store.loads(), app.store.writes()), (loads, writes));
+}
+
+pub async fn read_only_request_writes_nothing_and_sends_no_set_cookie(store: Store) {
+    let app = App::new(store);
+    let cookie = app.session_with("a", "1").await;
+    let writes = app.store.writes();
+    for _ in 0..3 {
+        let r = app.send("GET", "/get/a", Some(&cookie)).await;
+        assert_eq!(r.body, "\"1\"");
+        assert!(r.set_cookies().is_empty(), "{:?}", r.set_cookies());
+        assert_eq!(r.headers.get(header::VARY).unwrap(), "Cookie");
+    }
+    assert_eq!(app.store.writes(), writes);
+}
+
+pub async fn record_is_loaded_at_most_once_per_request(store: Store) {
+    let app = App::new(store);
+    let cookie = app.session_with("a", "1").await;
+    let loads = app.store.loads();
+    // `/set` reads (to load) and then writes: still one load.
+    app.send("POST", "/set/b/2", Some(&cookie)).await;
+    assert_eq!(app.store.loads(), loads + 1);
+}
+
+pub async fn new_session_sets_cookie_with_all_attributes(store: Store) {
+    let app = App::new(store);
+    let r = app.send("POST", "/set/a/1", None).await;
+    let set = r.set_cookies();
+    assert_eq!(set.len(), 1);
+    let c = &set[0];
+    for attr in [
+        "HttpOnly",
+        "Secure",
+        "SameSite=Lax",
+        "Path=/",
+        "Max-Age=7200",
+    ] {
+        assert!(c.contains(attr), "{c} lacks {attr}");
+    }
+    assert_eq!(r.headers.get(header::CACHE_CONTROL).unwrap(), "no-store");
+    // 256 bits, base64url: 43 characters.
+    assert_eq!(r.cookie().unwrap().len(), 43);
+}
+
+pub async fn empty_session_is_never_stored(store: Store) {
+    let app = App::new(store);
+    let r = app.send("GET", "/get/a", None).await;
+    assert_eq!(r.body, "none");
+    assert!(r.set_cookies().is_empty());
+    let r = app.send("POST", "/clear", None).await;
+    assert!(r.set_cookies().is_empty());
+    assert_eq!(app.store.writes(), 0);
+}
+
+pub async fn unknown_session_id_is_not_adopted(store: Store) {
+    let app = App::new(store);
+    let forged = "A".repeat(43);
+    let r = app.send("POST", "/set/a/1", Some(&forged)).await;
+    let fresh = r.cookie().expect("a fresh session");
+    assert_ne!(fresh, forged);
+    let r = app.send("GET", "/get/a", Some(&forged)).await;
+    assert_eq!(r.body, "none");
+}
+
+pub async fn malformed_and_duplicated_cookies_are_no_session(store: Store) {
+    let app = App::new(store);
+    let cookie = app.session_with("a", "1").await;
+    let variants = [
+        format!("id={cookie}; id={cookie}"),
+        format!("id={cookie}x"),
+        format!("id=\"{cookie}\""),
+        format!("ID={cookie}"),
+        format!("id={}", &cookie[..42]),
+    ];
+    for v in variants {
+        let req = Request::get("/get/a")
+            .header(header::COOKIE, &v)
+            .body(Body::empty())
+            .unwrap();
+        let r = app.raw(req).await;
+        assert_eq!(r.body, "none", "{v}");
+    }
+    // Two Cookie headers each with the name: duplicated.
+    let req = Request::get("/get/a")
+        .header(header::COOKIE, format!("id={cookie}"))
+        .header(header::COOKIE, format!("id={cookie}"))
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(app.raw(req).await.body, "none");
+}
+
+pub async fn hostile_cookie_headers_never_give_a_server_error(store: Store) {
+    let app = App::new(store);
+    let cookie = app.session_with("a", "1").await;
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for i in 0..200 {
+        let value: Vec<u8> = match i % 5 {
+            // Random visible bytes and high (non-UTF-8) bytes.
+            0 => (0..(next() % 300))
+                .map(|_| {
+                    let b = (next() % 223) as u8 + 32;
+                    if b == 127 {
+                        b'x'
+                    } else {
+                        b
+                    }
+                })
+                .collect(),
+            // 8 KB of the cookie name repeated.
+            1 => format!("id={cookie};").repeat(8 * 1024 / 46).into_bytes(),
+            // An 8 KB value.
+            2 => format!("id={}", "A".repeat(8 * 1024)).into_bytes(),
+            // Separators only.
+            3 => ";=; ;==;id=;id"
+                .repeat((next() % 50 + 1) as usize)
+                .into_bytes(),
+            // Non-UTF-8 around a valid cookie.
+            _ => {
+                let mut v = vec![0xff, 0xfe, b';', b' '];
+                v.extend_from_slice(format!("id={cookie}").as_bytes());
+                v.extend_from_slice(&[b';', 0xc3, 0x28]);
+                v
+            }
+        };
+        let Ok(hv) = axum::http::HeaderValue::from_bytes(&value) else {
+            continue;
+        };
+        let req = Request::post("/set/b/2")
+            .header(header::COOKIE, hv)
+            .body(Body::empty())
+            .unwrap();
+        let r = app.raw(req).await;
+        assert!(!r.status.is_server_error(), "case {i}: {}", r.status);
+    }
+}
+
+pub async fn cycle_id_keeps_data_and_retires_the_old_id(store: Store) {
+    let app = App::new(store);
+    let old = app.session_with("a", "1").await;
+    let r = app.send("POST", "/cycle", Some(&old)).await;
+    let new = r.cookie().expect("rotation sets a new cookie");
+    assert_ne!(new, old);
+    assert_eq!(app.send("GET", "/get/a", Some(&new)).await.body, "\"1\"");
+    assert_eq!(app.send("GET", "/get/a", Some(&old)).await.body, "none");
+}
+
+pub async fn delete_removes_server_side_and_sends_a_matching_removal_cookie(store: Store) {
+    let app = App::new(store);
+    let cookie = app.session_with("a", "1").await;
+    let r = app.send("POST", "/delete", Some(&cookie)).await;
+    assert!(r.removes_cookie(), "{:?}", r.set_cookies());
+    let removal = &r.set_cookies()[0];
+    for attr in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/"] {
+        assert!(removal.contains(attr), "{removal} lacks {attr}");
+    }
+    // Replaying the old cookie finds nothing.
+    assert_eq!(app.send("GET", "/get/a", Some(&cookie)).await.body, "none");
+}
+
+pub async fn hundred_concurrent_writers_of_different_keys_lose_none(store: Store) {
+    let app = Arc::new(App::new(store));
+    let cookie = app.session_with("seed", "0").await;
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let app = app.clone();
+        let cookie = cookie.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = app
+                .send("POST", &format!("/set/k{i}/v{i}"), Some(&cookie))
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for i in 0..100 {
+        let r = app.send("GET", &format!("/get/k{i}"), Some(&cookie)).await;
+        assert_eq!(r.body, format!("\"v{i}\""), "key k{i} was lost");
+    }
+}
+
+pub async fn logout_during_an_in_flight_request_is_not_resurrected(store: Store) {
+    let app = Arc::new(App::new(store));
+    let cookie = app.session_with("a", "1").await;
+    let slow = {
+        let app = app.clone();
+        let cookie = cookie.clone();
+        tokio::spawn(async move { app.send("POST", "/wait/late", Some(&cookie)).await })
+    };
+    app.gate.loaded.notified().await;
+    let r = app.send("POST", "/delete", Some(&cookie)).await;
+    assert!(r.removes_cookie());
+    app.gate.release.notify_one();
+    let slow = slow.await.unwrap();
+    assert!(
+        slow.cookie().is_none(),
+        "the slow request must not re-issue the session"
+    );
+    assert_eq!(app.send("GET", "/get/a", Some(&cookie)).await.body, "none");
+    assert_eq!(
+        app.send("GET", "/get/late", Some(&cookie)).await.body,
+        "none"
+    );
+}
+
+pub async fn server_error_response_saves_nothing(store: Store) {
+    let app = App::new(store);
+    let cookie = app.session_with("a", "1").await;
+    let r = app.send("POST", "/fail/b", Some(&cookie)).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(r.set_cookies().is_empty());
+    assert_eq!(app.send("GET", "/get/b", Some(&cookie)).await.body, "none");
+}
+
+pub async fn server_error_response_saves_when_configured(store: Store) {
+    let app = App::with(store, |b| b.with_save_on_server_error(true));
+    let cookie = app.session_with("a", "1").await;
+    app.send("POST", "/fail/b", Some(&cookie)).await;
+    assert_eq!(app.send("GET", "/get/b", Some(&cookie)).await.body, "\"x\"");
+}
+
+pub async fn idle_session_expires(store: Store) {
+    let app = App::with(store, |b| b.with_idle_timeout(Duration::minutes(30)));
+    let cookie = app.session_with("a", "1").await;
+    app.clock.advance(Duration::minutes(29));
+    assert_eq!(app.send("GET", "/get/a", Some(&cookie)).await.body, "\"1\"");
+    // That read refreshed the idle deadline: 29 more minutes are fine.
+    app.clock.advance(Duration::minutes(29));
+    assert_eq!(app.send("GET", "/get/a", Some(&cookie)).await.body, "\"1\"");
+    app.clock.advance(Duration::minutes(31));
+    assert_eq!(app.send("GET", "/get/a", Some(&cookie)).await.body, "none");
+}
+
+pub async fn active_session_past_its_absolute_deadline_expires(store: Store) {
+    let app = App::with(store, |b| {
+        b.with_idle_timeout(Duration::minutes(30))
+            .with_absolute_timeout(Some(Duration::hours(2)))
+    });
+    let cookie = app.session_with("a", "1").await;
+    // Active every 20 minutes, with a rotation on the way: still capped at 2 hours.
+    let mut cookie = cookie;
+    for step in 0..5 {
+        app.clock.advance(Duration::minutes(20));
+        let r = app
+            .send("POST", &format!("/set/s{step}/x"), Some(&cookie))
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        if step == 2 {
+            cookie = app
+                .send("POST", "/cycle", Some(&cookie))
+                .await
+                .cookie()
+                .unwrap();
+        }
+    }
+    app.clock.advance(Duration::minutes(19));
+    assert_eq!(app.send("GET", "/get/a", Some(&cookie)).await.body, "\"1\"");
+    app.clock.advance(Duration::minutes(2));
+    assert_eq!(app.send("GET", "/get/a", Some(&cookie)).await.body, "none");
+}
+
+pub async fn reads_touch_at_most_once_per_interval(store: Store) {
+    let app = App::with(store, |b| {
+        b.with_idle_timeout(Duration::minutes(30))
+            .with_touch_interval(Duration::minutes(5))
+    });
+    let cookie = app.session_with("a", "1").await;
+    let writes = app.store.writes();
+    app.clock.advance(Duration::minutes(4));
+    let r = app.send("GET", "/get/a", Some(&cookie)).await;
+    assert!(r.set_cookies().is_empty());
+    assert_eq!(app.store.writes(), writes);
+    app.clock.advance(Duration::minutes(2));
+    let r = app.send("GET", "/get/a", Some(&cookie)).await;
+    assert_eq!(app.store.writes(), writes + 1, "one touch");
+    assert_eq!(r.max_age(), Some(30 * 60), "the cookie's deadline moved");
+    assert_eq!(r.cookie().as_deref(), Some(cookie.as_str()), "same ID");
+    let r = app.send("GET", "/get/a", Some(&cookie)).await;
+    assert!(r.set_cookies().is_empty());
+    assert_eq!(app.store.writes(), writes + 1);
+}
+
+pub async fn browser_session_cookie_has_no_max_age(store: Store) {
+    let app = App::with(store, |b| b.with_browser_session_cookie(true));
+    let r = app.send("POST", "/set/a/1", None).await;
+    assert!(r.cookie().is_some());
+    assert_eq!(r.max_age(), None);
+}
+
+pub async fn remove_and_clear_persist(store: Store) {
+    let app = App::new(store);
+    let cookie = app.session_with("a", "1").await;
+    app.send("POST", "/set/b/2", Some(&cookie)).await;
+    assert_eq!(
+        app.send("POST", "/remove/a", Some(&cookie)).await.body,
+        "Some(\"1\")"
+    );
+    assert_eq!(app.send("GET", "/get/a", Some(&cookie)).await.body, "none");
+    assert_eq!(app.send("GET", "/get/b", Some(&cookie)).await.body, "\"2\"");
+    app.send("POST", "/clear", Some(&cookie)).await;
+    assert_eq!(app.send("GET", "/get/b", Some(&cookie)).await.body, "none");
+}
+
+// --------------------------------------------------------------- store level
+
+fn handle(n: u8) -> Handle {
+    let mut b = [n; 32];
+    b[31] = n.wrapping_mul(7);
+    Handle::from_bytes(b)
+}
+
+fn record(now: OffsetDateTime) -> Record {
+    Record::new(
+        now,
+        Some(now + Duration::hours(1)),
+        Some(now + Duration::hours(8)),
+    )
+}
+
+pub async fn store_create_refuses_a_live_handle(store: Store) {
+    let now = OffsetDateTime::now_utc();
+    let h = handle(1);
+    assert_eq!(
+        store.create(&h, &record(now)).await.unwrap(),
+        Created::Stored
+    );
+    assert_eq!(
+        store.create(&h, &record(now)).await.unwrap(),
+        Created::Collision
+    );
+}
+
+pub async fn store_never_returns_an_expired_record(store: Store) {
+    let now = OffsetDateTime::now_utc();
+    let h = handle(2);
+    store.create(&h, &record(now)).await.unwrap();
+    assert!(store
+        .load(&h, now + Duration::minutes(59))
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store
+        .load(&h, now + Duration::minutes(61))
+        .await
+        .unwrap()
+        .is_none());
+}
+
+pub async fn store_purges_expired_records_in_batches(store: Store) {
+    let now = OffsetDateTime::now_utc();
+    for n in 10..30u8 {
+        store.create(&handle(n), &record(now)).await.unwrap();
+    }
+    let later = now + Duration::hours(2);
+    let mut total = 0;
+    loop {
+        let n = store.delete_expired(later, 7).await.unwrap();
+        assert!(n <= 7);
+        total += n;
+        if n < 7 {
+            break;
+        }
+    }
+    assert!(total >= 20, "purged {total}");
+    assert!(
+        store.load(&handle(10), now).await.unwrap().is_none(),
+        "purged for good"
+    );
+}
+
+pub async fn store_update_of_a_deleted_record_is_gone(store: Store) {
+    let now = OffsetDateTime::now_utc();
+    let h = handle(3);
+    store.create(&h, &record(now)).await.unwrap();
+    assert!(store.delete(&h).await.unwrap());
+    assert!(!store.delete(&h).await.unwrap());
+    let touch = touch_update(now);
+    assert_eq!(store.update(&h, &touch, now).await.unwrap(), Updated::Gone);
+    assert!(store.load(&h, now).await.unwrap().is_none());
+}
+
+fn touch_update(now: OffsetDateTime) -> keyfob::Update {
+    keyfob::Update::touch(now, Some(now + Duration::hours(1)))
+}
+
+pub async fn store_lists_and_deletes_by_owner(store: Store) {
+    let app = App::new(store.clone());
+    // Log in three sessions as "u1" and one as "u2" through the real layer.
+    let mut cookies = Vec::new();
+    for owner in ["u1", "u1", "u1", "u2"] {
+        let r = app.send("POST", &format!("/login/{owner}"), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        cookies.push(r.cookie().unwrap());
+    }
+    let now = keyfob::Clock::now(&app.clock);
+    let listed = store.list_by_owner("u1", now).await.unwrap();
+    assert_eq!(listed.len(), 3);
+    let keep = listed[0].handle;
+    assert_eq!(store.delete_by_owner("u1", Some(&keep)).await.unwrap(), 2);
+    let listed = store.list_by_owner("u1", now).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].handle, keep);
+    assert_eq!(store.list_by_owner("u2", now).await.unwrap().len(), 1);
+    assert_eq!(store.delete_by_owner("u2", None).await.unwrap(), 1);
+    assert_eq!(
+        app.send("GET", "/get/keyfob.user", Some(&cookies[3]))
+            .await
+            .body,
+        "none"
+    );
+}
