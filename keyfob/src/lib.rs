@@ -71,3 +71,8 @@ pub use store::SessionStore;
 
 // Re-exported so users name the same `time` version keyfob uses.
 pub use time;
+
+/// The README's examples compile and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

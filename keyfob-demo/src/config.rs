@@ -1,0 +1,169 @@
+//! Command-line flags and environment variables (see `shared/spec/demo-http.md`).
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use keyfob::time::Duration;
+
+/// Where sessions are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// In process.
+    Memory,
+}
+
+impl StoreUrl {
+    /// Parses `memory`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "memory" => Ok(StoreUrl::Memory),
+            other => Err(format!("unsupported store {other:?}: expected `memory`")),
+        }
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreUrl::Memory => f.write_str("memory"),
+        }
+    }
+}
+
+/// The demo's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub addr: SocketAddr,
+    /// Session store.
+    pub store: StoreUrl,
+    /// Master key file.
+    pub key_file: PathBuf,
+    /// Drop `Secure` from cookies.
+    pub insecure_cookies: bool,
+    /// Server-side inactivity timeout.
+    pub idle_timeout: Duration,
+    /// Hard lifetime cap.
+    pub absolute_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            store: StoreUrl::Memory,
+            key_file: PathBuf::from("keyfob-demo.key"),
+            insecure_cookies: false,
+            idle_timeout: Duration::hours(2),
+            absolute_timeout: Duration::hours(12),
+        }
+    }
+}
+
+/// Parses `2h`, `30m`, `45s`, `1d` (a positive whole number and one unit).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {s:?}: use a number and one of s, m, h, d (e.g. 2h)");
+    let unit = s.chars().last().ok_or_else(bad)?;
+    let n: i64 = s[..s.len() - unit.len_utf8()].parse().map_err(|_| bad())?;
+    if n <= 0 {
+        return Err(bad());
+    }
+    let d = match unit {
+        's' => Duration::seconds(n),
+        'm' => Duration::minutes(n),
+        'h' => Duration::hours(n),
+        'd' => Duration::days(n),
+        _ => return Err(bad()),
+    };
+    Ok(d)
+}
+
+impl Config {
+    /// Reads flags (which win) and environment variables.
+    pub fn from_args(
+        args: impl IntoIterator<Item = String>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, String> {
+        let mut c = Config::default();
+        if let Some(a) = env("KEYFOB_ADDR") {
+            c.addr = parse_addr(&a)?;
+        }
+        if let Some(s) = env("KEYFOB_STORE") {
+            c.store = StoreUrl::parse(&s)?;
+        }
+        if let Some(k) = env("KEYFOB_KEY_FILE") {
+            c.key_file = PathBuf::from(k);
+        }
+        if env("KEYFOB_INSECURE_COOKIES").is_some_and(|v| v == "1" || v == "true") {
+            c.insecure_cookies = true;
+        }
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
+                None => (arg.clone(), None),
+            };
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| args.next())
+                    .ok_or_else(|| format!("{flag} needs a value"))
+            };
+            match flag.as_str() {
+                "--addr" => c.addr = parse_addr(&value()?)?,
+                "--store" => c.store = StoreUrl::parse(&value()?)?,
+                "--key-file" => c.key_file = PathBuf::from(value()?),
+                "--insecure-cookies" => c.insecure_cookies = true,
+                "--idle-timeout" => c.idle_timeout = parse_duration(&value()?)?,
+                "--absolute-timeout" => c.absolute_timeout = parse_duration(&value()?)?,
+                "-h" | "--help" => return Err(USAGE.to_owned()),
+                other => return Err(format!("unknown argument {other:?}; see --help")),
+            }
+        }
+        Ok(c)
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("invalid address {s:?}: expected IP:PORT, e.g. 127.0.0.1:3000"))
+}
+
+/// The `--help` text.
+pub const USAGE: &str = "usage: keyfob-demo [--addr IP:PORT] [--store URL] [--key-file PATH] \
+[--insecure-cookies] [--idle-timeout 2h] [--absolute-timeout 12h]";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_bad_ones_are_refused() {
+        assert_eq!(parse_duration("2h"), Ok(Duration::hours(2)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::seconds(90)));
+        for bad in ["", "h", "2", "-1h", "0m", "2w", "1.5h", "é"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn flags_win_over_environment() {
+        let env = |k: &str| (k == "KEYFOB_ADDR").then(|| "127.0.0.1:1".to_owned());
+        let c = Config::from_args(["--addr=127.0.0.1:2".to_owned()], env).unwrap();
+        assert_eq!(c.addr.port(), 2);
+        let c = Config::from_args(Vec::new(), env).unwrap();
+        assert_eq!(c.addr.port(), 1);
+    }
+
+    #[test]
+    fn bad_arguments_give_a_one_line_reason() {
+        for args in [
+            vec!["--store", "ftp://x"],
+            vec!["--addr", "nope"],
+            vec!["--bogus"],
+            vec!["--addr"],
+        ] {
+            let err = Config::from_args(args.into_iter().map(String::from), |_| None).unwrap_err();
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! keyfob-demo: the reference application. Its HTTP contract is
+//! `shared/spec/demo-http.md`; [`app`] builds the whole router so tests can
+//! serve it on loopback exactly as `main` does.
+
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod users;
+
+use std::sync::Arc;
+
+use axum::{
+    extract::State,
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use keyfob::{
+    auth::{self, AuthUser},
+    Key, Session, SessionLayer, SessionStore,
+};
+use serde::Deserialize;
+
+use crate::{
+    config::{Config, StoreUrl},
+    users::User,
+};
+
+const VISITS: Key<u64> = Key::new("visits");
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    store: Arc<dyn SessionStore>,
+}
+
+/// A ready-to-serve demo: its router and the store behind it.
+pub struct Demo {
+    /// The whole app.
+    pub router: Router,
+    /// A one-word description of the store, for the start-up line.
+    pub store_name: String,
+}
+
+/// Connects to the configured store and builds the app.
+///
+/// # Errors
+/// A one-line reason when the store cannot be reached or the settings are refused.
+pub async fn build(config: &Config) -> Result<Demo, String> {
+    let store: Arc<dyn SessionStore> = match &config.store {
+        StoreUrl::Memory => Arc::new(keyfob::MemoryStore::new()),
+    };
+    users::init();
+    let router = app(store, config)?;
+    Ok(Demo {
+        router,
+        store_name: config.store.to_string(),
+    })
+}
+
+/// The router over a store, with the session layer configured from `config`.
+///
+/// # Errors
+/// The layer's refusal of the settings, as one line.
+pub fn app(store: Arc<dyn SessionStore>, config: &Config) -> Result<Router, String> {
+    let layer = SessionLayer::builder(store.clone())
+        .with_secure(!config.insecure_cookies)
+        .with_idle_timeout(config.idle_timeout)
+        .with_absolute_timeout(Some(config.absolute_timeout))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let state = AppState { store };
+    Ok(Router::new()
+        .route("/login", post(login))
+        .route("/me", get(me))
+        .route("/logout", post(logout))
+        .route("/profile", get(profile))
+        .route("/count", get(count))
+        .layer(layer)
+        // Outside the session layer: a health check must not create sessions.
+        .route("/healthz", get(healthz))
+        .with_state(state))
+}
+
+#[derive(Deserialize)]
+struct Credentials {
+    username: String,
+    password: String,
+}
+
+async fn login(
+    session: Session,
+    Json(creds): Json<Credentials>,
+) -> Result<Response, keyfob::Error> {
+    let password = creds.password;
+    let username = creds.username;
+    // Argon2 is deliberately slow: keep it off the async workers.
+    let verified = tokio::task::spawn_blocking(move || users::verify(&username, &password))
+        .await
+        .ok()
+        .flatten();
+    let Some(user) = verified else {
+        return Ok((StatusCode::UNAUTHORIZED, "invalid credentials").into_response());
+    };
+    auth::login(&session, &user.id.to_string(), &user).await?;
+    Ok((StatusCode::OK, "logged in").into_response())
+}
+
+async fn me(session: Session) -> Result<Response, keyfob::Error> {
+    Ok(match auth::current_user::<User>(&session).await? {
+        Some(user) => Json(user).into_response(),
+        None => (StatusCode::UNAUTHORIZED, "not logged in").into_response(),
+    })
+}
+
+async fn profile(AuthUser(user): AuthUser<User>) -> Json<User> {
+    Json(user)
+}
+
+async fn logout(session: Session) -> Result<Response, keyfob::Error> {
+    auth::logout(&session).await?;
+    Ok((StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response())
+}
+
+async fn count(session: Session) -> Result<String, keyfob::Error> {
+    let n = session.get(VISITS).await?.unwrap_or(0) + 1;
+    session.insert(VISITS, n).await?;
+    Ok(format!(
+        "You have visited this page {n} time(s) in this session."
+    ))
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    // Any answer from the store, found or not, means it is up.
+    let probe = keyfob::Handle::from_bytes([0; 32]);
+    match state
+        .store
+        .load(&probe, keyfob::time::OffsetDateTime::now_utc())
+        .await
+    {
+        Ok(_) => (StatusCode::OK, "ok").into_response(),
+        Err(err) => {
+            tracing::warn!(error = %err, "health check: store unavailable");
+            (StatusCode::SERVICE_UNAVAILABLE, "session store unavailable").into_response()
+        }
+    }
+}
