@@ -54,13 +54,77 @@ macro_rules! conformance {
 }
 
 mod stores {
-    use std::sync::Arc;
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
 
     use keyfob::{MemoryStore, SessionStore};
 
     pub async fn memory() -> Arc<dyn SessionStore> {
         Arc::new(MemoryStore::new())
     }
+
+    /// A name no other test of this run uses.
+    pub fn unique(prefix: &str) -> String {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        format!(
+            "{prefix}_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// The address of a server that `scripts/test` started; a test without
+    /// it fails, it is never skipped.
+    pub fn server_url(var: &str) -> String {
+        std::env::var(var).unwrap_or_else(|_| {
+            panic!("{var} is not set: run the suite through scripts/test, which starts the server")
+        })
+    }
+
+    #[cfg(feature = "sqlite")]
+    pub async fn sqlite_store() -> keyfob::store::sqlite::SqliteStore {
+        let dir = std::env::temp_dir().join("keyfob-conformance");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}.db", unique("sqlite")));
+        let _ = std::fs::remove_file(&path);
+        keyfob::store::sqlite::SqliteStore::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap()
+    }
+
+    #[cfg(feature = "sqlite")]
+    pub async fn sqlite() -> Arc<dyn SessionStore> {
+        Arc::new(sqlite_store().await)
+    }
+
+    #[cfg(feature = "postgres")]
+    pub async fn postgres_store() -> keyfob::store::postgres::PostgresStore {
+        let url = server_url("KEYFOB_TEST_POSTGRES_URL");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url}: {e}"));
+        let store = keyfob::store::postgres::PostgresStore::new(pool)
+            .with_table_name(&unique("sessions"))
+            .unwrap();
+        store.migrate().await.unwrap();
+        store
+    }
+
+    #[cfg(feature = "postgres")]
+    pub async fn postgres() -> Arc<dyn SessionStore> {
+        Arc::new(postgres_store().await)
+    }
 }
 
 conformance!(memory, crate::stores::memory);
+#[cfg(feature = "sqlite")]
+conformance!(sqlite, crate::stores::sqlite);
+#[cfg(feature = "postgres")]
+conformance!(postgres, crate::stores::postgres);
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
