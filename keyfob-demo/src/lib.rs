@@ -48,15 +48,39 @@ pub struct Demo {
 /// # Errors
 /// A one-line reason when the store cannot be reached or the settings are refused.
 pub async fn build(config: &Config) -> Result<Demo, String> {
+    let one_line =
+        |e: keyfob::Error| format!("store {} unavailable: {e}", config.store).replace('\n', " ");
     let store: Arc<dyn SessionStore> = match &config.store {
         StoreUrl::Memory => Arc::new(keyfob::MemoryStore::new()),
+        StoreUrl::Sqlite(url) => Arc::new(
+            keyfob::store::sqlite::SqliteStore::connect(url)
+                .await
+                .map_err(one_line)?,
+        ),
+        StoreUrl::Postgres(url) => Arc::new(connect_postgres(url).await.map_err(one_line)?),
     };
+    tokio::spawn(keyfob::store::cleanup(
+        store.clone(),
+        keyfob::SystemClock,
+        std::time::Duration::from_secs(60),
+        1000,
+    ));
     users::init();
     let router = app(store, config)?;
     Ok(Demo {
         router,
         store_name: config.store.to_string(),
     })
+}
+
+async fn connect_postgres(url: &str) -> keyfob::Result<keyfob::store::postgres::PostgresStore> {
+    // Fail fast at start-up instead of waiting out a long connect timeout.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        keyfob::store::postgres::PostgresStore::connect(url),
+    )
+    .await
+    .unwrap_or_else(|_| Err(keyfob::Error::store_msg("connection timed out")))
 }
 
 /// The router over a store, with the session layer configured from `config`.

@@ -310,3 +310,141 @@ fn startup_prints_the_address_and_the_store() {
     );
     assert!(line.contains("(store: memory)"), "{line}");
 }
+
+/// A demo process started from the real binary; killed on drop.
+struct Process {
+    child: std::process::Child,
+    server: Server,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_demo(store: &str, dir: &std::path::Path) -> Process {
+    let mut child = demo_binary()
+        .args(["--addr", "127.0.0.1:0", "--store", store])
+        .arg("--key-file")
+        .arg(dir.join("demo.key"))
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in start-up line {line:?}"));
+    Process {
+        server: Server {
+            base: format!("http://{addr}"),
+        },
+        child,
+    }
+}
+
+fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("keyfob-demo-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn server_url(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the suite through scripts/test, which starts the server")
+    })
+}
+
+#[tokio::test]
+async fn restarted_demo_on_the_same_sqlite_file_still_knows_the_session() {
+    let dir = scratch_dir("restart");
+    let url = format!("sqlite://{}", dir.join("demo.db").display());
+    let mut c;
+    {
+        let demo = spawn_demo(&url, &dir);
+        c = Client::new(&demo.server);
+        c.login("alice", "correct horse").await;
+        assert_eq!(c.get("/me").await.status, StatusCode::OK);
+    }
+    let demo = spawn_demo(&url, &dir);
+    c.base = demo.server.base.clone();
+    let r = c.get("/me").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (StatusCode::OK, r#"{"id":1,"username":"alice"}"#)
+    );
+}
+
+/// Log in through one replica, use the session through the other, log out
+/// through the other: the first sees 401.
+async fn two_replicas_share_sessions(store: &str, name: &str) {
+    let dir = scratch_dir(name);
+    let one = spawn_demo(store, &dir);
+    let two = spawn_demo(store, &dir);
+    let mut c = Client::new(&one.server);
+    let r = c.login("bob", "battery staple").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let cookie = c.cookie.clone();
+    c.base = two.server.base.clone();
+    let r = c.get("/me").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (StatusCode::OK, r#"{"id":2,"username":"bob"}"#)
+    );
+    let r = c.get("/count").await;
+    assert_eq!(
+        r.body,
+        "You have visited this page 1 time(s) in this session."
+    );
+    c.base = one.server.base.clone();
+    let r = c.get("/count").await;
+    assert_eq!(
+        r.body,
+        "You have visited this page 2 time(s) in this session."
+    );
+    c.base = two.server.base.clone();
+    assert_eq!(c.post("/logout").await.status, StatusCode::SEE_OTHER);
+    c.base = one.server.base.clone();
+    c.cookie = cookie;
+    assert_eq!(c.get("/me").await.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn two_replicas_on_one_postgres_share_sessions() {
+    two_replicas_share_sessions(&server_url("KEYFOB_TEST_POSTGRES_URL"), "pg-replicas").await;
+}
+
+#[tokio::test]
+async fn two_replicas_on_one_sqlite_file_share_sessions() {
+    let dir = scratch_dir("sqlite-replicas-db");
+    let url = format!("sqlite://{}", dir.join("shared.db").display());
+    two_replicas_share_sessions(&url, "sqlite-replicas").await;
+}
+
+#[test]
+fn unreachable_store_at_start_up_exits_non_zero_with_a_one_line_reason() {
+    let dir = scratch_dir("unreachable");
+    for store in [
+        "postgres://nobody@127.0.0.1:1/none",
+        "sqlite:///nonexistent-dir/x/y.db",
+    ] {
+        let out = demo_binary()
+            .args(["--addr", "127.0.0.1:0", "--store", store])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{store}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{store}: {stderr}");
+        assert!(stderr.contains("unavailable"), "{stderr}");
+    }
+}
