@@ -20,6 +20,7 @@ pub(crate) fn valid_identifier(name: &str) -> Result<()> {
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 pub(crate) fn decode_record(handle: &Handle, text: &str) -> Option<Record> {
     match serde_json::from_str::<Record>(text) {
         Ok(r) => Some(r),
@@ -36,4 +37,10 @@ pub(crate) fn decode_record(handle: &Handle, text: &str) -> Option<Record> {
 
 pub(crate) fn handle_from(bytes: &[u8]) -> Option<Handle> {
     <[u8; 32]>::try_from(bytes).ok().map(Handle::from_bytes)
+}
+
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+pub(crate) fn encode_record(record: &Record) -> Result<String> {
+    serde_json::to_string(record)
+        .map_err(|e| Error::with_source(crate::error::ErrorKind::Serialize, e))
 }

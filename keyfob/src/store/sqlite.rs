@@ -48,7 +48,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    sql::{decode_record, handle_from, valid_identifier},
+    sql::{decode_record, encode_record, handle_from, valid_identifier},
     BoxFuture, Created, OwnedSession, SessionStore, Updated,
 };
 use crate::{
@@ -103,11 +103,6 @@ enum Out {
 struct Job {
     op: Op,
     reply: oneshot::Sender<Result<Out>>,
-}
-
-fn encode_record(record: &Record) -> Result<String> {
-    serde_json::to_string(record)
-        .map_err(|e| Error::with_source(crate::error::ErrorKind::Serialize, e))
 }
 
 impl SqliteStore {

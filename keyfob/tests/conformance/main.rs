@@ -118,6 +118,26 @@ mod stores {
     pub async fn postgres() -> Arc<dyn SessionStore> {
         Arc::new(postgres_store().await)
     }
+
+    #[cfg(feature = "mysql")]
+    pub async fn mysql_store() -> keyfob::store::mysql::MySqlStore {
+        let url = server_url("KEYFOB_TEST_MYSQL_URL");
+        let pool = sqlx::mysql::MySqlPoolOptions::new()
+            .max_connections(8)
+            .connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach MySQL/MariaDB at {url}: {e}"));
+        let store = keyfob::store::mysql::MySqlStore::new(pool)
+            .with_table_name(&unique("sessions"))
+            .unwrap();
+        store.migrate().await.unwrap();
+        store
+    }
+
+    #[cfg(feature = "mysql")]
+    pub async fn mysql() -> Arc<dyn SessionStore> {
+        Arc::new(mysql_store().await)
+    }
 }
 
 conformance!(memory, crate::stores::memory);
@@ -125,6 +145,8 @@ conformance!(memory, crate::stores::memory);
 conformance!(sqlite, crate::stores::sqlite);
 #[cfg(feature = "postgres")]
 conformance!(postgres, crate::stores::postgres);
+#[cfg(feature = "mysql")]
+conformance!(mysql, crate::stores::mysql);
 
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 mod sql;

@@ -119,3 +119,56 @@ mod postgres {
         }
     }
 }
+
+#[cfg(feature = "mysql")]
+mod mysql {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn corrupted_mysql_row_reads_as_no_session() {
+        let store = stores::mysql_store().await;
+        let (pool, table) = (store.pool().clone(), store.table().to_owned());
+        let (app, cookie) = session_in(Arc::new(store)).await;
+        sqlx::query(&format!("UPDATE `{table}` SET record = '{{\"d\":7'"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        let r = app.send("GET", "/get/a", Some(&cookie)).await;
+        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "none"));
+        let r = app.send("POST", "/set/b/2", Some(&cookie)).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mysql_keeps_only_hashes_of_ids() {
+        let store = stores::mysql_store().await;
+        let (pool, table) = (store.pool().clone(), store.table().to_owned());
+        let (_app, cookie) = session_in(Arc::new(store)).await;
+        let rows: Vec<(Vec<u8>, String)> =
+            sqlx::query_as(&format!("SELECT handle, record FROM `{table}`"))
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].0.len(), 32);
+        assert!(!rows[0].1.contains(&cookie));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_mysql_migrations_serialize_on_the_named_lock() {
+        let store = stores::mysql_store().await;
+        let fresh = store
+            .clone()
+            .with_table_name(&stores::unique("mig"))
+            .unwrap();
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let s = fresh.clone();
+                tokio::spawn(async move { s.migrate().await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    }
+}
