@@ -53,6 +53,7 @@ pub mod expiry;
 #[cfg(feature = "axum")]
 pub mod extract;
 pub mod id;
+pub mod keys;
 pub mod layer;
 pub mod record;
 pub mod session;
