@@ -45,12 +45,7 @@
 //! assert!(Keyring::new([0u8; 64]).is_err());
 //! ```
 
-use std::{
-    fmt,
-    io::Write as _,
-    path::Path,
-    sync::Arc,
-};
+use std::{fmt, io::Write as _, path::Path, sync::Arc};
 
 use aes_gcm::{
     aead::{Aead, Payload},
@@ -317,9 +312,8 @@ impl Keyring {
     /// ```
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::config(format!("cannot read key file {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::config(format!("cannot read key file {}: {e}", path.display())))?;
         Self::from_base64(&text)
             .map_err(|e| Error::config(format!("key file {}: {}", path.display(), strip(&e))))
     }
@@ -639,7 +633,10 @@ fn create_key_file(path: &Path) -> std::io::Result<[u8; GENERATED_KEY_LEN]> {
     let key = random_key().map_err(std::io::Error::other)?;
     let mut text = STANDARD.encode(key);
     text.push('\n');
-    if let Err(e) = file.write_all(text.as_bytes()).and_then(|()| file.sync_all()) {
+    if let Err(e) = file
+        .write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+    {
         // Leave no half-written key behind to be "loaded" on the next start.
         let _ = std::fs::remove_file(path);
         return Err(e);

@@ -53,6 +53,8 @@ pub mod expiry;
 #[cfg(feature = "axum")]
 pub mod extract;
 pub mod id;
+#[cfg(feature = "axum")]
+pub mod jar;
 pub mod keys;
 pub mod layer;
 pub mod record;
