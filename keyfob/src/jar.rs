@@ -280,6 +280,8 @@ macro_rules! jar_type {
 
             /// Adds (or replaces) a cookie; its value is sealed when the jar is
             /// turned into the response, with its `Max-Age`/`Expires` inside.
+            // Named as in axum-extra's jars, so migrating is a change of `use`.
+            #[allow(clippy::should_implement_trait)]
             #[must_use]
             pub fn add<C: Into<Cookie<'static>>>(mut self, cookie: C) -> Self {
                 self.jar.put(cookie.into());

@@ -520,6 +520,34 @@ impl Keyring {
         })
     }
 
+    /// `ID.TAG` for a session ID written in the cookie `name` (signed IDs).
+    pub(crate) fn tag_id(&self, name: &str, id: &str) -> Result<String> {
+        let key = derive(self.current(), Purpose::SessionId, name)?;
+        let tag = mac(&key, name, id.as_bytes())?.finalize().into_bytes();
+        let mut out = String::with_capacity(id.len() + 44);
+        out.push_str(id);
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(tag, &mut out);
+        Ok(out)
+    }
+
+    /// The ID part of an `ID.TAG` cookie value whose tag verifies, and
+    /// whether it verified under an old key.
+    pub(crate) fn open_id<'v>(&self, name: &str, value: &'v [u8]) -> Option<(&'v [u8], bool)> {
+        let dot = value.iter().position(|&b| b == b'.')?;
+        let (id, tag) = (&value[..dot], &value[dot + 1..]);
+        let tag = URL_SAFE_NO_PAD.decode(tag).ok()?;
+        if tag.len() != TAG_LEN {
+            return None;
+        }
+        let index = self.keys.iter().position(|master| {
+            derive(master, Purpose::SessionId, name)
+                .and_then(|key| mac(&key, name, id))
+                .is_ok_and(|m| m.verify_slice(&tag).is_ok())
+        })?;
+        Some((id, index > 0))
+    }
+
     fn current(&self) -> &[u8] {
         self.keys.first().map_or(&[][..], |k| &k[..])
     }

@@ -68,6 +68,8 @@ pub use id::Handle;
 pub use layer::{SessionLayer, SessionLayerBuilder};
 pub use record::{Record, Update};
 pub use session::{AsKey, Key, Session};
+#[cfg(feature = "cookie-store")]
+pub use store::cookie::CookieStore;
 #[cfg(feature = "memory")]
 pub use store::memory::MemoryStore;
 pub use store::SessionStore;
