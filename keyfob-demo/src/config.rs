@@ -9,14 +9,19 @@ use keyfob::time::Duration;
 pub enum StoreUrl {
     /// In process.
     Memory,
+    /// Client-side: each session sealed (AES-256-GCM) inside its cookie.
+    Cookie,
 }
 
 impl StoreUrl {
-    /// Parses `memory`.
+    /// Parses `memory` or `cookie`.
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
             "memory" => Ok(StoreUrl::Memory),
-            other => Err(format!("unsupported store {other:?}: expected `memory`")),
+            "cookie" => Ok(StoreUrl::Cookie),
+            other => Err(format!(
+                "unsupported store {other:?}: expected `memory` or `cookie`"
+            )),
         }
     }
 }
@@ -25,6 +30,7 @@ impl std::fmt::Display for StoreUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreUrl::Memory => f.write_str("memory"),
+            StoreUrl::Cookie => f.write_str("cookie"),
         }
     }
 }

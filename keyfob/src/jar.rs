@@ -68,6 +68,8 @@
 
 use std::{convert::Infallible, fmt};
 
+/// The `cookie` crate the jars use, to build cookies and their attributes.
+pub use ::cookie;
 use axum_core::{
     extract::{FromRef, FromRequestParts},
     response::{IntoResponseParts, ResponseParts},
@@ -148,11 +150,16 @@ impl Jar {
                 continue;
             };
             let stale = opened.is_stale();
+            let expires_at = opened.expires_at();
             let Ok(plain) = String::from_utf8(opened.into_value()) else {
                 continue;
             };
-            jar.originals
-                .push((Cookie::new(name.clone(), plain), stale));
+            let mut cookie = Cookie::new(name.clone(), plain);
+            // The sealed deadline, so adding the cookie again keeps it.
+            if let Some(at) = expires_at {
+                cookie.set_expires(at);
+            }
+            jar.originals.push((cookie, stale));
         }
         jar
     }
@@ -273,7 +280,9 @@ macro_rules! jar_type {
             }
 
             /// The cookie `name` with its plain value, or `None` when it was
-            /// absent, forged, tampered with, expired or removed.
+            /// absent, forged, tampered with, expired or removed. A cookie
+            /// read from the request carries its sealed deadline as
+            /// `Expires`, so adding it again (after a key rotation) keeps it.
             pub fn get(&self, name: &str) -> Option<Cookie<'static>> {
                 self.jar.get(name)
             }
