@@ -23,7 +23,7 @@
 //!   another keyring all read as absent (`None`), never as an error;
 //! - master keys shorter than 32 bytes, or obviously not random (few distinct
 //!   bytes, an arithmetic sequence), are refused with
-//!   [`ErrorKind::Config`](crate::ErrorKind::Config) and a message that says
+//!   [`ErrorKind::Config`] and a message that says
 //!   how to make a good one.
 //!
 //! Caveats: a signed value is readable by the client (base64url, not
@@ -105,7 +105,7 @@ impl Purpose {
 
 /// One or more master keys: the first signs and encrypts, all of them verify
 /// and decrypt. Cheap to clone (an `Arc`); put it in the app state and reach
-/// it with `FromRef` (see [`crate::jar`]).
+/// it with `FromRef` (see the `jar` module).
 ///
 /// ```
 /// use keyfob::keys::Keyring;
@@ -182,7 +182,7 @@ impl Keyring {
     /// A keyring of one master key.
     ///
     /// # Errors
-    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the key is shorter
+    /// [`ErrorKind::Config`] when the key is shorter
     /// than 32 bytes or obviously not random.
     ///
     /// ```
@@ -196,7 +196,7 @@ impl Keyring {
     /// A keyring of several master keys, the current one first.
     ///
     /// # Errors
-    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for no key at all, or a
+    /// [`ErrorKind::Config`] for no key at all, or a
     /// key that [`new`](Self::new) would refuse (the message says which).
     ///
     /// ```
@@ -232,7 +232,7 @@ impl Keyring {
     /// whose cookies need not outlive the process.
     ///
     /// # Errors
-    /// [`ErrorKind::Random`](crate::ErrorKind::Random) when the OS RNG fails.
+    /// [`ErrorKind::Random`] when the OS RNG fails.
     ///
     /// ```
     /// let a = keyfob::keys::Keyring::generate().unwrap();
@@ -248,7 +248,7 @@ impl Keyring {
     /// separated by commas or whitespace, the current one first.
     ///
     /// # Errors
-    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for text that is not
+    /// [`ErrorKind::Config`] for text that is not
     /// base64 or a key that is refused.
     ///
     /// ```
@@ -282,7 +282,7 @@ impl Keyring {
     /// [`from_base64`](Self::from_base64)).
     ///
     /// # Errors
-    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the variable is
+    /// [`ErrorKind::Config`] when the variable is
     /// unset, not Unicode, or holds a refused key.
     ///
     /// ```
@@ -304,7 +304,7 @@ impl Keyring {
     /// one first (the format [`load_or_create`](Self::load_or_create) writes).
     ///
     /// # Errors
-    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the file cannot be
+    /// [`ErrorKind::Config`] when the file cannot be
     /// read or holds a refused key; the message names the file.
     ///
     /// ```
@@ -323,7 +323,7 @@ impl Keyring {
     /// every cookie valid.
     ///
     /// # Errors
-    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the file exists but
+    /// [`ErrorKind::Config`] when the file exists but
     /// is malformed, or cannot be created.
     ///
     /// ```
@@ -401,7 +401,7 @@ impl Keyring {
     /// sealing `expires_at` into it. The result is base64url.
     ///
     /// # Errors
-    /// [`ErrorKind::Random`](crate::ErrorKind::Random) when the OS RNG fails.
+    /// [`ErrorKind::Random`] when the OS RNG fails.
     ///
     /// ```
     /// let keys = keyfob::keys::Keyring::generate().unwrap();

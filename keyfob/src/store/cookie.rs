@@ -1,7 +1,7 @@
 //! Client-side sessions: the whole record sealed inside the session cookie.
 //!
 //! Rules:
-//! - the cookie carries the session ID and its [`Record`](crate::Record),
+//! - the cookie carries the session ID and its [`Record`],
 //!   encrypted with AES-256-GCM under a key derived from the
 //!   [`Keyring`] for this purpose and cookie name, with a fresh random nonce on
 //!   every write ([`CookieStore::new`]); or only signed with HMAC-SHA256, so
@@ -13,7 +13,7 @@
 //!   interval has passed (the idle deadline slides) or when the cookie was
 //!   sealed under an old key of the ring (rotation);
 //! - a record whose `Set-Cookie` line would exceed 4096 bytes is an
-//!   [`ErrorKind::TooLarge`](crate::ErrorKind::TooLarge) error when it is
+//!   [`ErrorKind::TooLarge`] error when it is
 //!   saved: the response is `500 session too large to store` and no
 //!   `Set-Cookie` is sent, so no truncated or oversized cookie ever leaves;
 //! - logout ([`Session::delete`](crate::Session::delete)) clears the cookie.
@@ -149,7 +149,7 @@ impl CookieStore {
     /// (a user's "log out everywhere", a password change). Precise to the second.
     ///
     /// # Errors
-    /// [`ErrorKind::Config`](crate::ErrorKind::Config) without a revocation
+    /// [`ErrorKind::Config`] without a revocation
     /// store; the store's error when it fails.
     ///
     /// ```
