@@ -33,6 +33,12 @@ use http::{header::COOKIE, HeaderMap, HeaderValue};
 
 use crate::error::Error;
 
+/// The longest `Set-Cookie` value (name, value and attributes) keyfob sends:
+/// browsers must keep cookies up to 4096 bytes (RFC 6265 §6.1) and drop or
+/// truncate longer ones.
+#[cfg_attr(not(any(feature = "axum", feature = "cookie-store")), allow(dead_code))]
+pub(crate) const MAX_SET_COOKIE: usize = 4096;
+
 /// The `SameSite` attribute of the session cookie.
 ///
 /// ```

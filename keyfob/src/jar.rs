@@ -79,12 +79,10 @@ use http::{header, request::Parts, HeaderMap, HeaderValue};
 use time::OffsetDateTime;
 
 use crate::{
+    config::MAX_SET_COOKIE,
     keys::{Keyring, Opened, Purpose},
     record::secs,
 };
-
-/// The longest `Set-Cookie` value sent; browsers drop or truncate longer ones.
-pub(crate) const MAX_SET_COOKIE: usize = 4096;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {

@@ -8,7 +8,8 @@
 //!    only the idle deadline is due for a refresh, touch it; else write nothing.
 //!    A `5xx` response saves nothing unless
 //!    [`with_save_on_server_error`](SessionLayerBuilder::with_save_on_server_error) says so;
-//! 4. `Set-Cookie` only when the ID or the cookie's expiry changed, with
+//! 4. `Set-Cookie` only when the ID or the cookie's expiry changed (for
+//!    cookie sessions, also when the sealed record changed), with
 //!    `Cache-Control: no-store` unless the handler set its own; `Vary: Cookie`
 //!    on every response that used the session.
 //!

@@ -49,8 +49,6 @@ use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, MutexGuard};
 
-#[cfg(feature = "cookie-store")]
-use crate::store::cookie::CookieStore;
 use crate::{
     config::CookieConfig,
     error::{Error, ErrorKind, Result},
@@ -60,6 +58,8 @@ use crate::{
     record::{secs, ChangeSet, Data, Record, Update},
     store::{Created, SessionStore, Updated},
 };
+#[cfg(feature = "cookie-store")]
+use crate::{config::MAX_SET_COOKIE, store::cookie::CookieStore};
 
 /// A typed session key: a name and the type of the value stored under it.
 ///
@@ -789,11 +789,11 @@ impl Session {
             cookie_max_age(record.idle_deadline, record.absolute_deadline, now)
         };
         let line = shared.cookie.set_cookie(&value, max_age).len();
-        if line > MAX_COOKIE_LINE {
+        if line > MAX_SET_COOKIE {
             return Err(Error::new(
                 ErrorKind::TooLarge,
                 format!(
-                    "the session cookie would be {line} bytes, over the {MAX_COOKIE_LINE}-byte limit \
+                    "the session cookie would be {line} bytes, over the {MAX_SET_COOKIE}-byte limit \
                      of browsers: keep less in a cookie session, or use a server-side store"
                 ),
             ));
@@ -808,10 +808,6 @@ impl Session {
         Ok(CookieOut::Sealed { value, max_age })
     }
 }
-
-/// The longest `Set-Cookie` line browsers are required to keep (RFC 6265 §6.1).
-#[cfg(feature = "cookie-store")]
-const MAX_COOKIE_LINE: usize = 4096;
 
 fn cookie_max_age(idle: Option<i64>, absolute: Option<i64>, now: OffsetDateTime) -> Option<i64> {
     let deadline = match (idle, absolute) {
