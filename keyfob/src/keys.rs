@@ -312,6 +312,18 @@ impl Keyring {
     /// ```
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            if let Ok(meta) = std::fs::metadata(path) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "keyfob: key file is readable by other users; `chmod 600` it"
+                    );
+                }
+            }
+        }
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::config(format!("cannot read key file {}: {e}", path.display())))?;
         Self::from_base64(&text)

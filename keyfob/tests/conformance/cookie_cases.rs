@@ -250,3 +250,91 @@ async fn cookie_layer_refuses_signed_ids() {
         .unwrap_err();
     assert_eq!(err.kind(), keyfob::ErrorKind::Config);
 }
+
+#[tokio::test]
+async fn signed_only_cookie_session_is_readable_but_not_changeable() {
+    use base64::Engine as _;
+    let layer = keyfob::SessionLayer::cookie(keyfob::CookieStore::signed(keys(1)));
+    let router = crate::support::router(Default::default()).layer(layer);
+    let send = |req: axum::http::Request<axum::body::Body>| {
+        let router = router.clone();
+        async move {
+            use http_body_util::BodyExt as _;
+            use tower::ServiceExt as _;
+            let res = router.oneshot(req).await.unwrap();
+            let cookie = res
+                .headers()
+                .get("set-cookie")
+                .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned());
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            (cookie, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let req = |method: &str, uri: &str, cookie: Option<&str>| {
+        let mut b = axum::http::Request::builder().method(method).uri(uri);
+        if let Some(c) = cookie {
+            b = b.header("cookie", c);
+        }
+        b.body(axum::body::Body::empty()).unwrap()
+    };
+    let (cookie, _) = send(req("POST", "/set/role/user", None)).await;
+    let cookie = cookie.unwrap();
+    let payload = cookie.trim_start_matches("id=").split('.').next().unwrap();
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&json).contains("\"user\""),
+        "a signed session is readable"
+    );
+    let (_, body) = send(req("GET", "/get/role", Some(&cookie))).await;
+    assert_eq!(body, "\"user\"");
+    // Rewrite the readable payload: the signature no longer matches.
+    let forged_json = String::from_utf8_lossy(&json).replace("\"user\"", "\"root\"");
+    let forged = format!(
+        "id={}.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(forged_json.as_bytes()),
+        cookie.split('.').nth(1).unwrap()
+    );
+    let (_, body) = send(req("GET", "/get/role", Some(&forged))).await;
+    assert_eq!(body, "none");
+}
+
+#[tokio::test]
+async fn explicit_save_of_an_oversized_cookie_session_is_a_too_large_error() {
+    use axum::routing::post;
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let layer = keyfob::SessionLayer::cookie(keyfob::CookieStore::new(keys(1)));
+    let router: axum::Router = axum::Router::new()
+        .route(
+            "/big",
+            post({
+                let seen = seen.clone();
+                move |s: keyfob::Session| async move {
+                    s.insert("big", "x".repeat(5000)).await.unwrap();
+                    let err = s.save().await.unwrap_err();
+                    *seen.lock().unwrap() = Some((err.kind(), err.to_string()));
+                    "the handler went on"
+                }
+            }),
+        )
+        .layer(layer);
+    let res = router
+        .oneshot(
+            axum::http::Request::post("/big")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let (kind, message) = seen.lock().unwrap().clone().unwrap();
+    assert_eq!(kind, keyfob::ErrorKind::TooLarge);
+    assert!(message.contains("4096"), "{message}");
+    // The layer does not send the oversized cookie either.
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(res.headers().get("set-cookie").is_none());
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"session too large to store");
+}
