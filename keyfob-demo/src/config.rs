@@ -13,10 +13,14 @@ pub enum StoreUrl {
     Sqlite(String),
     /// A PostgreSQL server (`postgres://…` or `postgresql://…`).
     Postgres(String),
+    /// A MySQL or MariaDB server (`mysql://USER:PASS@HOST/DB`).
+    MySql(String),
+    /// Client-side: each session sealed (AES-256-GCM) inside its cookie.
+    Cookie,
 }
 
 impl StoreUrl {
-    /// Parses `memory`, `sqlite://PATH`, `postgres://…`.
+    /// Parses `memory`, `cookie`, `sqlite://PATH`, `postgres://…`, `mysql://…`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let nonempty = |rest: &str, what: &str| {
             if rest.is_empty() {
@@ -27,6 +31,11 @@ impl StoreUrl {
         };
         if s == "memory" {
             Ok(StoreUrl::Memory)
+        } else if s == "cookie" {
+            Ok(StoreUrl::Cookie)
+        } else if let Some(rest) = s.strip_prefix("mysql://") {
+            nonempty(rest, "host")?;
+            Ok(StoreUrl::MySql(s.to_owned()))
         } else if let Some(path) = s.strip_prefix("sqlite://") {
             nonempty(path, "file path")?;
             Ok(StoreUrl::Sqlite(s.to_owned()))
@@ -38,7 +47,7 @@ impl StoreUrl {
             Ok(StoreUrl::Postgres(s.to_owned()))
         } else {
             Err(format!(
-                "unsupported store {:?}: expected memory, sqlite://PATH or postgres://…",
+                "unsupported store {:?}: expected memory, cookie, sqlite://PATH, postgres://… or mysql://…",
                 redact(s)
             ))
         }
@@ -63,7 +72,10 @@ impl std::fmt::Display for StoreUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreUrl::Memory => f.write_str("memory"),
-            StoreUrl::Sqlite(u) | StoreUrl::Postgres(u) => f.write_str(&redact(u)),
+            StoreUrl::Cookie => f.write_str("cookie"),
+            StoreUrl::Sqlite(u) | StoreUrl::Postgres(u) | StoreUrl::MySql(u) => {
+                f.write_str(&redact(u))
+            }
         }
     }
 }

@@ -5,12 +5,13 @@
 #![deny(missing_docs)]
 
 pub mod config;
+mod signed;
 pub mod users;
 
 use std::sync::Arc;
 
 use axum::{
-    extract::State,
+    extract::{FromRef, State},
     http::{header, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -18,7 +19,8 @@ use axum::{
 };
 use keyfob::{
     auth::{self, AuthUser},
-    Key, Session, SessionLayer, SessionStore,
+    keys::Keyring,
+    CookieStore, Key, Session, SessionLayer, SessionStore,
 };
 use serde::Deserialize;
 
@@ -33,6 +35,13 @@ const VISITS: Key<u64> = Key::new("visits");
 #[derive(Clone)]
 pub struct AppState {
     store: Arc<dyn SessionStore>,
+    keys: Keyring,
+}
+
+impl FromRef<AppState> for Keyring {
+    fn from_ref(state: &AppState) -> Keyring {
+        state.keys.clone()
+    }
 }
 
 /// A ready-to-serve demo: its router and the store behind it.
@@ -58,6 +67,9 @@ pub async fn build(config: &Config) -> Result<Demo, String> {
                 .map_err(one_line)?,
         ),
         StoreUrl::Postgres(url) => Arc::new(connect_postgres(url).await.map_err(one_line)?),
+        StoreUrl::MySql(url) => Arc::new(connect_mysql(url).await.map_err(one_line)?),
+        // Cookie sessions keep only revocation marks (logout) on the server.
+        StoreUrl::Cookie => Arc::new(keyfob::MemoryStore::new()),
     };
     tokio::spawn(keyfob::store::cleanup(
         store.clone(),
@@ -65,8 +77,9 @@ pub async fn build(config: &Config) -> Result<Demo, String> {
         std::time::Duration::from_secs(60),
         1000,
     ));
+    let keys = Keyring::load_or_create(&config.key_file).map_err(|e| e.to_string())?;
     users::init();
-    let router = app(store, config)?;
+    let router = app_with_keys(store, keys, config)?;
     Ok(Demo {
         router,
         store_name: config.store.to_string(),
@@ -83,24 +96,55 @@ async fn connect_postgres(url: &str) -> keyfob::Result<keyfob::store::postgres::
     .unwrap_or_else(|_| Err(keyfob::Error::store_msg("connection timed out")))
 }
 
-/// The router over a store, with the session layer configured from `config`.
+async fn connect_mysql(url: &str) -> keyfob::Result<keyfob::store::mysql::MySqlStore> {
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        keyfob::store::mysql::MySqlStore::connect(url),
+    )
+    .await
+    .unwrap_or_else(|_| Err(keyfob::Error::store_msg("connection timed out")))
+}
+
+/// The router over a store, with the session layer configured from `config`
+/// and a fresh random keyring (cookies signed by it end with the process).
 ///
 /// # Errors
 /// The layer's refusal of the settings, as one line.
 pub fn app(store: Arc<dyn SessionStore>, config: &Config) -> Result<Router, String> {
-    let layer = SessionLayer::builder(store.clone())
+    let keys = Keyring::generate().map_err(|e| e.to_string())?;
+    app_with_keys(store, keys, config)
+}
+
+/// [`app`] with the keyring that signs the app's cookies (and seals cookie
+/// sessions with `--store cookie`, where `store` keeps the revocation marks).
+///
+/// # Errors
+/// The layer's refusal of the settings, as one line.
+pub fn app_with_keys(
+    store: Arc<dyn SessionStore>,
+    keys: Keyring,
+    config: &Config,
+) -> Result<Router, String> {
+    let builder = match config.store {
+        StoreUrl::Cookie => SessionLayer::cookie_builder(
+            CookieStore::new(keys.clone()).with_revocation(store.clone()),
+        ),
+        _ => SessionLayer::builder(store.clone()),
+    };
+    let layer = builder
         .with_secure(!config.insecure_cookies)
         .with_idle_timeout(config.idle_timeout)
         .with_absolute_timeout(Some(config.absolute_timeout))
         .build()
         .map_err(|e| e.to_string())?;
-    let state = AppState { store };
+    let state = AppState { store, keys };
     Ok(Router::new()
         .route("/login", post(login))
         .route("/me", get(me))
         .route("/logout", post(logout))
         .route("/profile", get(profile))
         .route("/count", get(count))
+        .merge(signed::routes(!config.insecure_cookies))
         .layer(layer)
         // Outside the session layer: a health check must not create sessions.
         .route("/healthz", get(healthz))

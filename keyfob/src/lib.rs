@@ -28,6 +28,9 @@
 //!   logged-out session is never written back;
 //! - session IDs are 256 random bits; stores keep only their SHA-256;
 //! - idle and absolute expiry are enforced by the server on every load;
+//! - keys rotate without logging anyone out: a [`keys::Keyring`] signs and
+//!   encrypts with its first key, verifies with all of them, and derives a
+//!   separate key per purpose and cookie name;
 //! - a store outage is a `503 session store unavailable`, never a panic or a
 //!   silently empty session.
 //!
@@ -37,11 +40,19 @@
 //! |---|---|---|
 //! | `axum` | yes | the `Session` and `AuthUser` extractors, `IntoResponse` for errors |
 //! | `memory` | yes | [`MemoryStore`], sharded, in process |
+//! | `cookie-store` | no | `CookieStore`: the whole session sealed (or signed) in its cookie |
+//!
+//! Always available: [`keys`] (the keyring, signed and encrypted values,
+//! signed session IDs via
+//! [`SessionLayerBuilder::with_signed_ids`]); with `axum`, `jar`
+//! (`SignedCookieJar` and `PrivateCookieJar` extractors).
 //!
 //! Module map (one home per concept): [`session`] the handle and change
 //! tracking, [`record`] what stores keep, [`id`] IDs and handles, [`expiry`]
 //! deadlines and clocks, [`config`] cookie rules, [`layer`] the middleware,
-//! [`store`] the store trait and stores, [`auth`] login and the login guard.
+//! [`store`] the store trait and stores, [`auth`] login and the login guard,
+//! [`keys`] master keys and signed/encrypted values, `jar` (with `axum`)
+//! signed and private cookie jars.
 
 #![deny(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
@@ -53,6 +64,9 @@ pub mod expiry;
 #[cfg(feature = "axum")]
 pub mod extract;
 pub mod id;
+#[cfg(feature = "axum")]
+pub mod jar;
+pub mod keys;
 pub mod layer;
 pub mod record;
 pub mod session;
@@ -65,6 +79,8 @@ pub use id::Handle;
 pub use layer::{SessionLayer, SessionLayerBuilder};
 pub use record::{Record, Update};
 pub use session::{AsKey, Key, Session};
+#[cfg(feature = "cookie-store")]
+pub use store::cookie::CookieStore;
 #[cfg(feature = "memory")]
 pub use store::memory::MemoryStore;
 pub use store::SessionStore;

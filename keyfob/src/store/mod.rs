@@ -32,6 +32,8 @@ use crate::{
     record::{Record, Update},
 };
 
+#[cfg(feature = "cookie-store")]
+pub mod cookie;
 #[cfg(feature = "memory")]
 pub mod memory;
 #[cfg(feature = "mysql")]
