@@ -4,6 +4,7 @@
 
 #![deny(missing_docs)]
 
+pub mod account;
 pub mod config;
 pub mod users;
 
@@ -77,9 +78,12 @@ pub fn app(store: Arc<dyn SessionStore>, config: &Config) -> Result<Router, Stri
         .route("/logout", post(logout))
         .route("/profile", get(profile))
         .route("/count", get(count))
+        .merge(account::routes())
         .layer(layer)
         // Outside the session layer: a health check must not create sessions.
         .route("/healthz", get(healthz))
+        // Outermost, over every route: cross-site writes never reach a handler.
+        .layer(account::cross_site_rule())
         .with_state(state))
 }
 
