@@ -223,6 +223,12 @@ pub struct RequireLoginLayer {
 impl RequireLoginLayer {
     /// Redirects to `login_url` (a path such as `/login`, or a URL).
     ///
+    /// ```
+    /// use keyfob::auth::RequireLoginLayer;
+    /// assert!(RequireLoginLayer::new("/login").is_ok());
+    /// assert!(RequireLoginLayer::new("").is_err());
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) when `login_url` is
@@ -252,6 +258,18 @@ impl<S> Layer<S> for RequireLoginLayer {
 }
 
 /// The service made by [`RequireLoginLayer`].
+///
+/// ```
+/// use keyfob::auth::{RequireLogin, RequireLoginLayer};
+/// use tower_layer::Layer;
+///
+/// let svc: RequireLogin<_> = RequireLoginLayer::new("/login").unwrap().layer(tower::service_fn(
+///     |_req: http::Request<axum::body::Body>| async {
+///         Ok::<_, std::convert::Infallible>(http::Response::new(axum::body::Body::empty()))
+///     },
+/// ));
+/// # let _ = svc;
+/// ```
 #[derive(Clone)]
 pub struct RequireLogin<S> {
     inner: S,

@@ -13,6 +13,11 @@ use crate::store::BoxFuture;
 
 pin_project! {
     /// The response future of [`Csrf`](super::Csrf).
+    ///
+    /// ```
+    /// fn assert_future<F: std::future::Future>() {}
+    /// assert_future::<keyfob::csrf::ResponseFuture<axum::body::Body, std::convert::Infallible>>();
+    /// ```
     pub struct ResponseFuture<B, E> {
         #[pin]
         pub(super) inner: tower_http::csrf::ResponseFuture<BoxFuture<'static, Result<Response<B>, E>>>,

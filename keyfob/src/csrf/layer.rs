@@ -50,6 +50,11 @@ impl Default for CsrfLayer {
 impl CsrfLayer {
     /// Both checks on every unsafe method, no trusted origins, no exemptions,
     /// a 64 KiB limit on form bodies, and `403 CSRF check failed` refusals.
+    ///
+    /// ```
+    /// let layer = keyfob::csrf::CsrfLayer::new();
+    /// # let _ = layer;
+    /// ```
     pub fn new() -> Self {
         // The defaults hold no origin to validate, so nothing can fail here.
         Self::from_parts(
@@ -59,6 +64,11 @@ impl CsrfLayer {
     }
 
     /// A builder to change the defaults; [`CsrfLayerBuilder::build`] checks them.
+    ///
+    /// ```
+    /// let layer = keyfob::csrf::CsrfLayer::builder().without_token().build()?;
+    /// # let _ = layer; Ok::<_, keyfob::Error>(())
+    /// ```
     pub fn builder() -> CsrfLayerBuilder {
         CsrfLayerBuilder::default()
     }
@@ -101,8 +111,14 @@ impl<S> Layer<S> for CsrfLayer {
 /// let layer = CsrfLayer::builder()
 ///     .with_trusted_origin("https://admin.example.com")
 ///     .exempt_path_prefix("/webhooks")
+///     .exempt_if(|_method, uri| uri.path() == "/metrics/push")
+///     .with_form_limit(16 * 1024)
+///     .with_rejection_body("Please reload the page and try again.")
 ///     .build()
 ///     .unwrap();
+/// // Origin check only, for a layer over the whole app:
+/// let origin_only = CsrfLayer::builder().without_token().build().unwrap();
+/// # let _ = origin_only;
 /// # let _ = layer;
 /// assert!(CsrfLayer::builder().with_trusted_origin("https://a.example/path").build().is_err());
 /// ```

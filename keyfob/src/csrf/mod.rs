@@ -42,6 +42,8 @@
 //! - there is no blanket "allow same-site" switch on purpose: a sibling
 //!   subdomain is often the least trusted part of a site (user content), so
 //!   sibling origins are trusted one by one;
+//! - only `application/x-www-form-urlencoded` bodies are searched for the
+//!   field; a `multipart/form-data` or JSON request must send the header;
 //! - exempted routes get neither check. To keep the origin check but drop
 //!   the token (a JSON login for non-browser clients), use
 //!   [`CsrfLayerBuilder::without_token`] over the whole app and
@@ -102,8 +104,18 @@ pub use self::layer::{CsrfLayer, CsrfLayerBuilder};
 pub use self::service::Csrf;
 
 /// The header a request may carry the token in.
+///
+/// ```
+/// // fetch("/transfer", { method: "POST", headers: { "x-csrf-token": token } })
+/// assert_eq!(keyfob::csrf::TOKEN_HEADER, "x-csrf-token");
+/// ```
 pub const TOKEN_HEADER: &str = "x-csrf-token";
 /// The form field a request may carry the token in.
+///
+/// ```
+/// let field = format!(r#"<input type="hidden" name="{}" value="…">"#, keyfob::csrf::TOKEN_FIELD);
+/// assert!(field.contains("csrf_token"));
+/// ```
 pub const TOKEN_FIELD: &str = "csrf_token";
 
 /// Why [`CsrfLayer`] refused a request.
@@ -221,6 +233,12 @@ pub struct CsrfToken(String);
 #[cfg(feature = "axum")]
 impl CsrfToken {
     /// The masked token.
+    ///
+    /// ```
+    /// async fn form(token: keyfob::csrf::CsrfToken) -> String {
+    ///     token.as_str().to_owned()
+    /// }
+    /// ```
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -40,10 +40,18 @@ impl Config {
             || self.exempt_if.as_ref().is_some_and(|f| f(method, uri))
     }
 
-    pub(super) fn refuse<B: From<Bytes>>(&self, reason: Reason) -> Response<B> {
+    /// The refusal, logged with its reason and (when known) the route;
+    /// never with a token.
+    pub(super) fn refuse<B: From<Bytes>>(
+        &self,
+        reason: Reason,
+        req: Option<&Parts>,
+    ) -> Response<B> {
         tracing::info!(
             event = "csrf.refused",
             reason = reason.as_str(),
+            method = req.map(|p| p.method.as_str()),
+            path = req.map(|p| p.uri.path()),
             "keyfob: CSRF check refused the request"
         );
         let mut res = Response::new(B::from(self.body.clone()));
@@ -192,7 +200,7 @@ where
         }
         let (parts, body) = req.into_parts();
         if let Err(reason) = check_origin(&parts, &config.trusted) {
-            return Box::pin(async move { Ok(config.refuse(reason)) });
+            return Box::pin(async move { Ok(config.refuse(reason, Some(&parts))) });
         }
         if !config.token {
             return Box::pin(inner.call(Request::from_parts(parts, body)));
@@ -202,10 +210,10 @@ where
                 tracing::error!(
                     "keyfob: CsrfLayer found no session. Is `SessionLayer` installed outside it?"
                 );
-                return Ok(config.refuse(Reason::NoSession));
+                return Ok(config.refuse(Reason::NoSession, Some(&parts)));
             };
             let (presented, body) = match header_token(&parts) {
-                Err(reason) => return Ok(config.refuse(reason)),
+                Err(reason) => return Ok(config.refuse(reason, Some(&parts))),
                 Ok(Some(t)) => (Ok(t), body),
                 Ok(None) if is_form(&parts) => {
                     match Limited::new(body, config.form_limit).collect().await {
@@ -222,7 +230,7 @@ where
                             } else {
                                 Reason::BodyUnreadable
                             };
-                            return Ok(config.refuse(reason));
+                            return Ok(config.refuse(reason, Some(&parts)));
                         }
                     }
                 }
@@ -230,18 +238,18 @@ where
             };
             let presented = match presented {
                 Ok(t) => t,
-                Err(reason) => return Ok(config.refuse(reason)),
+                Err(reason) => return Ok(config.refuse(reason, Some(&parts))),
             };
             let secret = match token::secret(&session).await {
                 Ok(Some(s)) => s,
-                Ok(None) => return Ok(config.refuse(Reason::NoSecret)),
+                Ok(None) => return Ok(config.refuse(Reason::NoSecret, Some(&parts))),
                 Err(err) => {
                     tracing::error!(error = %err, "keyfob: CSRF check could not load the session");
                     return Ok(store_error(&err));
                 }
             };
             if let Err(reason) = token::verify(&presented, &secret) {
-                return Ok(config.refuse(reason));
+                return Ok(config.refuse(reason, Some(&parts)));
             }
             inner.call(Request::from_parts(parts, body)).await
         })
@@ -261,7 +269,7 @@ impl<B: From<Bytes>> tower_http::csrf::ResponseForProtectionError<B> for Reject 
             tower_http::csrf::ProtectionErrorKind::CrossOriginRequest => Reason::CrossSite,
             _ => Reason::OriginMismatch,
         };
-        self.0.refuse(reason)
+        self.0.refuse(reason, None)
     }
 }
 
@@ -271,7 +279,18 @@ fn store_error<B: From<Bytes>>(err: &crate::Error) -> Response<B> {
     Response::from_parts(parts, B::from(body))
 }
 
-/// The service made by [`CsrfLayer`](super::CsrfLayer).
+/// The service made by [`CsrfLayer`](super::CsrfLayer): tower-http's origin
+/// check around keyfob's origin rule and token check.
+///
+/// ```
+/// use keyfob::csrf::{Csrf, CsrfLayer};
+/// use tower_layer::Layer;
+///
+/// let service: Csrf<_> = CsrfLayer::new().layer(tower::service_fn(|_req: http::Request<axum::body::Body>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(axum::body::Body::empty()))
+/// }));
+/// # let _ = service;
+/// ```
 pub struct Csrf<S> {
     pub(super) inner: tower_http::csrf::Csrf<Check<S>, Reject>,
 }
