@@ -612,3 +612,193 @@ fn token_debug_never_prints_the_token() {
     let t = CsrfToken("secret-ish".into());
     assert!(!format!("{t:?}").contains("secret-ish"));
 }
+
+/// keyfob builds on tower-http's origin check and only adds refusals: every
+/// request tower-http refuses, keyfob refuses too. Pins that the first stage
+/// is really tower-http's and that no keyfob rule loosens it.
+#[tokio::test]
+async fn refuses_everything_tower_http_refuses() {
+    let ours = app_with(CsrfLayer::builder().without_token().build().unwrap());
+    let theirs = Router::new()
+        .route("/transfer", post(|| async { "transfer accepted" }))
+        .layer(tower_http::csrf::CsrfLayer::new());
+    let origins = [
+        None,
+        Some(""),
+        Some("null"),
+        Some("https://app.example.com"),
+        Some("http://app.example.com"),
+        Some("https://app.example.com.evil.com"),
+        Some("https://evil.com"),
+        Some("https://app.example.com:444"),
+        Some("garbage"),
+    ];
+    let sites = [
+        None,
+        Some(""),
+        Some("same-origin"),
+        Some("none"),
+        Some("same-site"),
+        Some("cross-site"),
+        Some("bogus"),
+    ];
+    let mut extra = 0;
+    for method in ["POST", "PUT", "DELETE", "PATCH", "GET"] {
+        for origin in origins {
+            for site in sites {
+                let req = || {
+                    let mut r = Request::builder()
+                        .method(method)
+                        .uri("/transfer")
+                        .header("host", HOST);
+                    if let Some(o) = origin {
+                        r = r.header("origin", o);
+                    }
+                    if let Some(s) = site {
+                        r = r.header("sec-fetch-site", s);
+                    }
+                    r.body(Body::empty()).unwrap()
+                };
+                let t = theirs.clone().oneshot(req()).await.unwrap().status();
+                let o = send(&ours, req()).await.status;
+                let case =
+                    format!("{method} origin={origin:?} site={site:?}: tower-http {t}, keyfob {o}");
+                if t == StatusCode::FORBIDDEN {
+                    assert_eq!(o, StatusCode::FORBIDDEN, "{case}");
+                } else if o == StatusCode::FORBIDDEN {
+                    // Only where an Origin is present and not this origin.
+                    assert!(
+                        !matches!(
+                            origin,
+                            None | Some("")
+                                | Some("https://app.example.com")
+                                | Some("http://app.example.com")
+                        ),
+                        "{case}"
+                    );
+                    extra += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        extra > 0,
+        "keyfob's stricter Origin rule refused nothing extra"
+    );
+}
+
+mod logs {
+    use std::sync::{Arc, Mutex};
+
+    use tracing::{
+        field::{Field, Visit},
+        span, Event, Metadata, Subscriber,
+    };
+
+    /// Collects every event's fields as text, with the thread that logged it.
+    #[derive(Clone, Default)]
+    pub(super) struct Capture(Arc<Mutex<Vec<(std::thread::ThreadId, String)>>>);
+
+    /// Installed once as the global subscriber: a scoped one races with the
+    /// callsite-interest cache when tests run in parallel.
+    pub(super) fn capture() -> &'static Capture {
+        static CAPTURE: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
+        CAPTURE.get_or_init(|| {
+            let c = Capture::default();
+            let _ = tracing::subscriber::set_global_default(c.clone());
+            c
+        })
+    }
+
+    impl Capture {
+        /// What this thread logged.
+        pub(super) fn lines(&self) -> Vec<String> {
+            let me = std::thread::current().id();
+            self.0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(t, _)| *t == me)
+                .map(|(_, l)| l.clone())
+                .collect()
+        }
+    }
+
+    struct Line(String);
+
+    impl Visit for Line {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0.push_str(&format!("{}={:?} ", field.name(), value));
+        }
+    }
+
+    impl Subscriber for Capture {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+            span::Id::from_u64(1)
+        }
+        fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+        fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+        fn event(&self, event: &Event<'_>) {
+            let mut line = Line(String::new());
+            event.record(&mut line);
+            let me = std::thread::current().id();
+            self.0.lock().unwrap().push((me, line.0));
+        }
+        fn enter(&self, _: &span::Id) {}
+        fn exit(&self, _: &span::Id) {}
+    }
+}
+
+#[tokio::test]
+async fn refusals_are_logged_with_the_reason_and_never_the_token() {
+    let capture = logs::capture();
+    let app = app();
+    let (cookie_a, token_a) = session_and_token(&app).await;
+    let (_, token_b) = session_and_token(&app).await;
+    send(
+        &app,
+        post_with("/transfer", &cookie_a, &[("x-csrf-token", &token_b)]),
+    )
+    .await;
+    send(
+        &app,
+        post_with(
+            "/transfer",
+            &cookie_a,
+            &[("x-csrf-token", &token_a), ("sec-fetch-site", "cross-site")],
+        ),
+    )
+    .await;
+    send(
+        &app,
+        form("/transfer", &cookie_a, format!("csrf_token={}x", &token_b)),
+    )
+    .await;
+    let lines = capture.lines();
+    let refused: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("csrf.refused"))
+        .collect();
+    assert_eq!(refused.len(), 3, "{lines:#?}");
+    assert!(
+        refused[0].contains("token does not match the session"),
+        "{}",
+        refused[0]
+    );
+    assert!(refused[0].contains("/transfer"), "{}", refused[0]);
+    assert!(refused[1].contains("cross-site request"), "{}", refused[1]);
+    assert!(refused[2].contains("token malformed"), "{}", refused[2]);
+    for line in &lines {
+        for t in [&token_a, &token_b] {
+            assert!(!line.contains(&t[..20]), "a token was logged: {line}");
+        }
+        let secret_cookie = cookie_a.trim_start_matches("id=");
+        assert!(
+            !line.contains(secret_cookie),
+            "a session ID was logged: {line}"
+        );
+    }
+}
