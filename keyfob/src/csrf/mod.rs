@@ -42,6 +42,8 @@
 //! - there is no blanket "allow same-site" switch on purpose: a sibling
 //!   subdomain is often the least trusted part of a site (user content), so
 //!   sibling origins are trusted one by one;
+//! - the layer needs a request body type it can rebuild from `Bytes` after
+//!   reading a form (axum's `Body` is one); map a raw hyper body first;
 //! - only `application/x-www-form-urlencoded` bodies are searched for the
 //!   field; a `multipart/form-data` or JSON request must send the header;
 //! - exempted routes get neither check. To keep the origin check but drop

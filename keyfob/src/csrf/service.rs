@@ -40,20 +40,18 @@ impl Config {
             || self.exempt_if.as_ref().is_some_and(|f| f(method, uri))
     }
 
-    /// The refusal, logged with its reason and (when known) the route;
-    /// never with a token.
+    /// The refusal, logged with its reason and the route; never with a token.
     pub(super) fn refuse<B: From<Bytes>>(
         &self,
         reason: Reason,
         req: Option<&Parts>,
     ) -> Response<B> {
-        tracing::info!(
-            event = "csrf.refused",
-            reason = reason.as_str(),
-            method = req.map(|p| p.method.as_str()),
-            path = req.map(|p| p.uri.path()),
-            "keyfob: CSRF check refused the request"
-        );
+        log_refusal(reason, req.map(|p| (&p.method, p.uri.path())));
+        self.refusal(reason)
+    }
+
+    /// The refusal response, not logged (the caller logs it).
+    pub(super) fn refusal<B: From<Bytes>>(&self, reason: Reason) -> Response<B> {
         let mut res = Response::new(B::from(self.body.clone()));
         *res.status_mut() = StatusCode::FORBIDDEN;
         res.headers_mut().insert(
@@ -63,6 +61,16 @@ impl Config {
         res.extensions_mut().insert(Refusal { reason });
         res
     }
+}
+
+pub(super) fn log_refusal(reason: Reason, route: Option<(&Method, &str)>) {
+    tracing::info!(
+        event = "csrf.refused",
+        reason = reason.as_str(),
+        method = route.map(|r| r.0.as_str()),
+        path = route.map(|r| r.1),
+        "keyfob: CSRF check refused the request"
+    );
 }
 
 /// `/api` matches `/api` and `/api/x`, never `/apix`.
@@ -269,7 +277,8 @@ impl<B: From<Bytes>> tower_http::csrf::ResponseForProtectionError<B> for Reject 
             tower_http::csrf::ProtectionErrorKind::CrossOriginRequest => Reason::CrossSite,
             _ => Reason::OriginMismatch,
         };
-        self.0.refuse(reason, None)
+        // Logged by `ResponseFuture`, which knows the route.
+        self.0.refusal(reason)
     }
 }
 
@@ -326,8 +335,12 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        // Only tower-http's refusals are logged by the future; keep the route for them.
+        let route = is_checked(req.method())
+            .then(|| (req.method().clone(), Box::<str>::from(req.uri().path())));
         ResponseFuture {
             inner: self.inner.call(req),
+            route,
         }
     }
 }

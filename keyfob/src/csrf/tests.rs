@@ -790,6 +790,11 @@ async fn refusals_are_logged_with_the_reason_and_never_the_token() {
     );
     assert!(refused[0].contains("/transfer"), "{}", refused[0]);
     assert!(refused[1].contains("cross-site request"), "{}", refused[1]);
+    assert!(
+        refused[1].contains("POST") && refused[1].contains("/transfer"),
+        "{}",
+        refused[1]
+    );
     assert!(refused[2].contains("token malformed"), "{}", refused[2]);
     for line in &lines {
         for t in [&token_a, &token_b] {
