@@ -4,6 +4,7 @@
 
 #![deny(missing_docs)]
 
+pub mod account;
 pub mod config;
 mod signed;
 pub mod users;
@@ -145,9 +146,12 @@ pub fn app_with_keys(
         .route("/profile", get(profile))
         .route("/count", get(count))
         .merge(signed::routes(!config.insecure_cookies))
+        .merge(account::routes())
         .layer(layer)
         // Outside the session layer: a health check must not create sessions.
         .route("/healthz", get(healthz))
+        // Outermost, over every route: cross-site writes never reach a handler.
+        .layer(account::cross_site_rule())
         .with_state(state))
 }
 

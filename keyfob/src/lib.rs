@@ -41,6 +41,8 @@
 //! | `axum` | yes | the `Session` and `AuthUser` extractors, `IntoResponse` for errors |
 //! | `memory` | yes | [`MemoryStore`], sharded, in process |
 //! | `cookie-store` | no | `CookieStore`: the whole session sealed (or signed) in its cookie |
+//! | `auth` | yes | [`auth`]: `login`/`logout`, `AuthUser`, `RequireLoginLayer`, `safe_next`, listing and revoking a user's sessions |
+//! | `csrf` | yes | [`csrf`]: `CsrfLayer` (tower-http's origin check plus keyfob's stricter origin rule and session-bound masked tokens), `CsrfToken` |
 //!
 //! Always available: [`keys`] (the keyring, signed and encrypted values,
 //! signed session IDs via
@@ -52,13 +54,17 @@
 //! deadlines and clocks, [`config`] cookie rules, [`layer`] the middleware,
 //! [`store`] the store trait and stores, [`auth`] login and the login guard,
 //! [`keys`] master keys and signed/encrypted values, `jar` (with `axum`)
-//! signed and private cookie jars.
+//! signed and private cookie jars,
+//! [`csrf`] cross-site request forgery protection.
 
 #![deny(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "auth")]
 pub mod auth;
 pub mod config;
+#[cfg(feature = "csrf")]
+pub mod csrf;
 pub mod error;
 pub mod expiry;
 #[cfg(feature = "axum")]
@@ -84,6 +90,15 @@ pub use store::cookie::CookieStore;
 #[cfg(feature = "memory")]
 pub use store::memory::MemoryStore;
 pub use store::SessionStore;
+
+/// Session keys keyfob itself uses; one home so `auth` and `csrf` agree.
+#[allow(dead_code)]
+pub(crate) mod reserved_keys {
+    /// The logged-in user, written by `auth::login`.
+    pub(crate) const USER: &str = "keyfob.user";
+    /// The CSRF secret (base64url), minted by `csrf`, dropped by `auth::login`.
+    pub(crate) const CSRF: &str = "keyfob.csrf";
+}
 
 // Re-exported so users name the same `time` version keyfob uses.
 pub use time;

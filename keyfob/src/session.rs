@@ -478,6 +478,7 @@ impl Session {
         Ok(self.state().await?.owner().map(str::to_owned))
     }
 
+    #[cfg_attr(not(feature = "auth"), allow(dead_code))]
     pub(crate) async fn set_owner(&self, owner: Option<&str>) -> Result<()> {
         self.state().await?.owner = Some(owner.map(Into::into));
         Ok(())

@@ -43,6 +43,11 @@ macro_rules! conformance {
                 store_purges_expired_records_in_batches,
                 store_update_of_a_deleted_record_is_gone,
                 store_lists_and_deletes_by_owner,
+                login_as_another_user_drops_the_previous_users_data,
+                list_sessions_shows_the_owners_sessions_and_marks_the_current_one,
+                revoke_others_ends_every_other_session_of_the_owner_only,
+                revoke_by_handle_ends_only_the_owners_own_sessions,
+                revoke_all_ends_every_session_of_the_owner_including_this_one,
             );
         }
     };

@@ -239,6 +239,35 @@ pub fn router(gate: Gate) -> Router {
                 keyfob::auth::login(&s, &owner, &owner).await.map(|_| "ok")
             }),
         )
+        .route(
+            "/sessions",
+            get(|s: Session| async move {
+                keyfob::auth::list_sessions(&s)
+                    .await
+                    .map(|l| serde_json::to_string(&l).unwrap_or_default())
+            }),
+        )
+        .route(
+            "/revoke/{handle}",
+            post(|s: Session, Path(h): Path<String>| async move {
+                let Ok(h) = h.parse::<Handle>() else {
+                    return Ok("false".to_owned());
+                };
+                keyfob::auth::revoke(&s, &h).await.map(|b| b.to_string())
+            }),
+        )
+        .route(
+            "/revoke-others",
+            post(|s: Session| async move {
+                keyfob::auth::revoke_others(&s).await.map(|n| n.to_string())
+            }),
+        )
+        .route(
+            "/revoke-all",
+            post(|s: Session| async move {
+                keyfob::auth::revoke_all(&s).await.map(|n| n.to_string())
+            }),
+        )
         .with_state(gate)
 }
 
