@@ -37,6 +37,8 @@
 //! |---|---|---|
 //! | `axum` | yes | the `Session` and `AuthUser` extractors, `IntoResponse` for errors |
 //! | `memory` | yes | [`MemoryStore`], sharded, in process |
+//! | `redis` | no | [`RedisStore`], Redis and Redis Cluster |
+//! | `cache` | no | [`CachedStore`], an in-process cache in front of any store |
 //!
 //! Module map (one home per concept): [`session`] the handle and change
 //! tracking, [`record`] what stores keep, [`id`] IDs and handles, [`expiry`]
@@ -65,8 +67,12 @@ pub use id::Handle;
 pub use layer::{SessionLayer, SessionLayerBuilder};
 pub use record::{Record, Update};
 pub use session::{AsKey, Key, Session};
+#[cfg(feature = "cache")]
+pub use store::cached::CachedStore;
 #[cfg(feature = "memory")]
 pub use store::memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use store::redis::RedisStore;
 pub use store::SessionStore;
 
 // Re-exported so users name the same `time` version keyfob uses.

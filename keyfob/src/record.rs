@@ -282,6 +282,12 @@ impl ChangeSet {
         self.clear
     }
 
+    /// The keys set (`Some`) or removed (`None`), in order, after any clear.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn ops(&self) -> impl Iterator<Item = (&str, Option<&RawValue>)> {
+        self.ops.iter().map(|(k, v)| (&**k, v.as_deref()))
+    }
+
     /// `Some(value)` when this change-set decides the key (`Some(None)`: removed).
     pub(crate) fn lookup(&self, key: &str) -> Option<Option<&RawValue>> {
         self.ops

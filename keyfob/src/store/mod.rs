@@ -32,8 +32,12 @@ use crate::{
     record::{Record, Update},
 };
 
+#[cfg(feature = "cache")]
+pub mod cached;
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 /// A boxed, sendable future: what [`SessionStore`] methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

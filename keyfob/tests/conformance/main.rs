@@ -61,6 +61,75 @@ mod stores {
     pub async fn memory() -> Arc<dyn SessionStore> {
         Arc::new(MemoryStore::new())
     }
+
+    /// A key prefix no other test (or earlier run) uses.
+    #[cfg(feature = "redis")]
+    pub fn unique_prefix() -> String {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        format!(
+            "kft:{}:{nanos}:{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// The URL in `var`, or a panic that says how to get one: never a skip.
+    #[cfg(feature = "redis")]
+    pub fn url(var: &str) -> String {
+        std::env::var(var).unwrap_or_else(|_| {
+            panic!(
+                "{var} is not set: run scripts/test, or `source scripts/services/common.sh; \
+                 source scripts/services/redis.sh; start_redis` first"
+            )
+        })
+    }
+
+    #[cfg(feature = "redis")]
+    pub async fn redis_store(var: &str) -> keyfob::RedisStore {
+        let url = url(var);
+        keyfob::RedisStore::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach the Redis of {var} at {url}: {e}"))
+            .with_key_prefix(unique_prefix())
+    }
+
+    #[cfg(feature = "redis")]
+    pub async fn redis() -> Arc<dyn SessionStore> {
+        Arc::new(redis_store("KEYFOB_TEST_REDIS_URL").await)
+    }
+
+    #[cfg(feature = "redis")]
+    pub async fn redis_cluster() -> Arc<dyn SessionStore> {
+        Arc::new(redis_store("KEYFOB_TEST_REDIS_CLUSTER_URL").await)
+    }
+
+    #[cfg(feature = "cache")]
+    pub async fn cached_memory() -> Arc<dyn SessionStore> {
+        Arc::new(keyfob::CachedStore::new(MemoryStore::new()))
+    }
+
+    #[cfg(all(feature = "cache", feature = "redis"))]
+    pub async fn cached_redis_cluster() -> Arc<dyn SessionStore> {
+        Arc::new(keyfob::CachedStore::new(
+            redis_store("KEYFOB_TEST_REDIS_CLUSTER_URL").await,
+        ))
+    }
 }
 
 conformance!(memory, crate::stores::memory);
+#[cfg(feature = "redis")]
+conformance!(redis, crate::stores::redis);
+#[cfg(feature = "redis")]
+conformance!(redis_cluster, crate::stores::redis_cluster);
+#[cfg(feature = "cache")]
+conformance!(cached_memory, crate::stores::cached_memory);
+#[cfg(all(feature = "cache", feature = "redis"))]
+conformance!(cached_redis_cluster, crate::stores::cached_redis_cluster);
+
+#[cfg(feature = "redis")]
+mod redis_only;
