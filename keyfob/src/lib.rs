@@ -37,8 +37,8 @@
 //! |---|---|---|
 //! | `axum` | yes | the `Session` and `AuthUser` extractors, `IntoResponse` for errors |
 //! | `memory` | yes | [`MemoryStore`], sharded, in process |
-//! | `redis` | no | [`RedisStore`], Redis and Redis Cluster |
-//! | `cache` | no | [`CachedStore`], an in-process cache in front of any store |
+//! | `redis` | no | `RedisStore` (`store::redis`), Redis and Redis Cluster |
+//! | `cache` | no | `CachedStore` (`store::cached`), an in-process cache in front of any store |
 //!
 //! Module map (one home per concept): [`session`] the handle and change
 //! tracking, [`record`] what stores keep, [`id`] IDs and handles, [`expiry`]

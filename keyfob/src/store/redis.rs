@@ -33,7 +33,7 @@
 //!    replaces the hash with a *tombstone* (`moved` = new handle, 60 s TTL);
 //!    from here on the old handle loads nothing and updates of it are gone;
 //! 2. the new hash is created from that result, and indexed under its owner;
-//! 3. a guard checks the tombstone is still there. [`delete_by_owner`]
+//! 3. a guard checks the tombstone is still there. `delete_by_owner`
 //!    deletes a tombstone *and the session it points to*, so a "revoke all"
 //!    that raced the rotation either removes the new hash itself or removes
 //!    the tombstone, and then step 3 deletes the new hash and reports
@@ -46,10 +46,12 @@
 //! The same three steps run on a single server, so one code path is tested.
 //!
 //! Caveats:
-//! - [`delete_expired`](SessionStore::delete_expired) is index hygiene: Redis
-//!   drops expired hashes itself (`EXPIREAT`), and the purge walks a sorted
-//!   set `{prefix}:x` of creation-time deadlines, deleting records that are
-//!   expired at the caller's clock and re-filing those that were extended;
+//! - [`delete_expired`](SessionStore::delete_expired) is mostly index
+//!   hygiene: Redis drops expired hashes itself (`EXPIREAT`). The purge walks
+//!   a sorted set `{prefix}:x` of creation-time deadlines, deleting records
+//!   that are expired at the caller's clock and re-filing those that were
+//!   extended. Without a cleanup task the set still stays bounded: every
+//!   64th create drops its entries overdue by more than a day;
 //! - the key prefix should not contain `{`…`}`: a hash tag in the prefix
 //!   would put every keyfob key in one Cluster slot (still correct, but one
 //!   node would serve all sessions);
@@ -71,7 +73,13 @@
 //! # Ok(()) }
 //! ```
 
-use std::{fmt, sync::Arc};
+use std::{
+    fmt,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
 
 use redis::{
     aio::{ConnectionLike, ConnectionManager},
@@ -97,6 +105,11 @@ const TOMBSTONE_MS: u64 = 60_000;
 const OWNER_SLACK_SECS: i64 = 3600;
 /// How many passes one `delete_expired` call makes at most.
 const PURGE_PASSES: usize = 16;
+/// Every this many creates, purge-index entries due for more than
+/// [`TRIM_AFTER_SECS`] are dropped, so the index stays bounded even when no
+/// cleanup task runs (Redis itself has long dropped those hashes, or will).
+const TRIM_EVERY: u64 = 64;
+const TRIM_AFTER_SECS: i64 = 86_400;
 const DEFAULT_PREFIX: &str = "keyfob";
 
 /// Shared Lua prologue: `due(m)` is true when the deadlines in `m` (HMGET of
@@ -229,8 +242,14 @@ const LUA_INDEX: &str = r#"
 local k = KEYS[1]
 redis.call('SADD', k, ARGV[1])
 if ARGV[2] == 'inf' then redis.call('PERSIST', k) return 1 end
-if redis.call('TTL', k) == -1 and redis.call('SCARD', k) > 1 then return 1 end
-redis.call('EXPIREAT', k, ARGV[2])
+if redis.call('TTL', k) == -1 then
+  -- No TTL: a set just created by this SADD, or one kept on purpose for a
+  -- session that never expires.
+  if redis.call('SCARD', k) > 1 then return 1 end
+  redis.call('EXPIREAT', k, ARGV[2])
+else
+  redis.call('EXPIREAT', k, ARGV[2], 'GT')
+end
 return 1
 "#;
 
@@ -321,6 +340,7 @@ pub struct RedisStore {
     conn: Conn,
     prefix: Arc<str>,
     scripts: Arc<Scripts>,
+    creates: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -342,6 +362,7 @@ impl RedisStore {
             conn,
             prefix: DEFAULT_PREFIX.into(),
             scripts: Arc::new(Scripts::new()),
+            creates: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -396,7 +417,7 @@ impl RedisStore {
                 .collect();
             if seeds.is_empty() {
                 return Err(Error::config(format!(
-                    "the Redis Cluster URL `{url}` names no seed node: write {scheme}+cluster://host:port"
+                    "the Redis Cluster URL names no seed node: write {scheme}+cluster://host:port"
                 )));
             }
             Ok(seeds)
@@ -406,11 +427,13 @@ impl RedisStore {
         } else if let Some(rest) = url.strip_prefix("rediss+cluster://") {
             Self::connect_cluster(cluster("rediss", rest)?).await?
         } else if url.starts_with("redis://") || url.starts_with("rediss://") {
-            let client = redis::Client::open(url).map_err(|e| bad_url(url, e))?;
+            let client = redis::Client::open(url).map_err(bad_url)?;
             Self::new(ConnectionManager::new(client).await.map_err(Error::store)?)
         } else {
+            // The URL may hold a password: name only its scheme.
+            let scheme = url.split_once("://").map_or("(none)", |(s, _)| s);
             return Err(Error::config(format!(
-                "`{url}` is not a Redis URL: use redis://host:port or redis+cluster://host:port"
+                "the URL scheme `{scheme}` is not Redis: use redis://host:port or redis+cluster://host:port"
             )));
         };
         let mut conn = store.conn.clone();
@@ -458,20 +481,24 @@ impl RedisStore {
         format!("{}:x", self.prefix)
     }
 
-    async fn load_inner(&self, handle: &Handle, now: OffsetDateTime) -> Result<Option<Record>> {
+    /// What the session key holds; a corrupt hash is logged and read as missing.
+    async fn fetch(&self, handle: &Handle) -> Result<Decoded> {
         let mut conn = self.conn.clone();
         let fields: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
             .arg(self.session_key(handle))
             .query_async(&mut conn)
             .await
             .map_err(Error::store)?;
-        Ok(match decode(&fields) {
-            Ok(Decoded::Record(r)) => Some(r).filter(|r| !r.is_expired(now)),
-            Ok(Decoded::Missing | Decoded::Moved) => None,
-            Err(why) => {
-                tracing::warn!(handle = %handle.short(), why, "keyfob: undecodable Redis session; treating it as no session");
-                None
-            }
+        Ok(decode(&fields).unwrap_or_else(|why| {
+            tracing::warn!(handle = %handle.short(), why, "keyfob: undecodable Redis session; treating it as no session");
+            Decoded::Missing
+        }))
+    }
+
+    async fn load_inner(&self, handle: &Handle, now: OffsetDateTime) -> Result<Option<Record>> {
+        Ok(match self.fetch(handle).await? {
+            Decoded::Record(r) => Some(r).filter(|r| !r.is_expired(now)),
+            Decoded::Missing | Decoded::Moved => None,
         })
     }
 
@@ -526,8 +553,20 @@ impl RedisStore {
             self.index(owner, handle, &mark).await?;
             fields.push(("x".into(), mark.into_bytes()));
         }
-        self.create_fields(handle, secs(record.last_seen()), expire_at, &fields)
-            .await
+        let created = self
+            .create_fields(handle, secs(record.last_seen()), expire_at, &fields)
+            .await?;
+        if self.creates.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == TRIM_EVERY - 1 {
+            let mut conn = self.conn.clone();
+            redis::cmd("ZREMRANGEBYSCORE")
+                .arg(self.purge_key())
+                .arg("-inf")
+                .arg(secs(record.last_seen()) - TRIM_AFTER_SECS)
+                .query_async::<i64>(&mut conn)
+                .await
+                .map_err(Error::store)?;
+        }
+        Ok(created)
     }
 
     async fn create_fields(
@@ -743,15 +782,18 @@ impl RedisStore {
                 stale.push(member);
                 continue;
             };
-            match self.load_inner(&handle, now).await? {
+            match self.fetch(&handle).await? {
                 // Indexed before its owner was written (a login in flight):
                 // not listed, and not pruned either.
-                Some(r) if r.owner() != Some(owner) => {}
-                Some(r) => out.push(OwnedSession {
+                Decoded::Record(r) if r.owner() != Some(owner) => {}
+                Decoded::Record(r) if !r.is_expired(now) => out.push(OwnedSession {
                     handle,
                     record: Arc::new(r),
                 }),
-                None => stale.push(member),
+                // A rotation in flight: `delete_by_owner` must still find the
+                // tombstone to follow it, so it stays until it expires.
+                Decoded::Moved => {}
+                Decoded::Record(_) | Decoded::Missing => stale.push(member),
             }
         }
         self.unindex(owner, &stale).await?;
@@ -838,8 +880,7 @@ impl RedisStore {
     }
 }
 
-fn bad_url(url: &str, e: redis::RedisError) -> Error {
-    tracing::debug!(url, "keyfob: refused Redis URL");
+fn bad_url(e: redis::RedisError) -> Error {
     Error::with_source(crate::ErrorKind::Config, e)
 }
 

@@ -155,6 +155,35 @@ async fn revoking_an_owner_follows_a_rotation(var: &str) {
     assert!(store.list_by_owner("u1", now).await.unwrap().is_empty());
 }
 
+/// The rotation is three steps on Redis; a "revoke all" racing it must
+/// still leave no session behind, whichever way the steps interleave.
+async fn revoking_an_owner_during_a_rotation_leaves_no_session(var: &str) {
+    let (store, _prefix, _raw) = setup(var).await;
+    let store = std::sync::Arc::new(store);
+    let app = std::sync::Arc::new(App::new(store.clone()));
+    for round in 0..30 {
+        let owner = format!("u{round}");
+        let r = app.send("POST", &format!("/login/{owner}"), None).await;
+        let old = r.cookie().unwrap();
+        let rotate = {
+            let app = app.clone();
+            let old = old.clone();
+            tokio::spawn(async move { app.send("POST", "/cycle", Some(&old)).await })
+        };
+        let revoke = {
+            let store = store.clone();
+            let owner = owner.clone();
+            tokio::spawn(async move { store.delete_by_owner(&owner, None).await.unwrap() })
+        };
+        let rotated = rotate.await.unwrap();
+        revoke.await.unwrap();
+        for cookie in [Some(old), rotated.cookie()].into_iter().flatten() {
+            let r = app.send("GET", "/get/keyfob.user", Some(&cookie)).await;
+            assert_eq!(r.body, "none", "round {round}: a revoked session survived");
+        }
+    }
+}
+
 #[tokio::test]
 async fn an_unreachable_or_malformed_url_is_refused_at_connect() {
     let err = RedisStore::connect("redis://127.0.0.1:1")
@@ -192,4 +221,5 @@ both!(
     corrupted_record_reads_as_no_session,
     redis_expires_sessions_and_owner_sets_by_itself,
     revoking_an_owner_follows_a_rotation,
+    revoking_an_owner_during_a_rotation_leaves_no_session,
 );
