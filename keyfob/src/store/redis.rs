@@ -2,10 +2,10 @@
 //! script, on a single server or a Redis Cluster.
 //!
 //! Rules:
-//! - a session is one hash, `{prefix}:s:{handle}`, with one field per
+//! - a session is one hash, `<prefix>:s:<handle>`, with one field per
 //!   metadata item (`v` version, `c` created, `s` last seen, `i`/`a` idle and
 //!   absolute deadlines, `o` owner, `e` per-session expiry) and one field
-//!   `d:{key}` per data key holding the value's JSON text. The change-set maps
+//!   `d:<key>` per data key holding the value's JSON text. The change-set maps
 //!   one to one onto `HSET`/`HDEL`, so the script never parses JSON (Lua's
 //!   `cjson` would rewrite values: big integers, escapes, key order) and a
 //!   write costs the size of what changed, not of the whole session;
@@ -16,9 +16,13 @@
 //!   deleted or expired record writes nothing, and Redis drops expired
 //!   sessions by itself;
 //! - every script touches exactly one key, so every operation works
-//!   unchanged on Redis Cluster. A rotation ([`Update::rename_to`]) moves the
-//!   session to a key in another slot, so it is three steps (see below);
-//! - the owner index is a set per owner, `{prefix}:o:{owner}`, written
+//!   unchanged on Redis Cluster. A session is one key, so it needs no hash
+//!   tag; the only move between keys is a rotation ([`Update::rename_to`]),
+//!   and no tag can help there: the new key is named by the SHA-256 of a
+//!   fresh random ID, so it lands in an unpredictable slot (a tag shared with
+//!   the old key would have to be found again from the new cookie alone).
+//!   A rotation is therefore three steps (see below);
+//! - the owner index is a set per owner, `<prefix>:o:<owner>`, written
 //!   *before* a session becomes visible under its owner, pruned of gone
 //!   sessions by [`list_by_owner`](SessionStore::list_by_owner) and
 //!   [`delete_by_owner`](SessionStore::delete_by_owner), and given a TTL
@@ -48,7 +52,7 @@
 //! Caveats:
 //! - [`delete_expired`](SessionStore::delete_expired) is mostly index
 //!   hygiene: Redis drops expired hashes itself (`EXPIREAT`). The purge walks
-//!   a sorted set `{prefix}:x` of creation-time deadlines, deleting records
+//!   a sorted set `<prefix>:x` of creation-time deadlines, deleting records
 //!   that are expired at the caller's clock and re-filing those that were
 //!   extended. Without a cleanup task the set still stays bounded: every
 //!   64th create drops its entries overdue by more than a day;
@@ -56,7 +60,12 @@
 //!   would put every keyfob key in one Cluster slot (still correct, but one
 //!   node would serve all sessions);
 //! - deadlines are whole seconds and `EXPIREAT` uses the Redis server's
-//!   clock: keep the app servers' and Redis's clocks in sync (NTP).
+//!   clock: keep the app servers' and Redis's clocks in sync (NTP);
+//! - a key at a session's name that is not a hash (another app writing into
+//!   this prefix) is a store error, not "no session": it is loud on purpose;
+//! - `rediss://` needs one of the `redis` crate's TLS features enabled in
+//!   the app; the `redis` crate's timeouts apply (500 ms per response and
+//!   1 s to connect by default on a single server).
 //!
 //! ```no_run
 //! use keyfob::{store::redis::RedisStore, SessionLayer};
@@ -452,8 +461,8 @@ impl RedisStore {
     }
 
     /// Sets the prefix of every key this store writes (default `keyfob`):
-    /// `{prefix}:s:{handle}` sessions, `{prefix}:o:{owner}` owner sets,
-    /// `{prefix}:x` the purge index. Give each app sharing a Redis its own.
+    /// `<prefix>:s:<handle>` sessions, `<prefix>:o:<owner>` owner sets,
+    /// `<prefix>:x` the purge index. Give each app sharing a Redis its own.
     ///
     /// ```no_run
     /// # async fn run() -> keyfob::Result<()> {
