@@ -51,11 +51,13 @@
 //!
 //! Caveats:
 //! - [`delete_expired`](SessionStore::delete_expired) is mostly index
-//!   hygiene: Redis drops expired hashes itself (`EXPIREAT`). The purge walks
-//!   a sorted set `<prefix>:x` of creation-time deadlines, deleting records
-//!   that are expired at the caller's clock and re-filing those that were
-//!   extended. Without a cleanup task the set still stays bounded: every
-//!   64th create drops its entries overdue by more than a day;
+//!   hygiene: Redis drops expired hashes itself (`EXPIREAT`). The purge
+//!   walks an index of creation-time deadlines (16 sorted sets
+//!   `<prefix>:x:<hex digit>`, by handle, so they spread over a Cluster),
+//!   deleting records that are expired at the caller's clock and re-filing
+//!   those that were extended. Without a cleanup task the index still stays
+//!   bounded: every 64th create drops the entries of one set that are
+//!   overdue by more than a day;
 //! - the key prefix should not contain `{`…`}`: a hash tag in the prefix
 //!   would put every keyfob key in one Cluster slot (still correct, but one
 //!   node would serve all sessions);
@@ -112,8 +114,11 @@ const TOMBSTONE_MS: u64 = 60_000;
 /// to, so a session refreshing its idle deadline re-extends the set only
 /// about once an hour.
 const OWNER_SLACK_SECS: i64 = 3600;
-/// How many passes one `delete_expired` call makes at most.
-const PURGE_PASSES: usize = 16;
+/// The purge index is split in this many sorted sets (by the handle's first
+/// hex digit), so on a Cluster its writes and memory spread over the nodes.
+const PURGE_SHARDS: u8 = 16;
+/// How many passes one `delete_expired` call makes at most, per shard.
+const PURGE_PASSES: usize = 4;
 /// Every this many creates, purge-index entries due for more than
 /// [`TRIM_AFTER_SECS`] are dropped, so the index stays bounded even when no
 /// cleanup task runs (Redis itself has long dropped those hashes, or will).
@@ -350,6 +355,7 @@ pub struct RedisStore {
     prefix: Arc<str>,
     scripts: Arc<Scripts>,
     creates: Arc<AtomicU64>,
+    purge_cursor: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -372,6 +378,7 @@ impl RedisStore {
             prefix: DEFAULT_PREFIX.into(),
             scripts: Arc::new(Scripts::new()),
             creates: Arc::new(AtomicU64::new(0)),
+            purge_cursor: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -462,7 +469,7 @@ impl RedisStore {
 
     /// Sets the prefix of every key this store writes (default `keyfob`):
     /// `<prefix>:s:<handle>` sessions, `<prefix>:o:<owner>` owner sets,
-    /// `<prefix>:x` the purge index. Give each app sharing a Redis its own.
+    /// `<prefix>:x:<0-f>` the purge index. Give each app sharing a Redis its own.
     ///
     /// ```no_run
     /// # async fn run() -> keyfob::Result<()> {
@@ -486,8 +493,8 @@ impl RedisStore {
         format!("{}:o:{owner}", self.prefix)
     }
 
-    fn purge_key(&self) -> String {
-        format!("{}:x", self.prefix)
+    fn purge_key(&self, shard: u8) -> String {
+        format!("{}:x:{shard:x}", self.prefix)
     }
 
     /// What the session key holds; a corrupt hash is logged and read as missing.
@@ -542,7 +549,7 @@ impl RedisStore {
         let Some(at) = expire_at else { return Ok(()) };
         let mut conn = self.conn.clone();
         redis::cmd("ZADD")
-            .arg(self.purge_key())
+            .arg(self.purge_key(purge_shard(handle)))
             .arg(at)
             .arg(handle.to_string())
             .query_async::<i64>(&mut conn)
@@ -568,7 +575,7 @@ impl RedisStore {
         if self.creates.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY == TRIM_EVERY - 1 {
             let mut conn = self.conn.clone();
             redis::cmd("ZREMRANGEBYSCORE")
-                .arg(self.purge_key())
+                .arg(self.purge_key(purge_shard(handle)))
                 .arg("-inf")
                 .arg(secs(record.last_seen()) - TRIM_AFTER_SECS)
                 .query_async::<i64>(&mut conn)
@@ -827,7 +834,28 @@ impl RedisStore {
     }
 
     async fn delete_expired_inner(&self, now: OffsetDateTime, batch: usize) -> Result<u64> {
+        let mut deleted = 0;
+        // Start at a different shard each call, so a small batch size still
+        // reaches every shard over successive calls.
+        let first = self.purge_cursor.fetch_add(1, Ordering::Relaxed);
+        for i in 0..u64::from(PURGE_SHARDS) {
+            if deleted >= batch {
+                break;
+            }
+            let shard = ((first + i) % u64::from(PURGE_SHARDS)) as u8;
+            deleted += self.purge_index_shard(shard, now, batch - deleted).await?;
+        }
+        Ok(deleted as u64)
+    }
+
+    async fn purge_index_shard(
+        &self,
+        shard: u8,
+        now: OffsetDateTime,
+        batch: usize,
+    ) -> Result<usize> {
         let now_secs = secs(now);
+        let key = self.purge_key(shard);
         let mut conn = self.conn.clone();
         let mut deleted = 0usize;
         for _ in 0..PURGE_PASSES {
@@ -835,7 +863,7 @@ impl RedisStore {
                 break;
             }
             let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-                .arg(self.purge_key())
+                .arg(&key)
                 .arg("-inf")
                 .arg(now_secs)
                 .arg("LIMIT")
@@ -870,12 +898,12 @@ impl RedisStore {
                 let mut cmd = match refile {
                     Some(at) => {
                         let mut c = redis::cmd("ZADD");
-                        c.arg(self.purge_key()).arg(at);
+                        c.arg(&key).arg(at);
                         c
                     }
                     None => {
                         let mut c = redis::cmd("ZREM");
-                        c.arg(self.purge_key());
+                        c.arg(&key);
                         c
                     }
                 };
@@ -885,12 +913,16 @@ impl RedisStore {
                     .map_err(Error::store)?;
             }
         }
-        Ok(deleted as u64)
+        Ok(deleted)
     }
 }
 
 fn bad_url(e: redis::RedisError) -> Error {
     Error::with_source(crate::ErrorKind::Config, e)
+}
+
+fn purge_shard(handle: &Handle) -> u8 {
+    (handle.as_bytes()[0] >> 4) % PURGE_SHARDS
 }
 
 /// The owner-set expiry for a session expiring at `expire_at`.

@@ -155,6 +155,25 @@ async fn revoking_an_owner_follows_a_rotation(var: &str) {
     assert!(store.list_by_owner("u1", now).await.unwrap().is_empty());
 }
 
+/// Redis drops expired hashes by itself, so the purge index must not rely on
+/// a cleanup task to stay bounded.
+async fn purge_index_stays_bounded_without_a_cleanup_task(var: &str) {
+    let (store, prefix, mut raw) = setup(var).await;
+    let now = OffsetDateTime::now_utc();
+    // Long expired when written: Redis drops each hash at once, leaving only
+    // its purge-index entry. All in shard 0 (first hex digit of the handle).
+    for n in 0..64u8 {
+        let mut b = [0u8; 32];
+        b[1] = n;
+        let r = Record::new(now, Some(now - Duration::days(2)), None);
+        store.create(&Handle::from_bytes(b), &r).await.unwrap();
+    }
+    let left: i64 = raw
+        .query(redis::cmd("ZCARD").arg(format!("{prefix}:x:0")))
+        .await;
+    assert_eq!(left, 0, "every 64th create trims entries overdue by a day");
+}
+
 /// The rotation is three steps on Redis; a "revoke all" racing it must
 /// still leave no session behind, whichever way the steps interleave.
 async fn revoking_an_owner_during_a_rotation_leaves_no_session(var: &str) {
@@ -222,4 +241,5 @@ both!(
     redis_expires_sessions_and_owner_sets_by_itself,
     revoking_an_owner_follows_a_rotation,
     revoking_an_owner_during_a_rotation_leaves_no_session,
+    purge_index_stays_bounded_without_a_cleanup_task,
 );
