@@ -444,6 +444,12 @@ impl RedisStore {
             Self::connect_cluster(cluster("rediss", rest)?).await?
         } else if url.starts_with("redis://") || url.starts_with("rediss://") {
             let client = redis::Client::open(url).map_err(bad_url)?;
+            // One plain attempt first: the manager retries with backoff for
+            // seconds, and a server that is down at start-up should fail fast.
+            client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(Error::store)?;
             Self::new(ConnectionManager::new(client).await.map_err(Error::store)?)
         } else {
             // The URL may hold a password: name only its scheme.

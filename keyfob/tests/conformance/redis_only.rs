@@ -205,10 +205,15 @@ async fn revoking_an_owner_during_a_rotation_leaves_no_session(var: &str) {
 
 #[tokio::test]
 async fn an_unreachable_or_malformed_url_is_refused_at_connect() {
-    let err = RedisStore::connect("redis://127.0.0.1:1")
-        .await
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Store);
+    for down in ["redis://127.0.0.1:1", "redis+cluster://127.0.0.1:1"] {
+        let started = std::time::Instant::now();
+        let err = RedisStore::connect(down).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Store, "{down}");
+        assert!(
+            started.elapsed().as_secs() < 5,
+            "{down}: fails fast at start-up"
+        );
+    }
     for bad in ["postgres://x", "redis+cluster://", "redis://[::1"] {
         let err = RedisStore::connect(bad).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config, "{bad}");
