@@ -22,11 +22,16 @@
 //!   fresh random ID, so it lands in an unpredictable slot (a tag shared with
 //!   the old key would have to be found again from the new cookie alone).
 //!   A rotation is therefore three steps (see below);
-//! - the owner index is a set per owner, `<prefix>:o:<owner>`, written
-//!   *before* a session becomes visible under its owner, pruned of gone
-//!   sessions by [`list_by_owner`](SessionStore::list_by_owner) and
-//!   [`delete_by_owner`](SessionStore::delete_by_owner), and given a TTL
-//!   that is pushed forward with the sessions it lists;
+//! - the owner index is a sorted set per owner, `<prefix>:o:<owner>`: each
+//!   handle is scored with a *watermark* never earlier than its session's
+//!   deadline (pushed forward as the session is refreshed, an hour at a
+//!   time), and the key expires with its longest-lived member. A handle is
+//!   filed *before* its session becomes visible under the owner, so
+//!   [`delete_by_owner`](SessionStore::delete_by_owner) never misses one;
+//!   [`list_by_owner`](SessionStore::list_by_owner) prunes members whose
+//!   watermark has passed or whose record expired, and deletes unfile theirs.
+//!   (A plain set could not tell "already gone" from "being written right
+//!   now"; the score can);
 //! - a hash that cannot be decoded reads as "no session" with a
 //!   `tracing::warn!`, and a Redis failure is an [`Error`] of kind
 //!   [`Store`](crate::ErrorKind::Store), never a panic.
@@ -110,9 +115,9 @@ use crate::{
 
 /// How long a rotated-away handle keeps its tombstone, in milliseconds.
 const TOMBSTONE_MS: u64 = 60_000;
-/// The owner set's TTL runs this far past the latest deadline it was pushed
-/// to, so a session refreshing its idle deadline re-extends the set only
-/// about once an hour.
+/// A session's watermark in its owner index (and so the index's TTL) runs
+/// this far past the deadline it was last pushed for, so a session that
+/// keeps refreshing its idle deadline re-files itself about once an hour.
 const OWNER_SLACK_SECS: i64 = 3600;
 /// The purge index is split in this many sorted sets (by the handle's first
 /// hex digit), so on a Cluster its writes and memory spread over the nodes.
@@ -250,20 +255,15 @@ end
 return {'2', e and tostring(e) or ''}
 "#;
 
-/// Adds a handle to an owner set and pushes the set's expiry to ARGV[2]
-/// (`inf`: never expire), never pulling it earlier.
+/// Files a handle in an owner index under its watermark ARGV[2] (`inf`:
+/// never expires), never lowering a member's score, and gives the index the
+/// expiry of its longest-lived member.
 const LUA_INDEX: &str = r#"
 local k = KEYS[1]
-redis.call('SADD', k, ARGV[1])
-if ARGV[2] == 'inf' then redis.call('PERSIST', k) return 1 end
-if redis.call('TTL', k) == -1 then
-  -- No TTL: a set just created by this SADD, or one kept on purpose for a
-  -- session that never expires.
-  if redis.call('SCARD', k) > 1 then return 1 end
-  redis.call('EXPIREAT', k, ARGV[2])
-else
-  redis.call('EXPIREAT', k, ARGV[2], 'GT')
-end
+redis.call('ZADD', k, 'GT', ARGV[2] == 'inf' and '+inf' or ARGV[2], ARGV[1])
+local top = redis.call('ZRANGE', k, -1, -1, 'WITHSCORES')
+if top[2] == 'inf' then redis.call('PERSIST', k)
+else redis.call('EXPIREAT', k, top[2]) end
 return 1
 "#;
 
@@ -542,7 +542,7 @@ impl RedisStore {
             return Ok(());
         }
         let mut conn = self.conn.clone();
-        redis::cmd("SREM")
+        redis::cmd("ZREM")
             .arg(self.owner_key(owner))
             .arg(handles)
             .query_async::<i64>(&mut conn)
@@ -787,19 +787,32 @@ impl RedisStore {
         Ok(false)
     }
 
-    async fn members(&self, owner: &str) -> Result<Vec<String>> {
+    /// The handles filed under `owner` with a watermark at or after `from`.
+    async fn members(&self, owner: &str, from: &str) -> Result<Vec<String>> {
         let mut conn = self.conn.clone();
-        redis::cmd("SMEMBERS")
+        redis::cmd("ZRANGEBYSCORE")
             .arg(self.owner_key(owner))
+            .arg(from)
+            .arg("+inf")
             .query_async(&mut conn)
             .await
             .map_err(Error::store)
     }
 
     async fn list_inner(&self, owner: &str, now: OffsetDateTime) -> Result<Vec<OwnedSession>> {
+        // Watermarks are never earlier than their session's deadline, so a
+        // member whose watermark has passed is a gone session: pruned at once.
+        let mut conn = self.conn.clone();
+        redis::cmd("ZREMRANGEBYSCORE")
+            .arg(self.owner_key(owner))
+            .arg("-inf")
+            .arg(format!("({}", secs(now)))
+            .query_async::<i64>(&mut conn)
+            .await
+            .map_err(Error::store)?;
         let mut out = Vec::new();
         let mut stale = Vec::new();
-        for member in self.members(owner).await? {
+        for member in self.members(owner, &secs(now).to_string()).await? {
             let Ok(handle) = member.parse::<Handle>() else {
                 stale.push(member);
                 continue;
@@ -812,10 +825,13 @@ impl RedisStore {
                     handle,
                     record: Arc::new(r),
                 }),
-                // A rotation in flight: `delete_by_owner` must still find the
-                // tombstone to follow it, so it stays until it expires.
-                Decoded::Moved => {}
-                Decoded::Record(_) | Decoded::Missing => stale.push(member),
+                // Expired records never come back: pruned.
+                Decoded::Record(_) => stale.push(member),
+                // Not pruned: a missing member may be a session being created
+                // or rotated in right now (indexed first, written next), and a
+                // tombstone must stay findable by `delete_by_owner`. Both
+                // leave with their watermark.
+                Decoded::Moved | Decoded::Missing => {}
             }
         }
         self.unindex(owner, &stale).await?;
@@ -826,7 +842,7 @@ impl RedisStore {
         let keep = keep.map(Handle::to_string);
         let mut deleted = 0;
         let mut done = Vec::new();
-        for member in self.members(owner).await? {
+        for member in self.members(owner, "-inf").await? {
             if Some(&member) == keep.as_ref() {
                 continue;
             }

@@ -114,7 +114,12 @@ async fn redis_expires_sessions_and_owner_sets_by_itself(var: &str) {
     let r = app.send("POST", "/login/u1", None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let members: Vec<String> = raw
-        .query(redis::cmd("SMEMBERS").arg(format!("{prefix}:o:u1")))
+        .query(
+            redis::cmd("ZRANGE")
+                .arg(format!("{prefix}:o:u1"))
+                .arg(0)
+                .arg(-1),
+        )
         .await;
     assert_eq!(members.len(), 1);
     let session_ttl: i64 = raw
@@ -153,6 +158,30 @@ async fn revoking_an_owner_follows_a_rotation(var: &str) {
     );
     let now = keyfob::Clock::now(&app.clock);
     assert!(store.list_by_owner("u1", now).await.unwrap().is_empty());
+}
+
+/// A handle is filed in the owner index before its session is written (so a
+/// revocation never misses it); a listing in between must not unfile it,
+/// but does unfile members whose watermark has passed.
+async fn listing_prunes_only_members_that_are_surely_gone(var: &str) {
+    let (store, prefix, mut raw) = setup(var).await;
+    let now = OffsetDateTime::now_utc();
+    let key = format!("{prefix}:o:u1");
+    let in_flight = Handle::from_bytes([7; 32]).to_string();
+    let long_gone = Handle::from_bytes([8; 32]).to_string();
+    let future = now.unix_timestamp() + 3600;
+    let past = now.unix_timestamp() - 3600;
+    let _: i64 = raw
+        .query(redis::cmd("ZADD").arg(&key).arg(future).arg(&in_flight))
+        .await;
+    let _: i64 = raw
+        .query(redis::cmd("ZADD").arg(&key).arg(past).arg(&long_gone))
+        .await;
+    assert!(store.list_by_owner("u1", now).await.unwrap().is_empty());
+    let left: Vec<String> = raw
+        .query(redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1))
+        .await;
+    assert_eq!(left, [in_flight]);
 }
 
 /// Redis drops expired hashes by itself, so the purge index must not rely on
@@ -247,4 +276,5 @@ both!(
     revoking_an_owner_follows_a_rotation,
     revoking_an_owner_during_a_rotation_leaves_no_session,
     purge_index_stays_bounded_without_a_cleanup_task,
+    listing_prunes_only_members_that_are_surely_gone,
 );
