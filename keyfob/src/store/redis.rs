@@ -619,11 +619,15 @@ impl RedisStore {
         update: &Update,
         now: OffsetDateTime,
     ) -> Result<Updated> {
-        // A new owner is indexed before the script makes it visible.
+        // A new owner is indexed before the script makes it visible, with a
+        // provisional watermark (the deadline is the script's to know; an
+        // index score only ever rises, so it must not start at "never"). The
+        // script always returns the real one for a new owner, filed next.
         if let Some(Some(owner)) = update.owner_change() {
             if update.rename_to().is_none() {
-                let mark = watermark(update.idle_deadline.map(|i| i.max(secs(now))));
-                self.index(owner, handle, &mark).await?;
+                let provisional = update.idle_deadline.unwrap_or(0).max(secs(now));
+                self.index(owner, handle, &watermark(Some(provisional)))
+                    .await?;
             }
         }
         let mut conn = self.conn.clone();
