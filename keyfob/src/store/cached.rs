@@ -5,7 +5,7 @@
 //!   record and the record is live at the caller's clock; otherwise it asks
 //!   the inner store and caches what that returns (misses are not cached);
 //! - every write and delete made through this store (create, update, a
-//!   rotation's old and new handle, delete, delete-by-owner, purge) goes to
+//!   rotation's old and new handle, delete, delete-by-owner) goes to
 //!   the inner store first and then drops the affected entries, so this
 //!   process reads its own writes;
 //! - a load that raced a write of the same session never leaves its
