@@ -9,15 +9,62 @@ use keyfob::time::Duration;
 pub enum StoreUrl {
     /// In process.
     Memory,
+    /// A SQLite file (`sqlite://PATH`), created if missing.
+    Sqlite(String),
+    /// A PostgreSQL server (`postgres://…` or `postgresql://…`).
+    Postgres(String),
+    /// A MySQL or MariaDB server (`mysql://USER:PASS@HOST/DB`).
+    MySql(String),
+    /// Client-side: each session sealed (AES-256-GCM) inside its cookie.
+    Cookie,
 }
 
 impl StoreUrl {
-    /// Parses `memory`.
+    /// Parses `memory`, `cookie`, `sqlite://PATH`, `postgres://…`, `mysql://…`.
     pub fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "memory" => Ok(StoreUrl::Memory),
-            other => Err(format!("unsupported store {other:?}: expected `memory`")),
+        let nonempty = |rest: &str, what: &str| {
+            if rest.is_empty() {
+                Err(format!("store URL {s:?} has no {what}"))
+            } else {
+                Ok(())
+            }
+        };
+        if s == "memory" {
+            Ok(StoreUrl::Memory)
+        } else if s == "cookie" {
+            Ok(StoreUrl::Cookie)
+        } else if let Some(rest) = s.strip_prefix("mysql://") {
+            nonempty(rest, "host")?;
+            Ok(StoreUrl::MySql(s.to_owned()))
+        } else if let Some(path) = s.strip_prefix("sqlite://") {
+            nonempty(path, "file path")?;
+            Ok(StoreUrl::Sqlite(s.to_owned()))
+        } else if let Some(rest) = s
+            .strip_prefix("postgres://")
+            .or_else(|| s.strip_prefix("postgresql://"))
+        {
+            nonempty(rest, "host")?;
+            Ok(StoreUrl::Postgres(s.to_owned()))
+        } else {
+            Err(format!(
+                "unsupported store {:?}: expected memory, cookie, sqlite://PATH, postgres://… or mysql://…",
+                redact(s)
+            ))
         }
+    }
+}
+
+/// Hides a password in a URL (`scheme://user:***@host`).
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((creds, host)) if creds.contains(':') => {
+            let user = creds.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -25,6 +72,10 @@ impl std::fmt::Display for StoreUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreUrl::Memory => f.write_str("memory"),
+            StoreUrl::Cookie => f.write_str("cookie"),
+            StoreUrl::Sqlite(u) | StoreUrl::Postgres(u) | StoreUrl::MySql(u) => {
+                f.write_str(&redact(u))
+            }
         }
     }
 }
@@ -50,7 +101,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 3000)),
-            store: StoreUrl::Memory,
+            store: StoreUrl::Sqlite("sqlite://keyfob-demo.db".to_owned()),
             key_file: PathBuf::from("keyfob-demo.key"),
             insecure_cookies: false,
             idle_timeout: Duration::hours(2),

@@ -4,21 +4,25 @@
 
 #![deny(missing_docs)]
 
+pub mod account;
 pub mod config;
+mod pages;
+mod signed;
 pub mod users;
 
 use std::sync::Arc;
 
 use axum::{
-    extract::State,
+    extract::{FromRef, FromRequest, Request, State},
     http::{header, StatusCode},
-    response::{IntoResponse, Response},
+    response::{IntoResponse, Redirect, Response},
     routing::{get, post},
-    Json, Router,
+    Form, Json, Router,
 };
 use keyfob::{
     auth::{self, AuthUser},
-    Key, Session, SessionLayer, SessionStore,
+    keys::Keyring,
+    CookieStore, Key, Session, SessionLayer, SessionStore,
 };
 use serde::Deserialize;
 
@@ -33,6 +37,13 @@ const VISITS: Key<u64> = Key::new("visits");
 #[derive(Clone)]
 pub struct AppState {
     store: Arc<dyn SessionStore>,
+    keys: Keyring,
+}
+
+impl FromRef<AppState> for Keyring {
+    fn from_ref(state: &AppState) -> Keyring {
+        state.keys.clone()
+    }
 }
 
 /// A ready-to-serve demo: its router and the store behind it.
@@ -48,38 +59,101 @@ pub struct Demo {
 /// # Errors
 /// A one-line reason when the store cannot be reached or the settings are refused.
 pub async fn build(config: &Config) -> Result<Demo, String> {
+    let one_line =
+        |e: keyfob::Error| format!("store {} unavailable: {e}", config.store).replace('\n', " ");
     let store: Arc<dyn SessionStore> = match &config.store {
         StoreUrl::Memory => Arc::new(keyfob::MemoryStore::new()),
+        StoreUrl::Sqlite(url) => Arc::new(
+            keyfob::store::sqlite::SqliteStore::connect(url)
+                .await
+                .map_err(one_line)?,
+        ),
+        StoreUrl::Postgres(url) => Arc::new(connect_postgres(url).await.map_err(one_line)?),
+        StoreUrl::MySql(url) => Arc::new(connect_mysql(url).await.map_err(one_line)?),
+        // Cookie sessions keep only revocation marks (logout) on the server.
+        StoreUrl::Cookie => Arc::new(keyfob::MemoryStore::new()),
     };
+    tokio::spawn(keyfob::store::cleanup(
+        store.clone(),
+        keyfob::SystemClock,
+        std::time::Duration::from_secs(60),
+        1000,
+    ));
+    let keys = Keyring::load_or_create(&config.key_file).map_err(|e| e.to_string())?;
     users::init();
-    let router = app(store, config)?;
+    let router = app_with_keys(store, keys, config)?;
     Ok(Demo {
         router,
         store_name: config.store.to_string(),
     })
 }
 
-/// The router over a store, with the session layer configured from `config`.
+async fn connect_postgres(url: &str) -> keyfob::Result<keyfob::store::postgres::PostgresStore> {
+    // Fail fast at start-up instead of waiting out a long connect timeout.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        keyfob::store::postgres::PostgresStore::connect(url),
+    )
+    .await
+    .unwrap_or_else(|_| Err(keyfob::Error::store_msg("connection timed out")))
+}
+
+async fn connect_mysql(url: &str) -> keyfob::Result<keyfob::store::mysql::MySqlStore> {
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        keyfob::store::mysql::MySqlStore::connect(url),
+    )
+    .await
+    .unwrap_or_else(|_| Err(keyfob::Error::store_msg("connection timed out")))
+}
+
+/// The router over a store, with the session layer configured from `config`
+/// and a fresh random keyring (cookies signed by it end with the process).
 ///
 /// # Errors
 /// The layer's refusal of the settings, as one line.
 pub fn app(store: Arc<dyn SessionStore>, config: &Config) -> Result<Router, String> {
-    let layer = SessionLayer::builder(store.clone())
+    let keys = Keyring::generate().map_err(|e| e.to_string())?;
+    app_with_keys(store, keys, config)
+}
+
+/// [`app`] with the keyring that signs the app's cookies (and seals cookie
+/// sessions with `--store cookie`, where `store` keeps the revocation marks).
+///
+/// # Errors
+/// The layer's refusal of the settings, as one line.
+pub fn app_with_keys(
+    store: Arc<dyn SessionStore>,
+    keys: Keyring,
+    config: &Config,
+) -> Result<Router, String> {
+    let builder = match config.store {
+        StoreUrl::Cookie => SessionLayer::cookie_builder(
+            CookieStore::new(keys.clone()).with_revocation(store.clone()),
+        ),
+        _ => SessionLayer::builder(store.clone()),
+    };
+    let layer = builder
         .with_secure(!config.insecure_cookies)
         .with_idle_timeout(config.idle_timeout)
         .with_absolute_timeout(Some(config.absolute_timeout))
         .build()
         .map_err(|e| e.to_string())?;
-    let state = AppState { store };
+    let state = AppState { store, keys };
     Ok(Router::new()
         .route("/login", post(login))
         .route("/me", get(me))
         .route("/logout", post(logout))
         .route("/profile", get(profile))
         .route("/count", get(count))
+        .merge(pages::routes())
+        .merge(signed::routes(!config.insecure_cookies))
+        .merge(account::routes())
         .layer(layer)
         // Outside the session layer: a health check must not create sessions.
         .route("/healthz", get(healthz))
+        // Outermost, over every route: cross-site writes never reach a handler.
+        .layer(account::cross_site_rule())
         .with_state(state))
 }
 
@@ -89,22 +163,44 @@ struct Credentials {
     password: String,
 }
 
-async fn login(
-    session: Session,
-    Json(creds): Json<Credentials>,
-) -> Result<Response, keyfob::Error> {
-    let password = creds.password;
-    let username = creds.username;
+/// `POST /login`: JSON for API clients (the contract), or the HTML form
+/// (urlencoded), which redirects to the dashboard or shows the form again.
+async fn login(session: Session, request: Request) -> Result<Response, keyfob::Error> {
+    let is_form = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let creds = if is_form {
+        match Form::<Credentials>::from_request(request, &()).await {
+            Ok(Form(c)) => c,
+            Err(rejection) => return Ok(rejection.into_response()),
+        }
+    } else {
+        match Json::<Credentials>::from_request(request, &()).await {
+            Ok(Json(c)) => c,
+            Err(rejection) => return Ok(rejection.into_response()),
+        }
+    };
+    let Credentials { username, password } = creds;
     // Argon2 is deliberately slow: keep it off the async workers.
     let verified = tokio::task::spawn_blocking(move || users::verify(&username, &password))
         .await
         .ok()
         .flatten();
     let Some(user) = verified else {
-        return Ok((StatusCode::UNAUTHORIZED, "invalid credentials").into_response());
+        return Ok(if is_form {
+            pages::login_page(StatusCode::UNAUTHORIZED, Some("Invalid username or password."))
+        } else {
+            (StatusCode::UNAUTHORIZED, "invalid credentials").into_response()
+        });
     };
     auth::login(&session, &user.id.to_string(), &user).await?;
-    Ok((StatusCode::OK, "logged in").into_response())
+    Ok(if is_form {
+        Redirect::to("/").into_response()
+    } else {
+        (StatusCode::OK, "logged in").into_response()
+    })
 }
 
 async fn me(session: Session) -> Result<Response, keyfob::Error> {

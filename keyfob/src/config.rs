@@ -31,7 +31,13 @@ use std::fmt::Write as _;
 
 use http::{header::COOKIE, HeaderMap, HeaderValue};
 
-use crate::{error::Error, id::SessionId};
+use crate::error::Error;
+
+/// The longest `Set-Cookie` value (name, value and attributes) keyfob sends:
+/// browsers must keep cookies up to 4096 bytes (RFC 6265 §6.1) and drop or
+/// truncate longer ones.
+#[cfg_attr(not(any(feature = "axum", feature = "cookie-store")), allow(dead_code))]
+pub(crate) const MAX_SET_COOKIE: usize = 4096;
 
 /// The `SameSite` attribute of the session cookie.
 ///
@@ -190,8 +196,10 @@ impl CookieConfig {
         header_value(s)
     }
 
-    /// The session ID the request presents, under the strict rules above.
-    pub(crate) fn read(&self, headers: &HeaderMap) -> Presented {
+    /// The session cookie value the request presents, under the strict rules
+    /// above; the layer decides what a value must look like (an ID, a signed
+    /// ID, a sealed session).
+    pub(crate) fn read<'h>(&self, headers: &'h HeaderMap) -> Presented<'h> {
         let name = self.name.as_bytes();
         let mut found: Option<&[u8]> = None;
         for header in headers.get_all(COOKIE) {
@@ -212,10 +220,7 @@ impl CookieConfig {
         }
         match found {
             None => Presented::None,
-            Some(v) => match SessionId::parse(v) {
-                Some(id) => Presented::Id(id),
-                None => Presented::Invalid("malformed session cookie"),
-            },
+            Some(v) => Presented::Value(v),
         }
     }
 }
@@ -240,15 +245,16 @@ fn header_value(s: String) -> HeaderValue {
 
 /// What the request's `Cookie` headers say about the session.
 #[derive(Debug)]
-pub(crate) enum Presented {
+pub(crate) enum Presented<'h> {
     None,
-    Id(SessionId),
+    Value(&'h [u8]),
     Invalid(&'static str),
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::id::SessionId;
 
     fn cfg() -> CookieConfig {
         CookieConfig::default()
@@ -270,7 +276,7 @@ mod tests {
             assert!(matches!(cfg().read(&h), Presented::None), "{other}");
         }
         let h = headers(&[format!("a=b; id={id}; c=d").as_bytes()]);
-        assert!(matches!(cfg().read(&h), Presented::Id(_)));
+        assert!(matches!(cfg().read(&h), Presented::Value(_)));
     }
 
     #[test]

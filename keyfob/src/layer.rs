@@ -8,7 +8,8 @@
 //!    only the idle deadline is due for a refresh, touch it; else write nothing.
 //!    A `5xx` response saves nothing unless
 //!    [`with_save_on_server_error`](SessionLayerBuilder::with_save_on_server_error) says so;
-//! 4. `Set-Cookie` only when the ID or the cookie's expiry changed, with
+//! 4. `Set-Cookie` only when the ID or the cookie's expiry changed (for
+//!    cookie sessions, also when the sealed record changed), with
 //!    `Cache-Control: no-store` unless the handler set its own; `Vary: Cookie`
 //!    on every response that used the session.
 //!
@@ -45,11 +46,15 @@ use time::Duration;
 use tower_layer::Layer;
 use tower_service::Service;
 
+#[cfg(feature = "cookie-store")]
+use crate::store::cookie::CookieStore;
 use crate::{
-    config::{CookieConfig, Presented, SameSite},
+    config::{Presented, SameSite},
     error::{Error, ErrorKind, Result},
     expiry::{Clock, Policy, SystemClock},
-    session::{CookieOut, Session, Shared},
+    id::SessionId,
+    keys::Keyring,
+    session::{CookieOut, Incoming, Session, Shared},
     store::{BoxFuture, SessionStore},
 };
 
@@ -88,8 +93,39 @@ impl SessionLayer {
         SessionLayerBuilder::new(Arc::new(store))
     }
 
+    /// Cookie sessions: the whole record sealed inside the session cookie
+    /// (see [`crate::store::cookie`]), with the default settings of [`new`](Self::new).
+    ///
+    /// ```
+    /// use keyfob::{keys::Keyring, CookieStore, SessionLayer};
+    /// let layer = SessionLayer::cookie(CookieStore::new(Keyring::generate().unwrap()));
+    /// # let _ = layer;
+    /// ```
+    #[cfg(feature = "cookie-store")]
+    pub fn cookie(store: CookieStore) -> Self {
+        SessionLayer {
+            shared: Arc::new(SessionLayerBuilder::cookie(store).into_shared()),
+        }
+    }
+
+    /// A builder for cookie sessions; [`SessionLayerBuilder::build`] checks it.
+    ///
+    /// ```
+    /// use keyfob::{keys::Keyring, CookieStore, SessionLayer};
+    /// let layer = SessionLayer::cookie_builder(CookieStore::new(Keyring::generate().unwrap()))
+    ///     .with_idle_timeout(time::Duration::minutes(30))
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    #[cfg(feature = "cookie-store")]
+    pub fn cookie_builder(store: CookieStore) -> SessionLayerBuilder {
+        SessionLayerBuilder::cookie(store)
+    }
+
     /// The store this layer uses, for the app's own session management
-    /// (listing and revoking sessions, health checks).
+    /// (listing and revoking sessions, health checks). For cookie sessions,
+    /// the revocation store (one that keeps nothing when none was given).
     pub fn store(&self) -> &Arc<dyn SessionStore> {
         &self.shared.store
     }
@@ -110,10 +146,13 @@ impl SessionLayer {
 #[must_use]
 pub struct SessionLayerBuilder {
     store: Arc<dyn SessionStore>,
-    cookie: CookieConfig,
+    cookie: crate::config::CookieConfig,
     policy: Policy,
     clock: Arc<dyn Clock>,
     save_on_server_error: bool,
+    signed_ids: Option<Keyring>,
+    #[cfg(feature = "cookie-store")]
+    client: Option<CookieStore>,
 }
 
 impl fmt::Debug for SessionLayerBuilder {
@@ -129,11 +168,40 @@ impl SessionLayerBuilder {
     fn new(store: Arc<dyn SessionStore>) -> Self {
         SessionLayerBuilder {
             store,
-            cookie: CookieConfig::default(),
+            cookie: crate::config::CookieConfig::default(),
             policy: Policy::default(),
             clock: Arc::new(SystemClock),
             save_on_server_error: false,
+            signed_ids: None,
+            #[cfg(feature = "cookie-store")]
+            client: None,
         }
+    }
+
+    #[cfg(feature = "cookie-store")]
+    fn cookie(store: CookieStore) -> Self {
+        let mut builder = SessionLayerBuilder::new(store.revocation().clone());
+        builder.client = Some(store);
+        builder
+    }
+
+    /// Signs session IDs: the cookie carries `ID.MAC` (HMAC-SHA256 under a key
+    /// derived from `keyring` for this cookie name), so a forged or guessed ID
+    /// is refused before any store round trip, and an ID signed under an old
+    /// key of the ring is re-issued under the current one. For server-side
+    /// stores; cookie sessions are sealed already. Default off.
+    ///
+    /// ```
+    /// use keyfob::{keys::Keyring, MemoryStore, SessionLayer};
+    /// let layer = SessionLayer::builder(MemoryStore::new())
+    ///     .with_signed_ids(Keyring::generate().unwrap())
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn with_signed_ids(mut self, keyring: Keyring) -> Self {
+        self.signed_ids = Some(keyring);
+        self
     }
 
     /// The cookie name. Default `id`.
@@ -232,6 +300,9 @@ impl SessionLayerBuilder {
             policy: self.policy,
             clock: self.clock,
             save_on_server_error: self.save_on_server_error,
+            signed_ids: self.signed_ids,
+            #[cfg(feature = "cookie-store")]
+            client: self.client,
         }
     }
 
@@ -259,6 +330,12 @@ impl SessionLayerBuilder {
         }
         if p.touch_interval.is_negative() {
             return Err(Error::config("the touch interval may not be negative"));
+        }
+        #[cfg(feature = "cookie-store")]
+        if self.client.is_some() && self.signed_ids.is_some() {
+            return Err(Error::config(
+                "cookie sessions are sealed already: remove `with_signed_ids`",
+            ));
         }
         Ok(SessionLayer {
             shared: Arc::new(self.into_shared()),
@@ -306,19 +383,19 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let presented = match self.shared.cookie.read(req.headers()) {
-            Presented::None => None,
-            Presented::Id(id) => Some(id),
+        let incoming = match self.shared.cookie.read(req.headers()) {
+            Presented::None => Incoming::None,
+            Presented::Value(value) => incoming(&self.shared, value),
             Presented::Invalid(reason) => {
                 tracing::info!(
                     event = "session.malformed",
                     reason,
                     "keyfob: session cookie refused"
                 );
-                None
+                Incoming::None
             }
         };
-        let session = Session::new(self.shared.clone(), presented);
+        let session = Session::new(self.shared.clone(), incoming);
         req.extensions_mut().insert(session.clone());
         ResponseFuture {
             state: State::Inner {
@@ -391,7 +468,7 @@ where
                         ))));
                     };
                     return Poll::Ready(Ok(match out {
-                        Ok(out) => apply_cookie(response, out, &session.shared().cookie),
+                        Ok(out) => apply_cookie(response, out, session.shared()),
                         Err(err) => {
                             tracing::error!(error = %err, "keyfob: saving the session failed");
                             error_response(&err)
@@ -403,17 +480,65 @@ where
     }
 }
 
-fn apply_cookie<B>(
+/// What a session cookie value means under this layer's settings; anything
+/// that does not fit is no session.
+fn incoming(shared: &Shared, value: &[u8]) -> Incoming {
+    #[cfg(feature = "cookie-store")]
+    if shared.client.is_some() {
+        return match std::str::from_utf8(value) {
+            Ok(v) => Incoming::Sealed(v.into()),
+            Err(_) => Incoming::None,
+        };
+    }
+    let (id, stale) = match &shared.signed_ids {
+        Some(keys) => match keys.open_id(&shared.cookie.name, value) {
+            Some((id, stale)) => (SessionId::parse(id), stale),
+            None => {
+                tracing::info!(
+                    event = "session.forged",
+                    "keyfob: session ID with a bad signature refused"
+                );
+                return Incoming::None;
+            }
+        },
+        None => (SessionId::parse(value), false),
+    };
+    match id {
+        Some(id) => Incoming::Id { id, stale },
+        None => {
+            tracing::info!(
+                event = "session.malformed",
+                reason = "malformed session cookie",
+                "keyfob: session cookie refused"
+            );
+            Incoming::None
+        }
+    }
+}
+
+fn apply_cookie<B: From<&'static str>>(
     mut response: Response<B>,
     out: CookieOut,
-    cookie: &CookieConfig,
+    shared: &Shared,
 ) -> Response<B> {
-    let headers = response.headers_mut();
+    let cookie = &shared.cookie;
     let value = match out {
         CookieOut::Keep => None,
-        CookieOut::Set { id, max_age } => Some(cookie.set_cookie(&id.encode(), max_age)),
+        CookieOut::Set { id, max_age } => {
+            let value = match &shared.signed_ids {
+                Some(keys) => match keys.tag_id(&cookie.name, &id.encode()) {
+                    Ok(v) => v,
+                    Err(err) => return error_response(&err),
+                },
+                None => id.encode(),
+            };
+            Some(cookie.set_cookie(&value, max_age))
+        }
+        #[cfg(feature = "cookie-store")]
+        CookieOut::Sealed { value, max_age } => Some(cookie.set_cookie(&value, max_age)),
         CookieOut::Remove => Some(cookie.removal()),
     };
+    let headers = response.headers_mut();
     add_vary_cookie(headers);
     if let Some(value) = value {
         headers.append(SET_COOKIE, value);

@@ -28,6 +28,9 @@
 //!   logged-out session is never written back;
 //! - session IDs are 256 random bits; stores keep only their SHA-256;
 //! - idle and absolute expiry are enforced by the server on every load;
+//! - keys rotate without logging anyone out: a [`keys::Keyring`] signs and
+//!   encrypts with its first key, verifies with all of them, and derives a
+//!   separate key per purpose and cookie name;
 //! - a store outage is a `503 session store unavailable`, never a panic or a
 //!   silently empty session.
 //!
@@ -39,22 +42,39 @@
 //! | `memory` | yes | [`MemoryStore`], sharded, in process |
 //! | `redis` | no | `RedisStore` (`store::redis`), Redis and Redis Cluster |
 //! | `cache` | no | `CachedStore` (`store::cached`), an in-process cache in front of any store |
+//! | `cookie-store` | no | `CookieStore`: the whole session sealed (or signed) in its cookie |
+//! | `auth` | yes | [`auth`]: `login`/`logout`, `AuthUser`, `RequireLoginLayer`, `safe_next`, listing and revoking a user's sessions |
+//! | `csrf` | yes | [`csrf`]: `CsrfLayer` (tower-http's origin check plus keyfob's stricter origin rule and session-bound masked tokens), `CsrfToken` |
+//!
+//! Always available: [`keys`] (the keyring, signed and encrypted values,
+//! signed session IDs via
+//! [`SessionLayerBuilder::with_signed_ids`]); with `axum`, `jar`
+//! (`SignedCookieJar` and `PrivateCookieJar` extractors).
 //!
 //! Module map (one home per concept): [`session`] the handle and change
 //! tracking, [`record`] what stores keep, [`id`] IDs and handles, [`expiry`]
 //! deadlines and clocks, [`config`] cookie rules, [`layer`] the middleware,
-//! [`store`] the store trait and stores, [`auth`] login and the login guard.
+//! [`store`] the store trait and stores, [`auth`] login and the login guard,
+//! [`keys`] master keys and signed/encrypted values, `jar` (with `axum`)
+//! signed and private cookie jars,
+//! [`csrf`] cross-site request forgery protection.
 
 #![deny(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "auth")]
 pub mod auth;
 pub mod config;
+#[cfg(feature = "csrf")]
+pub mod csrf;
 pub mod error;
 pub mod expiry;
 #[cfg(feature = "axum")]
 pub mod extract;
 pub mod id;
+#[cfg(feature = "axum")]
+pub mod jar;
+pub mod keys;
 pub mod layer;
 pub mod record;
 pub mod session;
@@ -69,11 +89,22 @@ pub use record::{Record, Update};
 pub use session::{AsKey, Key, Session};
 #[cfg(feature = "cache")]
 pub use store::cached::CachedStore;
+#[cfg(feature = "cookie-store")]
+pub use store::cookie::CookieStore;
 #[cfg(feature = "memory")]
 pub use store::memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use store::redis::RedisStore;
 pub use store::SessionStore;
+
+/// Session keys keyfob itself uses; one home so `auth` and `csrf` agree.
+#[allow(dead_code)]
+pub(crate) mod reserved_keys {
+    /// The logged-in user, written by `auth::login`.
+    pub(crate) const USER: &str = "keyfob.user";
+    /// The CSRF secret (base64url), minted by `csrf`, dropped by `auth::login`.
+    pub(crate) const CSRF: &str = "keyfob.csrf";
+}
 
 // Re-exported so users name the same `time` version keyfob uses.
 pub use time;

@@ -288,6 +288,21 @@ impl ChangeSet {
         self.ops.iter().map(|(k, v)| (&**k, v.as_deref()))
     }
 
+    /// The change-set as SQL wants it: clear first, then keys removed, then
+    /// keys set (each key appears once).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn parts(&self) -> (bool, Vec<&str>, Vec<(&str, &RawValue)>) {
+        let mut removed = Vec::new();
+        let mut sets = Vec::new();
+        for (k, v) in &self.ops {
+            match v {
+                Some(v) => sets.push((&**k, &**v)),
+                None => removed.push(&**k),
+            }
+        }
+        (self.clear, removed, sets)
+    }
+
     /// `Some(value)` when this change-set decides the key (`Some(None)`: removed).
     pub(crate) fn lookup(&self, key: &str) -> Option<Option<&RawValue>> {
         self.ops

@@ -54,9 +54,12 @@ use crate::{
     error::{Error, ErrorKind, Result},
     expiry::{Clock, Expiry, Policy},
     id::{Handle, SessionId},
+    keys::Keyring,
     record::{secs, ChangeSet, Data, Record, Update},
     store::{Created, SessionStore, Updated},
 };
+#[cfg(feature = "cookie-store")]
+use crate::{config::MAX_SET_COOKIE, store::cookie::CookieStore};
 
 /// A typed session key: a name and the type of the value stored under it.
 ///
@@ -144,18 +147,46 @@ impl<T> AsKey<T> for Key<T> {
 
 /// What the layer holds for every session: store, cookie and expiry settings.
 pub(crate) struct Shared {
+    /// The server-side store; for cookie sessions, their revocation store.
     pub(crate) store: Arc<dyn SessionStore>,
     pub(crate) cookie: CookieConfig,
     pub(crate) policy: Policy,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) save_on_server_error: bool,
+    /// Session IDs carry a MAC under this keyring (server-side stores only).
+    pub(crate) signed_ids: Option<Keyring>,
+    /// Cookie sessions: the record lives in the cookie, sealed by this codec.
+    #[cfg(feature = "cookie-store")]
+    pub(crate) client: Option<CookieStore>,
+}
+
+/// What the request's session cookie held, as the layer read it.
+#[derive(Debug, Default)]
+pub(crate) enum Incoming {
+    #[default]
+    None,
+    /// A (verified, when IDs are signed) session ID; `stale` when its MAC
+    /// verified under an old key, so the cookie must be re-issued.
+    Id { id: SessionId, stale: bool },
+    /// A cookie session's sealed value, opened on first access.
+    #[cfg(feature = "cookie-store")]
+    Sealed(Box<str>),
 }
 
 /// What the layer must do with the cookie after the request.
 #[derive(Debug)]
 pub(crate) enum CookieOut {
     Keep,
-    Set { id: SessionId, max_age: Option<i64> },
+    Set {
+        id: SessionId,
+        max_age: Option<i64>,
+    },
+    /// A cookie session's new sealed value.
+    #[cfg(feature = "cookie-store")]
+    Sealed {
+        value: String,
+        max_age: Option<i64>,
+    },
     Remove,
 }
 
@@ -172,6 +203,11 @@ struct State {
     expiry: Option<Option<Expiry>>,
     /// The cookie an earlier explicit `save` decided on, for the layer to send.
     cookie: Option<CookieOut>,
+    /// The presented cookie must be re-issued (it was made under an old key).
+    reissue: bool,
+    /// A cookie session's sealed value, until the first access opens it.
+    #[cfg(feature = "cookie-store")]
+    sealed: Option<Box<str>>,
 }
 
 impl State {
@@ -247,15 +283,22 @@ impl fmt::Debug for Session {
 }
 
 impl Session {
-    pub(crate) fn new(shared: Arc<Shared>, presented: Option<SessionId>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, presented: Incoming) -> Self {
+        let mut state = State::default();
+        match presented {
+            Incoming::None => {}
+            Incoming::Id { id, stale } => {
+                state.current = Some(id);
+                state.reissue = stale;
+            }
+            #[cfg(feature = "cookie-store")]
+            Incoming::Sealed(value) => state.sealed = Some(value),
+        }
         Session {
             inner: Arc::new(Inner {
                 shared,
                 accessed: AtomicBool::new(false),
-                state: Mutex::new(State {
-                    current: presented,
-                    ..State::default()
-                }),
+                state: Mutex::new(state),
             }),
         }
     }
@@ -268,6 +311,10 @@ impl Session {
     async fn state(&self) -> Result<MutexGuard<'_, State>> {
         self.inner.accessed.store(true, Ordering::Relaxed);
         let mut st = self.inner.state.lock().await;
+        #[cfg(feature = "cookie-store")]
+        if let (false, Some(client)) = (st.loaded, &self.inner.shared.client) {
+            self.open_sealed(&mut st, client).await?;
+        }
         if !st.loaded {
             if let Some(id) = &st.current {
                 let handle = id.handle();
@@ -359,6 +406,14 @@ impl Session {
         let mut st = self.state().await?;
         if let Some(id) = st.current.take() {
             let handle = id.handle();
+            #[cfg(feature = "cookie-store")]
+            if let Some(client) = &self.inner.shared.client {
+                let until = self.retire_until(st.base.as_deref());
+                client.retire(&id, until, self.now()).await?;
+            } else {
+                self.inner.shared.store.delete(&handle).await?;
+            }
+            #[cfg(not(feature = "cookie-store"))]
             self.inner.shared.store.delete(&handle).await?;
             tracing::info!(event = "session.deleted", handle = %handle.short(), "keyfob: session deleted");
         }
@@ -423,6 +478,7 @@ impl Session {
         Ok(self.state().await?.owner().map(str::to_owned))
     }
 
+    #[cfg_attr(not(feature = "auth"), allow(dead_code))]
     pub(crate) async fn set_owner(&self, owner: Option<&str>) -> Result<()> {
         self.state().await?.owner = Some(owner.map(Into::into));
         Ok(())
@@ -474,6 +530,10 @@ impl Session {
     /// next access reloads.
     async fn commit(&self, st: &mut State) -> Result<CookieOut> {
         let shared = &*self.inner.shared;
+        #[cfg(feature = "cookie-store")]
+        if let Some(client) = &shared.client {
+            return self.commit_sealed(st, client).await;
+        }
         let now = self.now();
         let expiry = st.expiry();
         let browser_session = shared.policy.browser_session(expiry);
@@ -484,7 +544,8 @@ impl Session {
         let dirty = st.is_dirty();
         let touch_due = shared.policy.slides(expiry)
             && secs(now) - base_seen >= shared.policy.touch_interval.whole_seconds();
-        if !dirty && !touch_due {
+        let reissue = std::mem::take(&mut st.reissue);
+        if !dirty && !touch_due && !reissue {
             return Ok(CookieOut::Keep);
         }
         let idle = shared.policy.idle_deadline(expiry, now).map(secs);
@@ -516,7 +577,7 @@ impl Session {
                 }
                 st.current = Some(new_id.clone());
                 let max_age = cookie_max_age(idle, absolute, now);
-                if browser_session && !rotated {
+                if browser_session && !rotated && !reissue {
                     Ok(CookieOut::Keep)
                 } else {
                     Ok(CookieOut::Set {
@@ -591,6 +652,161 @@ impl Session {
             cookie_max_age(record.idle_deadline, record.absolute_deadline, now)
         };
         Ok(CookieOut::Set { id, max_age })
+    }
+}
+
+#[cfg(feature = "cookie-store")]
+impl Session {
+    /// Opens the presented sealed cookie: expired, forged or revoked → no session.
+    async fn open_sealed(&self, st: &mut State, client: &CookieStore) -> Result<()> {
+        st.loaded = true;
+        let Some(value) = st.sealed.take() else {
+            return Ok(());
+        };
+        let now = self.now();
+        let name = &self.inner.shared.cookie.name;
+        let Some((id, record, stale)) = client.open(name, &value, now) else {
+            tracing::info!(
+                event = "session.unknown",
+                "keyfob: cookie session refused (forged, tampered, expired or made by another key)"
+            );
+            return Ok(());
+        };
+        if client.is_revoked(&id, &record, now).await? {
+            tracing::info!(event = "session.revoked", handle = %id.handle().short(), "keyfob: revoked cookie session presented");
+            return Ok(());
+        }
+        st.current = Some(id);
+        st.base = Some(Arc::new(record));
+        st.reissue = stale;
+        Ok(())
+    }
+
+    /// The cookie-session counterpart of `commit`: the new record is sealed
+    /// into the cookie instead of being sent to a store.
+    async fn commit_sealed(&self, st: &mut State, client: &CookieStore) -> Result<CookieOut> {
+        let shared = &*self.inner.shared;
+        let now = self.now();
+        let expiry = st.expiry();
+        let (id, base) = match (st.current.clone(), st.base.clone()) {
+            (Some(id), Some(base)) => (id, base),
+            _ => return self.create_sealed(st, client, now),
+        };
+        let touch_due = shared.policy.slides(expiry)
+            && secs(now) - base.last_seen >= shared.policy.touch_interval.whole_seconds();
+        if !st.is_dirty() && !touch_due && !st.reissue {
+            return Ok(CookieOut::Keep);
+        }
+        // Logged out (or revoked) while this request ran: never re-issue it.
+        if client.is_revoked(&id, &base, now).await? {
+            *st = State {
+                loaded: true,
+                ..State::default()
+            };
+            return Ok(CookieOut::Remove);
+        }
+        let update = Update {
+            changes: std::mem::take(&mut st.changes),
+            seen: secs(now),
+            idle_deadline: shared.policy.idle_deadline(expiry, now).map(secs),
+            owner: st.owner.take(),
+            expiry: st.expiry.take(),
+            rename_to: None,
+        };
+        let mut record = (*base).clone();
+        record.apply(&update);
+        let new_id = match st.rotate_to.take() {
+            Some(new_id) => {
+                client
+                    .retire(&id, self.retire_until(Some(&record)), now)
+                    .await?;
+                new_id
+            }
+            None => id,
+        };
+        self.seal_into(st, client, new_id, record, now)
+    }
+
+    /// The last instant a cookie of this session could still open: its
+    /// absolute deadline, or else the latest idle deadline a re-issue could set.
+    fn retire_until(&self, record: Option<&Record>) -> Option<i64> {
+        let policy = &self.inner.shared.policy;
+        let now = self.now();
+        let sliding = policy.idle_timeout.map(|d| secs(now + d));
+        match record.and_then(|r| r.absolute_deadline) {
+            Some(abs) => Some(abs),
+            None => match (record.and_then(Record::expires_secs), sliding) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            },
+        }
+    }
+
+    fn create_sealed(
+        &self,
+        st: &mut State,
+        client: &CookieStore,
+        now: OffsetDateTime,
+    ) -> Result<CookieOut> {
+        let shared = &*self.inner.shared;
+        let data = st.data();
+        let owner = st.owner().map(Box::<str>::from);
+        let expiry = st.expiry();
+        if data.is_empty() && owner.is_none() {
+            st.changes = ChangeSet::default();
+            st.rotate_to = None;
+            st.owner = None;
+            st.expiry = None;
+            return Ok(CookieOut::Keep);
+        }
+        let idle = shared.policy.idle_deadline(expiry, now);
+        let absolute = shared.policy.absolute_timeout.map(|d| now + d);
+        let mut record = Record::new(now, idle, absolute);
+        record.data = data;
+        record.owner = owner;
+        record.expiry = expiry;
+        let id = match st.rotate_to.take() {
+            Some(id) => id,
+            None => SessionId::generate()?,
+        };
+        self.seal_into(st, client, id, record, now)
+    }
+
+    /// Seals `record`, refusing a cookie past 4096 bytes, and makes it the
+    /// state's current record.
+    fn seal_into(
+        &self,
+        st: &mut State,
+        client: &CookieStore,
+        id: SessionId,
+        record: Record,
+        now: OffsetDateTime,
+    ) -> Result<CookieOut> {
+        let shared = &*self.inner.shared;
+        let value = client.seal(&shared.cookie.name, &id, &record)?;
+        let max_age = if shared.policy.browser_session(record.expiry) {
+            None
+        } else {
+            cookie_max_age(record.idle_deadline, record.absolute_deadline, now)
+        };
+        let line = shared.cookie.set_cookie(&value, max_age).len();
+        if line > MAX_SET_COOKIE {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "the session cookie would be {line} bytes, over the {MAX_SET_COOKIE}-byte limit \
+                     of browsers: keep less in a cookie session, or use a server-side store"
+                ),
+            ));
+        }
+        tracing::debug!(event = "session.sealed", handle = %id.handle().short(), bytes = line, "keyfob: cookie session sealed");
+        *st = State {
+            loaded: true,
+            current: Some(id),
+            base: Some(Arc::new(record)),
+            ..State::default()
+        };
+        Ok(CookieOut::Sealed { value, max_age })
     }
 }
 

@@ -34,10 +34,20 @@ use crate::{
 
 #[cfg(feature = "cache")]
 pub mod cached;
+#[cfg(feature = "cookie-store")]
+pub mod cookie;
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "mysql")]
+pub mod mysql;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+mod sql;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 /// A boxed, sendable future: what [`SessionStore`] methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -445,3 +445,156 @@ pub async fn store_lists_and_deletes_by_owner(store: Store) {
         "none"
     );
 }
+
+// ------------------------------------------------- login and user's sessions
+
+async fn login(app: &App, owner: &str, cookie: Option<&str>) -> String {
+    let r = app.send("POST", &format!("/login/{owner}"), cookie).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.cookie().expect("login sets a new cookie")
+}
+
+async fn handle_of(app: &App, cookie: &str) -> String {
+    app.send("GET", "/id", Some(cookie)).await.body
+}
+
+async fn user_of(app: &App, cookie: &str) -> String {
+    app.send("GET", "/get/keyfob.user", Some(cookie)).await.body
+}
+
+pub async fn login_as_another_user_drops_the_previous_users_data(store: Store) {
+    let app = App::new(store);
+    let anon = app.session_with("cart", "3").await;
+    let alice = login(&app, "alice", Some(&anon)).await;
+    // Anonymous data survives the first login (a cart), under a new ID.
+    assert_eq!(
+        app.send("GET", "/get/cart", Some(&alice)).await.body,
+        "\"3\""
+    );
+    app.send("POST", "/set/secret/alices", Some(&alice)).await;
+    let again = login(&app, "alice", Some(&alice)).await;
+    assert_eq!(
+        app.send("GET", "/get/secret", Some(&again)).await.body,
+        "\"alices\""
+    );
+    let bob = login(&app, "bob", Some(&again)).await;
+    for key in ["secret", "cart"] {
+        assert_eq!(
+            app.send("GET", &format!("/get/{key}"), Some(&bob))
+                .await
+                .body,
+            "none",
+            "{key}"
+        );
+    }
+    assert_eq!(user_of(&app, &bob).await, "\"bob\"");
+    let now = keyfob::Clock::now(&app.clock);
+    assert!(app
+        .store
+        .list_by_owner("alice", now)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+pub async fn list_sessions_shows_the_owners_sessions_and_marks_the_current_one(store: Store) {
+    let app = App::new(store);
+    let a = login(&app, "u1", None).await;
+    let b = login(&app, "u1", None).await;
+    login(&app, "u2", None).await;
+    let r = app.send("GET", "/sessions", Some(&a)).await;
+    let list: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{}", r.body);
+    let current: Vec<_> = list.iter().filter(|s| s["current"] == true).collect();
+    assert_eq!(current.len(), 1);
+    assert_eq!(current[0]["handle"], handle_of(&app, &a).await.as_str());
+    for s in list {
+        for field in ["created_at", "last_seen", "expires_at"] {
+            let t = s[field].as_str().unwrap();
+            assert!(
+                OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).is_ok(),
+                "{t}"
+            );
+        }
+        // A handle is never a session cookie.
+        let handle = s["handle"].as_str().unwrap();
+        assert_eq!(user_of(&app, handle).await, "none");
+    }
+    let hb = handle_of(&app, &b).await;
+    assert!(list.iter().any(|s| s["handle"] == hb.as_str()));
+    assert_eq!(app.send("GET", "/sessions", None).await.body, "[]");
+}
+
+pub async fn revoke_others_ends_every_other_session_of_the_owner_only(store: Store) {
+    let app = App::new(store);
+    let mine: Vec<String> = [
+        login(&app, "u1", None).await,
+        login(&app, "u1", None).await,
+        login(&app, "u1", None).await,
+    ]
+    .into();
+    let theirs = login(&app, "u2", None).await;
+    let r = app.send("POST", "/revoke-others", Some(&mine[0])).await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "2"));
+    assert_eq!(user_of(&app, &mine[0]).await, "\"u1\"");
+    for other in &mine[1..] {
+        assert_eq!(user_of(&app, other).await, "none");
+    }
+    assert_eq!(user_of(&app, &theirs).await, "\"u2\"");
+    assert_eq!(
+        app.send("POST", "/revoke-others", Some(&mine[0]))
+            .await
+            .body,
+        "0"
+    );
+}
+
+pub async fn revoke_by_handle_ends_only_the_owners_own_sessions(store: Store) {
+    let app = App::new(store);
+    let a1 = login(&app, "u1", None).await;
+    let a2 = login(&app, "u1", None).await;
+    let b = login(&app, "u2", None).await;
+    let hb = handle_of(&app, &b).await;
+    let r = app.send("POST", &format!("/revoke/{hb}"), Some(&a1)).await;
+    assert_eq!(r.body, "false", "another owner's session is not found");
+    assert_eq!(user_of(&app, &b).await, "\"u2\"");
+    assert_eq!(
+        app.send("POST", "/revoke/not-a-handle", Some(&a1))
+            .await
+            .body,
+        "false"
+    );
+    let h2 = handle_of(&app, &a2).await;
+    assert_eq!(
+        app.send("POST", &format!("/revoke/{h2}"), Some(&a1))
+            .await
+            .body,
+        "true"
+    );
+    assert_eq!(user_of(&app, &a2).await, "none");
+    assert_eq!(user_of(&app, &a1).await, "\"u1\"");
+    // Anonymous sessions own nothing.
+    let anon = app.session_with("k", "v").await;
+    let h1 = handle_of(&app, &a1).await;
+    assert_eq!(
+        app.send("POST", &format!("/revoke/{h1}"), Some(&anon))
+            .await
+            .body,
+        "false"
+    );
+    assert_eq!(user_of(&app, &a1).await, "\"u1\"");
+}
+
+pub async fn revoke_all_ends_every_session_of_the_owner_including_this_one(store: Store) {
+    let app = App::new(store);
+    let a1 = login(&app, "u1", None).await;
+    let a2 = login(&app, "u1", None).await;
+    let b = login(&app, "u2", None).await;
+    let r = app.send("POST", "/revoke-all", Some(&a1)).await;
+    assert_eq!(r.body, "2");
+    assert!(r.removes_cookie());
+    assert_eq!(user_of(&app, &a1).await, "none");
+    assert_eq!(user_of(&app, &a2).await, "none");
+    assert_eq!(user_of(&app, &b).await, "\"u2\"");
+}

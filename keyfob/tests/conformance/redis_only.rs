@@ -32,7 +32,7 @@ impl Raw {
 
 /// A store with a known prefix, and a raw connection to the same server.
 async fn setup(var: &str) -> (RedisStore, String, Raw) {
-    let url = stores::url(var);
+    let url = stores::server_url(var);
     let prefix = stores::unique_prefix();
     let store = stores::redis_store(var)
         .await

@@ -14,7 +14,10 @@ use axum::{
     Router,
 };
 use http_body_util::BodyExt;
+#[cfg(feature = "cookie-store")]
+use keyfob::CookieStore;
 use keyfob::{
+    keys::Keyring,
     store::{BoxFuture, Created, OwnedSession, Updated},
     Handle, ManualClock, Record, Session, SessionLayer, SessionStore, Update,
 };
@@ -97,11 +100,31 @@ pub struct Gate {
     pub release: Arc<Notify>,
 }
 
+/// How the harness builds the layer over the store a case gives it. Set for
+/// a whole case with `MODE.scope(..)`, so the shared cases run unchanged
+/// against engines other than a plain server-side store.
+#[derive(Clone)]
+pub enum Mode {
+    /// Cookie sessions sealed under the keyring; the case's store keeps the
+    /// revocation marks (`false`: no revocation store at all).
+    #[cfg(feature = "cookie-store")]
+    Cookie(Keyring, bool),
+    /// A server-side store with signed session IDs.
+    SignedIds(Keyring),
+}
+
+tokio::task_local! {
+    pub static MODE: Mode;
+}
+
 pub struct App {
     pub router: Router,
     pub store: Arc<Counting>,
     pub clock: ManualClock,
     pub gate: Gate,
+    /// The cookie store, in `Mode::Cookie`.
+    #[cfg(feature = "cookie-store")]
+    pub cookie_store: Option<CookieStore>,
 }
 
 pub struct Reply {
@@ -216,6 +239,35 @@ pub fn router(gate: Gate) -> Router {
                 keyfob::auth::login(&s, &owner, &owner).await.map(|_| "ok")
             }),
         )
+        .route(
+            "/sessions",
+            get(|s: Session| async move {
+                keyfob::auth::list_sessions(&s)
+                    .await
+                    .map(|l| serde_json::to_string(&l).unwrap_or_default())
+            }),
+        )
+        .route(
+            "/revoke/{handle}",
+            post(|s: Session, Path(h): Path<String>| async move {
+                let Ok(h) = h.parse::<Handle>() else {
+                    return Ok("false".to_owned());
+                };
+                keyfob::auth::revoke(&s, &h).await.map(|b| b.to_string())
+            }),
+        )
+        .route(
+            "/revoke-others",
+            post(|s: Session| async move {
+                keyfob::auth::revoke_others(&s).await.map(|n| n.to_string())
+            }),
+        )
+        .route(
+            "/revoke-all",
+            post(|s: Session| async move {
+                keyfob::auth::revoke_all(&s).await.map(|n| n.to_string())
+            }),
+        )
         .with_state(gate)
 }
 
@@ -234,8 +286,24 @@ impl App {
             loads: AtomicUsize::new(0),
             writes: AtomicUsize::new(0),
         });
-        let builder = SessionLayer::builder(store.clone()).with_clock(clock.clone());
-        let layer = configure(builder)
+        #[cfg(feature = "cookie-store")]
+        let mut cookie_store = None;
+        let builder = match MODE.try_with(Mode::clone).ok() {
+            None => SessionLayer::builder(store.clone()),
+            Some(Mode::SignedIds(keys)) => {
+                SessionLayer::builder(store.clone()).with_signed_ids(keys)
+            }
+            #[cfg(feature = "cookie-store")]
+            Some(Mode::Cookie(keys, revocable)) => {
+                let mut cs = CookieStore::new(keys);
+                if revocable {
+                    cs = cs.with_revocation(store.clone());
+                }
+                cookie_store = Some(cs.clone());
+                SessionLayer::cookie_builder(cs)
+            }
+        };
+        let layer = configure(builder.with_clock(clock.clone()))
             .build()
             .expect("valid test configuration");
         let gate = Gate::default();
@@ -244,6 +312,8 @@ impl App {
             store,
             clock,
             gate,
+            #[cfg(feature = "cookie-store")]
+            cookie_store,
         }
     }
 
@@ -272,4 +342,67 @@ impl App {
         assert_eq!(r.status, StatusCode::OK);
         r.cookie().expect("a new session sets a cookie")
     }
+}
+
+/// A keyring of one deterministic, varied 64-byte key per seed.
+pub fn keys(seed: u8) -> Keyring {
+    Keyring::new(key(seed)).expect("a strong test key")
+}
+
+pub fn key(seed: u8) -> Vec<u8> {
+    let mut x = u32::from(seed).wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..64)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (x >> 16) as u8
+        })
+        .collect()
+}
+
+/// The tamper matrix: every variant of a cookie value that must read as
+/// absent (bit flips at every position, deletions, truncations, appended and
+/// prepended bytes, swapped segments, case changes).
+pub fn tampered(value: &str) -> Vec<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::new();
+    for i in 0..bytes.len() {
+        for bit in 0..7 {
+            let mut b = bytes.to_vec();
+            b[i] ^= 1 << bit;
+            if let Ok(s) = String::from_utf8(b) {
+                out.push(s);
+            }
+        }
+        out.push(format!("{}{}", &value[..i], &value[i + 1..]));
+    }
+    for cut in 1..bytes.len() {
+        out.push(value[..cut].to_owned());
+    }
+    for extra in ["A", "=", ".", "AAAA", ".AAAA", "_-"] {
+        out.push(format!("{value}{extra}"));
+        out.push(format!("{extra}{value}"));
+    }
+    if let Some((a, b)) = value.split_once('.') {
+        out.push(format!("{b}.{a}"));
+        out.push(format!("{a}.{a}"));
+        out.push(format!("{a}.{b}.{b}"));
+    } else {
+        let mid = value.len() / 2;
+        out.push(format!("{}{}", &value[mid..], &value[..mid]));
+    }
+    out.push(value.to_uppercase());
+    out.push(value.to_lowercase());
+    out.retain(|v| v != value);
+    out
+}
+
+/// Sends `uri` with the raw cookie value `value` for `id`; `None` when the
+/// value cannot be a header at all (a client could not send it either).
+pub async fn send_raw_cookie(app: &App, uri: &str, value: &str) -> Option<Reply> {
+    let hv = axum::http::HeaderValue::from_str(&format!("id={value}")).ok()?;
+    let req = Request::get(uri)
+        .header(header::COOKIE, hv)
+        .body(Body::empty())
+        .unwrap();
+    Some(app.raw(req).await)
 }

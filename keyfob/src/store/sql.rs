@@ -1,0 +1,46 @@
+//! Helpers shared by the SQL stores.
+
+use crate::{
+    error::{Error, Result},
+    id::Handle,
+    record::Record,
+};
+
+pub(crate) fn valid_identifier(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "table name {name:?} must be 1-63 characters of letters, digits and `_`, not starting with a digit"
+        )))
+    }
+}
+
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+pub(crate) fn decode_record(handle: &Handle, text: &str) -> Option<Record> {
+    match serde_json::from_str::<Record>(text) {
+        Ok(r) => Some(r),
+        Err(err) => {
+            tracing::warn!(
+                handle = %handle.short(),
+                error = %err,
+                "keyfob: stored session record does not decode; treating it as no session"
+            );
+            None
+        }
+    }
+}
+
+pub(crate) fn handle_from(bytes: &[u8]) -> Option<Handle> {
+    <[u8; 32]>::try_from(bytes).ok().map(Handle::from_bytes)
+}
+
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+pub(crate) fn encode_record(record: &Record) -> Result<String> {
+    serde_json::to_string(record)
+        .map_err(|e| Error::with_source(crate::error::ErrorKind::Serialize, e))
+}

@@ -1,0 +1,521 @@
+//! The SQLite store (feature `sqlite`): the embedded default.
+//!
+//! Rules:
+//! - built from the app's own `SqlitePool` ([`SqliteStore::new`]) or from a
+//!   URL ([`SqliteStore::connect`], which sets WAL, `synchronous=FULL` and a
+//!   5 s busy timeout, and creates the file if missing);
+//! - [`SqliteStore::migrate`] owns the schema: a table keyed by the 32-byte
+//!   handle (never the ID), an index on the expiry column and one on the
+//!   owner. It runs inside `BEGIN IMMEDIATE`, so two processes starting at
+//!   once serialize on SQLite's write lock and the second finds the work done;
+//! - every write of this process goes through one writer task that drains
+//!   the queue into **one transaction per batch** (group commit): concurrent
+//!   saves share a single fsync, and no caller is answered before the
+//!   transaction holding its write has committed. Inside the batch each
+//!   update reads the current record and applies the change-set, so
+//!   concurrent requests writing different keys both persist, and a deleted
+//!   session is never written back;
+//! - a row that does not decode reads as no session, with a warning.
+//!
+//! Caveats: with a pool you built yourself, set `busy_timeout` and WAL in its
+//! connect options (`migrate` switches the file to WAL, but the busy timeout
+//! is per connection). If a batch fails, its jobs are retried one by one so
+//! one bad write cannot fail the others.
+//!
+//! ```no_run
+//! use keyfob::{SessionLayer, store::sqlite::SqliteStore};
+//!
+//! # async fn f() -> Result<(), keyfob::Error> {
+//! let store = SqliteStore::connect("sqlite://sessions.db").await?; // migrates
+//! let layer = SessionLayer::new(store);
+//! // A table name that is not a plain identifier is refused:
+//! let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.map_err(keyfob::Error::store)?;
+//! assert!(SqliteStore::new(pool).with_table_name("x; DROP TABLE y").is_err());
+//! # let _ = layer; Ok(()) }
+//! ```
+
+use std::{
+    str::FromStr,
+    sync::{Arc, OnceLock},
+    time::Duration as StdDuration,
+};
+
+use sqlx::{
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    Row, SqliteConnection, SqlitePool,
+};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    sql::{decode_record, encode_record, handle_from, valid_identifier},
+    BoxFuture, Created, OwnedSession, SessionStore, Updated,
+};
+use crate::{
+    error::{Error, Result},
+    id::Handle,
+    record::{secs, Record, Update},
+};
+
+const BATCH: usize = 128;
+
+/// Sessions in a SQLite database.
+///
+/// ```no_run
+/// # async fn f(pool: sqlx::SqlitePool) -> Result<(), keyfob::Error> {
+/// let store = keyfob::store::sqlite::SqliteStore::new(pool);
+/// store.migrate().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: SqlitePool,
+    table: String,
+    writer: OnceLock<mpsc::Sender<Job>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("table", &self.inner.table)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Op {
+    Create(Handle, Record),
+    Update(Handle, Update, OffsetDateTime),
+    Delete(Handle),
+    DeleteExpired(OffsetDateTime, usize),
+    DeleteByOwner(String, Option<Handle>),
+}
+
+enum Out {
+    Created(Created),
+    Updated(Updated),
+    Count(u64),
+}
+
+struct Job {
+    op: Op,
+    reply: oneshot::Sender<Result<Out>>,
+}
+
+impl SqliteStore {
+    /// A store on the app's pool, table `keyfob_sessions`. Call
+    /// [`migrate`](Self::migrate) once at start-up.
+    pub fn new(pool: SqlitePool) -> Self {
+        SqliteStore {
+            inner: Arc::new(Inner {
+                pool,
+                table: "keyfob_sessions".to_owned(),
+                writer: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Uses another table name (letters, digits, `_`).
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for a name that is not a plain identifier.
+    pub fn with_table_name(self, table: &str) -> Result<Self> {
+        valid_identifier(table)?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                pool: self.inner.pool.clone(),
+                table: table.to_owned(),
+                writer: OnceLock::new(),
+            }),
+        })
+    }
+
+    /// Opens (creating if missing) the database at `url` (`sqlite://PATH` or
+    /// `sqlite::memory:`) with WAL, `synchronous=FULL` and a 5 s busy
+    /// timeout, and migrates it.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for a malformed URL,
+    /// [`ErrorKind::Store`](crate::ErrorKind::Store) when it cannot be opened.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| Error::config(format!("invalid SQLite URL {url:?}: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(StdDuration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .map_err(Error::store)?;
+        let store = SqliteStore::new(pool);
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The pool this store uses.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.inner.pool
+    }
+
+    /// Creates or upgrades the schema. Safe to run from several processes at once.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Store`](crate::ErrorKind::Store) when the database refuses.
+    pub async fn migrate(&self) -> Result<()> {
+        let t = &self.inner.table;
+        let pool = &self.inner.pool;
+        // Persistent on the file; cannot run inside a transaction.
+        sqlx::query("PRAGMA journal_mode=WAL")
+            .execute(pool)
+            .await
+            .map_err(Error::store)?;
+        let mut tx = pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(Error::store)?;
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS {t}_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)"
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::store)?;
+        let done: Option<i64> =
+            sqlx::query_scalar(&format!("SELECT MAX(version) FROM {t}_migrations"))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(Error::store)?;
+        if done.unwrap_or(0) < 1 {
+            for stmt in [
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {t} (
+                        handle BLOB PRIMARY KEY NOT NULL,
+                        owner TEXT,
+                        expires_at INTEGER,
+                        record TEXT NOT NULL
+                    )"
+                ),
+                format!("CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at)"),
+                format!("CREATE INDEX IF NOT EXISTS {t}_owner ON {t} (owner)"),
+                format!("INSERT INTO {t}_migrations (version, applied_at) VALUES (1, unixepoch())"),
+            ] {
+                sqlx::query(&stmt)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(Error::store)?;
+            }
+        }
+        tx.commit().await.map_err(Error::store)
+    }
+
+    fn writer(&self) -> &mpsc::Sender<Job> {
+        self.inner.writer.get_or_init(|| {
+            let (tx, rx) = mpsc::channel(1024);
+            tokio::spawn(write_loop(
+                self.inner.pool.clone(),
+                self.inner.table.clone(),
+                rx,
+            ));
+            tx
+        })
+    }
+
+    async fn submit(&self, op: Op) -> Result<Out> {
+        let (reply, answer) = oneshot::channel();
+        self.writer()
+            .send(Job { op, reply })
+            .await
+            .map_err(|_| Error::store_msg("the SQLite writer task has stopped"))?;
+        answer
+            .await
+            .map_err(|_| Error::store_msg("the SQLite writer task dropped a write"))?
+    }
+}
+
+async fn write_loop(pool: SqlitePool, table: String, mut rx: mpsc::Receiver<Job>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let ops: Vec<&Op> = batch.iter().map(|j| &j.op).collect();
+        match run_batch(&pool, &table, &ops).await {
+            Ok(outs) => {
+                for (job, out) in batch.drain(..).zip(outs) {
+                    let _ = job.reply.send(Ok(out));
+                }
+            }
+            Err(err) if batch.len() == 1 => {
+                if let Some(job) = batch.pop() {
+                    let _ = job.reply.send(Err(err));
+                }
+            }
+            Err(_) => {
+                // Isolate the failure: one transaction per job.
+                for job in batch.drain(..) {
+                    let result = run_batch(&pool, &table, &[&job.op])
+                        .await
+                        .and_then(|mut outs| {
+                            outs.pop().ok_or_else(|| Error::store_msg("no result"))
+                        });
+                    let _ = job.reply.send(result);
+                }
+            }
+        }
+    }
+}
+
+async fn run_batch(pool: &SqlitePool, t: &str, ops: &[&Op]) -> Result<Vec<Out>> {
+    let mut tx = pool
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(Error::store)?;
+    let mut outs = Vec::with_capacity(ops.len());
+    for op in ops {
+        outs.push(run_op(&mut tx, t, op).await?);
+    }
+    tx.commit().await.map_err(Error::store)?;
+    Ok(outs)
+}
+
+async fn run_op(conn: &mut SqliteConnection, t: &str, op: &Op) -> Result<Out> {
+    match op {
+        Op::Create(handle, record) => {
+            let now = secs(record.last_seen());
+            sqlx::query(&format!(
+                "DELETE FROM {t} WHERE handle = ?1 AND expires_at IS NOT NULL AND expires_at <= ?2"
+            ))
+            .bind(&handle.as_bytes()[..])
+            .bind(now)
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::store)?;
+            let done = sqlx::query(&format!(
+                "INSERT INTO {t} (handle, owner, expires_at, record) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (handle) DO NOTHING"
+            ))
+            .bind(&handle.as_bytes()[..])
+            .bind(record.owner())
+            .bind(record.expires_secs())
+            .bind(encode_record(record)?)
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::store)?;
+            Ok(Out::Created(if done.rows_affected() == 1 {
+                Created::Stored
+            } else {
+                Created::Collision
+            }))
+        }
+        Op::Update(handle, update, now) => {
+            let row: Option<String> = sqlx::query_scalar(&format!(
+                "SELECT record FROM {t} WHERE handle = ?1 AND (expires_at IS NULL OR expires_at > ?2)"
+            ))
+            .bind(&handle.as_bytes()[..])
+            .bind(secs(*now))
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(Error::store)?;
+            let Some(mut record) = row.and_then(|text| decode_record(handle, &text)) else {
+                return Ok(Out::Updated(Updated::Gone));
+            };
+            record.apply(update);
+            let text = encode_record(&record)?;
+            match update.rename_to() {
+                None => {
+                    sqlx::query(&format!(
+                        "UPDATE {t} SET owner = ?2, expires_at = ?3, record = ?4 WHERE handle = ?1"
+                    ))
+                    .bind(&handle.as_bytes()[..])
+                    .bind(record.owner())
+                    .bind(record.expires_secs())
+                    .bind(text)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(Error::store)?;
+                }
+                Some(to) => {
+                    sqlx::query(&format!("DELETE FROM {t} WHERE handle = ?1"))
+                        .bind(&handle.as_bytes()[..])
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(Error::store)?;
+                    sqlx::query(&format!(
+                        "INSERT INTO {t} (handle, owner, expires_at, record) VALUES (?1, ?2, ?3, ?4)"
+                    ))
+                    .bind(&to.as_bytes()[..])
+                    .bind(record.owner())
+                    .bind(record.expires_secs())
+                    .bind(text)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(Error::store)?;
+                }
+            }
+            Ok(Out::Updated(Updated::Applied))
+        }
+        Op::Delete(handle) => {
+            let done = sqlx::query(&format!("DELETE FROM {t} WHERE handle = ?1"))
+                .bind(&handle.as_bytes()[..])
+                .execute(&mut *conn)
+                .await
+                .map_err(Error::store)?;
+            Ok(Out::Count(done.rows_affected()))
+        }
+        Op::DeleteExpired(now, batch) => {
+            let done = sqlx::query(&format!(
+                "DELETE FROM {t} WHERE rowid IN (
+                    SELECT rowid FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)"
+            ))
+            .bind(secs(*now))
+            .bind(i64::try_from(*batch).unwrap_or(i64::MAX))
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::store)?;
+            Ok(Out::Count(done.rows_affected()))
+        }
+        Op::DeleteByOwner(owner, keep) => {
+            let keep = keep.map(|h| h.as_bytes().to_vec());
+            let done = sqlx::query(&format!(
+                "DELETE FROM {t} WHERE owner = ?1 AND (?2 IS NULL OR handle <> ?2)"
+            ))
+            .bind(owner)
+            .bind(keep)
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::store)?;
+            Ok(Out::Count(done.rows_affected()))
+        }
+    }
+}
+
+fn unexpected() -> Error {
+    Error::store_msg("the SQLite writer answered with the wrong kind of result")
+}
+
+impl SessionStore for SqliteStore {
+    fn load<'a>(
+        &'a self,
+        handle: &'a Handle,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Option<Arc<Record>>>> {
+        Box::pin(async move {
+            let t = &self.inner.table;
+            let row: Option<String> = sqlx::query_scalar(&format!(
+                "SELECT record FROM {t} WHERE handle = ?1 AND (expires_at IS NULL OR expires_at > ?2)"
+            ))
+            .bind(&handle.as_bytes()[..])
+            .bind(secs(now))
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(Error::store)?;
+            Ok(row
+                .and_then(|text| decode_record(handle, &text))
+                .map(Arc::new))
+        })
+    }
+
+    fn create<'a>(
+        &'a self,
+        handle: &'a Handle,
+        record: &'a Record,
+    ) -> BoxFuture<'a, Result<Created>> {
+        Box::pin(async move {
+            match self.submit(Op::Create(*handle, record.clone())).await? {
+                Out::Created(c) => Ok(c),
+                _ => Err(unexpected()),
+            }
+        })
+    }
+
+    fn update<'a>(
+        &'a self,
+        handle: &'a Handle,
+        update: &'a Update,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Updated>> {
+        Box::pin(async move {
+            match self
+                .submit(Op::Update(*handle, update.clone(), now))
+                .await?
+            {
+                Out::Updated(u) => Ok(u),
+                _ => Err(unexpected()),
+            }
+        })
+    }
+
+    fn delete<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            match self.submit(Op::Delete(*handle)).await? {
+                Out::Count(n) => Ok(n > 0),
+                _ => Err(unexpected()),
+            }
+        })
+    }
+
+    fn delete_expired(&self, now: OffsetDateTime, batch: usize) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(async move {
+            match self.submit(Op::DeleteExpired(now, batch)).await? {
+                Out::Count(n) => Ok(n),
+                _ => Err(unexpected()),
+            }
+        })
+    }
+
+    fn list_by_owner<'a>(
+        &'a self,
+        owner: &'a str,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Vec<OwnedSession>>> {
+        Box::pin(async move {
+            let t = &self.inner.table;
+            let rows = sqlx::query(&format!(
+                "SELECT handle, record FROM {t} WHERE owner = ?1 AND (expires_at IS NULL OR expires_at > ?2)"
+            ))
+            .bind(owner)
+            .bind(secs(now))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(Error::store)?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows {
+                let bytes: Vec<u8> = row.try_get(0).map_err(Error::store)?;
+                let text: String = row.try_get(1).map_err(Error::store)?;
+                if let Some(handle) = handle_from(&bytes) {
+                    if let Some(record) = decode_record(&handle, &text) {
+                        out.push(OwnedSession {
+                            handle,
+                            record: Arc::new(record),
+                        });
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn delete_by_owner<'a>(
+        &'a self,
+        owner: &'a str,
+        keep: Option<&'a Handle>,
+    ) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            match self
+                .submit(Op::DeleteByOwner(owner.to_owned(), keep.copied()))
+                .await?
+            {
+                Out::Count(n) => Ok(n),
+                _ => Err(unexpected()),
+            }
+        })
+    }
+}
