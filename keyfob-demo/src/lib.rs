@@ -190,7 +190,10 @@ async fn login(session: Session, request: Request) -> Result<Response, keyfob::E
         .flatten();
     let Some(user) = verified else {
         return Ok(if is_form {
-            pages::login_page(StatusCode::UNAUTHORIZED, Some("Invalid username or password."))
+            pages::login_page(
+                StatusCode::UNAUTHORIZED,
+                Some("Invalid username or password."),
+            )
         } else {
             (StatusCode::UNAUTHORIZED, "invalid credentials").into_response()
         });
