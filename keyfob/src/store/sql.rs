@@ -1,9 +1,10 @@
 //! Helpers shared by the SQL stores.
 
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+use crate::record::Record;
 use crate::{
     error::{Error, Result},
     id::Handle,
-    record::Record,
 };
 
 pub(crate) fn valid_identifier(name: &str) -> Result<()> {
