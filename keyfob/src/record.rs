@@ -286,6 +286,12 @@ impl ChangeSet {
         self.clear
     }
 
+    /// The keys set (`Some`) or removed (`None`), in order, after any clear.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn ops(&self) -> impl Iterator<Item = (&str, Option<&RawValue>)> {
+        self.ops.iter().map(|(k, v)| (&**k, v.as_deref()))
+    }
+
     /// The change-set as SQL wants it: clear first, then keys removed, then
     /// keys set (each key appears once).
     #[cfg(feature = "postgres")]
