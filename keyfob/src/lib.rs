@@ -98,6 +98,9 @@ pub(crate) mod reserved_keys {
     pub(crate) const USER: &str = "keyfob.user";
     /// The CSRF secret (base64url), minted by `csrf`, dropped by `auth::login`.
     pub(crate) const CSRF: &str = "keyfob.csrf";
+    /// Marks a session imported from tower-sessions by `migrate`: the layer
+    /// (with `with_legacy_ids`) accepts its old cookie once, then drops this key.
+    pub(crate) const LEGACY: &str = "keyfob.legacy";
 }
 
 // Re-exported so users name the same `time` version keyfob uses.
