@@ -42,6 +42,7 @@
 //! | `memory` | yes | [`MemoryStore`], sharded, in process |
 //! | `cookie-store` | no | `CookieStore`: the whole session sealed (or signed) in its cookie |
 //! | `auth` | yes | [`auth`]: `login`/`logout`, `AuthUser`, `RequireLoginLayer`, `safe_next`, listing and revoking a user's sessions |
+//! | `migrate` | no | [`migrate`](crate::migrate): copy live tower-sessions sessions (SQL tables with `sqlite`/`postgres`/`mysql`, or rows you read, e.g. from Redis) into a keyfob store; pair with [`SessionLayerBuilder::with_legacy_ids`] |
 //! | `csrf` | yes | [`csrf`]: `CsrfLayer` (tower-http's origin check plus keyfob's stricter origin rule and session-bound masked tokens), `CsrfToken` |
 //!
 //! Always available: [`keys`] (the keyring, signed and encrypted values,
@@ -74,6 +75,8 @@ pub mod id;
 pub mod jar;
 pub mod keys;
 pub mod layer;
+#[cfg(feature = "migrate")]
+pub mod migrate;
 pub mod record;
 pub mod session;
 pub mod store;
