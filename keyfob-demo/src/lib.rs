@@ -6,6 +6,7 @@
 
 pub mod account;
 pub mod config;
+pub mod migrate;
 mod signed;
 pub mod users;
 
@@ -58,20 +59,7 @@ pub struct Demo {
 /// # Errors
 /// A one-line reason when the store cannot be reached or the settings are refused.
 pub async fn build(config: &Config) -> Result<Demo, String> {
-    let one_line =
-        |e: keyfob::Error| format!("store {} unavailable: {e}", config.store).replace('\n', " ");
-    let store: Arc<dyn SessionStore> = match &config.store {
-        StoreUrl::Memory => Arc::new(keyfob::MemoryStore::new()),
-        StoreUrl::Sqlite(url) => Arc::new(
-            keyfob::store::sqlite::SqliteStore::connect(url)
-                .await
-                .map_err(one_line)?,
-        ),
-        StoreUrl::Postgres(url) => Arc::new(connect_postgres(url).await.map_err(one_line)?),
-        StoreUrl::MySql(url) => Arc::new(connect_mysql(url).await.map_err(one_line)?),
-        // Cookie sessions keep only revocation marks (logout) on the server.
-        StoreUrl::Cookie => Arc::new(keyfob::MemoryStore::new()),
-    };
+    let store = open_store(&config.store).await?;
     tokio::spawn(keyfob::store::cleanup(
         store.clone(),
         keyfob::SystemClock,
@@ -84,6 +72,27 @@ pub async fn build(config: &Config) -> Result<Demo, String> {
     Ok(Demo {
         router,
         store_name: config.store.to_string(),
+    })
+}
+
+/// Connects to (and migrates) the store `url` names; for `cookie`, the
+/// in-memory store that keeps cookie sessions' revocation marks.
+///
+/// # Errors
+/// A one-line reason when the store cannot be reached.
+pub async fn open_store(url: &StoreUrl) -> Result<Arc<dyn SessionStore>, String> {
+    let one_line = |e: keyfob::Error| format!("store {url} unavailable: {e}").replace('\n', " ");
+    Ok(match url {
+        StoreUrl::Memory => Arc::new(keyfob::MemoryStore::new()),
+        StoreUrl::Sqlite(url) => Arc::new(
+            keyfob::store::sqlite::SqliteStore::connect(url)
+                .await
+                .map_err(one_line)?,
+        ),
+        StoreUrl::Postgres(url) => Arc::new(connect_postgres(url).await.map_err(one_line)?),
+        StoreUrl::MySql(url) => Arc::new(connect_mysql(url).await.map_err(one_line)?),
+        // Cookie sessions keep only revocation marks (logout) on the server.
+        StoreUrl::Cookie => Arc::new(keyfob::MemoryStore::new()),
     })
 }
 
@@ -136,6 +145,7 @@ pub fn app_with_keys(
         .with_secure(!config.insecure_cookies)
         .with_idle_timeout(config.idle_timeout)
         .with_absolute_timeout(Some(config.absolute_timeout))
+        .with_legacy_ids(config.legacy_ids)
         .build()
         .map_err(|e| e.to_string())?;
     let state = AppState { store, keys };
