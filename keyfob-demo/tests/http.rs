@@ -1125,3 +1125,8 @@ async fn delete_session_ends_own_sessions_and_is_404_for_anyone_elses() {
     assert_eq!(laptop.get("/me").await.status, StatusCode::OK);
     assert_eq!(laptop.sessions().await.len(), 1);
 }
+
+// ------------------------------------------- moving sessions from tower-sessions
+
+#[path = "http/migrate.rs"]
+mod migrate;
