@@ -624,6 +624,9 @@ impl Session {
             return Ok(CookieOut::Keep);
         }
         let idle = shared.policy.idle_deadline(expiry, now).map(secs);
+        // A new expiry may turn a persistent cookie into a browser-session
+        // one: the browser only learns that from a fresh `Set-Cookie`.
+        let expiry_changed = st.expiry.is_some();
         let rotate_to = st.rotate_to.take();
         // An imported tower-sessions record lives under its old cookie's hash;
         // this update moves it to `id` (or to `rotate_to`), which retires that cookie.
@@ -660,7 +663,7 @@ impl Session {
                 }
                 st.current = Some(new_id.clone());
                 let max_age = cookie_max_age(idle, absolute, now);
-                if browser_session && !rotated && !reissue {
+                if browser_session && !rotated && !reissue && !expiry_changed {
                     Ok(CookieOut::Keep)
                 } else {
                     Ok(CookieOut::Set {
