@@ -226,7 +226,7 @@ impl Source {
     /// (`id text, data blob, expiry_date integer`).
     ///
     /// ```
-    /// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     /// # rt.block_on(async {
     /// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
     /// let source = keyfob::migrate::Source::sqlite(pool);
@@ -521,6 +521,18 @@ impl Migration {
     }
 
     /// Runs the migration, calling `progress` after every batch.
+    ///
+    /// ```
+    /// use keyfob::{migrate::{Migration, Source}, MemoryStore};
+    /// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    /// # rt.block_on(async {
+    /// let report = Migration::new(Source::rows(Vec::new()), MemoryStore::new())
+    ///     .run(|p| eprintln!("{p}"))
+    ///     .await?;
+    /// assert_eq!(report.copied, 0);
+    /// # Ok::<(), keyfob::Error>(())
+    /// # }).unwrap();
+    /// ```
     ///
     /// # Errors
     /// [`ErrorKind::Store`](crate::ErrorKind::Store) when the source or the destination fails (run

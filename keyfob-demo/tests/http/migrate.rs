@@ -202,3 +202,52 @@ async fn serve_keyfob(
 ) -> Server {
     super::serve_with(store, keyfob::keys::Keyring::generate().unwrap(), config).await
 }
+
+/// Fills `KEYFOB_MIGRATE_FIXTURE` (a SQLite path) with `KEYFOB_MIGRATE_ROWS`
+/// (default 100 000) live tower-sessions sessions, for measuring the
+/// migration rate with the release binary:
+///
+/// ```text
+/// KEYFOB_MIGRATE_FIXTURE=/tmp/ts.db cargo test -p keyfob-demo --test http -- --ignored fill_a
+/// cargo build --release -p keyfob-demo
+/// target/release/keyfob-demo migrate --from sqlite:///tmp/ts.db --to sqlite:///tmp/kf.db
+/// ```
+///
+/// The schema comes from tower-sessions-sqlx-store's own `migrate`, and each
+/// row is what its `create` writes (`Id` text, MessagePack of the `Record`),
+/// inserted in one transaction instead of 100 000.
+#[tokio::test]
+#[ignore = "a fixture generator for the rate measurement, not a check"]
+async fn fill_a_tower_sessions_fixture_for_the_rate_measurement() {
+    let path = std::env::var("KEYFOB_MIGRATE_FIXTURE").expect("KEYFOB_MIGRATE_FIXTURE=PATH");
+    let rows: usize = std::env::var("KEYFOB_MIGRATE_ROWS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000);
+    let _ = std::fs::remove_file(&path);
+    let store = tower_sessions_sqlite(std::path::Path::new(&path)).await;
+    let pool = SqlitePool::connect(&format!("sqlite://{path}")).await.unwrap();
+    let expires = time::OffsetDateTime::now_utc() + time::Duration::days(7);
+    let mut tx = pool.begin().await.unwrap();
+    for i in 0..rows {
+        let record = Record {
+            id: Id::default(),
+            data: [
+                ("user_id".to_string(), serde_json::json!(i)),
+                ("name".to_string(), serde_json::json!(format!("user{i}"))),
+                ("visits".to_string(), serde_json::json!(3)),
+            ]
+            .into(),
+            expiry_date: expires,
+        };
+        sqlx::query("insert into tower_sessions (id, data, expiry_date) values (?, ?, ?)")
+            .bind(record.id.to_string())
+            .bind(rmp_serde::to_vec(&record).unwrap())
+            .bind(record.expiry_date)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    drop(store);
+}
