@@ -251,3 +251,82 @@ async fn fill_a_tower_sessions_fixture_for_the_rate_measurement() {
     tx.commit().await.unwrap();
     drop(store);
 }
+
+/// Two live sessions and an expired one in a tower-sessions store, written by
+/// the store itself; migrated into SQLite; one of them then served by keyfob.
+async fn migrate_from_a_server(
+    store: impl tower_sessions::SessionStore,
+    from: String,
+    table: &str,
+    name: &str,
+) {
+    let tomorrow = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    let mut live = Vec::new();
+    for visits in [2, 7] {
+        let mut record = Record {
+            id: Id::default(),
+            data: [("visits".to_string(), serde_json::json!(visits))].into(),
+            expiry_date: tomorrow,
+        };
+        store.create(&mut record).await.unwrap();
+        live.push(record.id.to_string());
+    }
+    let mut expired = Record {
+        id: Id::default(),
+        data: Default::default(),
+        expiry_date: time::OffsetDateTime::now_utc() - time::Duration::minutes(1),
+    };
+    store.create(&mut expired).await.unwrap();
+
+    let dir = scratch_dir(name);
+    let new_db = dir.join("keyfob.db");
+    let mut a = args(&dir.join("unused"), &new_db);
+    a.from = from;
+    a.table = Some(table.to_owned());
+    let report = keyfob_demo::migrate::run(a).await.unwrap();
+    assert_eq!(
+        (report.total, report.copied, report.expired, report.undecodable),
+        (3, 2, 1, 0)
+    );
+
+    let dest = keyfob_demo::open_store(&StoreUrl::Sqlite(format!("sqlite://{}", new_db.display())))
+        .await
+        .unwrap();
+    let config = keyfob_demo::config::Config {
+        legacy_ids: true,
+        insecure_cookies: true,
+        ..Default::default()
+    };
+    let app = serve_keyfob(dest, &config).await;
+    let mut browser = Client::new(&app);
+    browser.cookie = Some(live[0].clone());
+    assert_eq!(
+        browser.get("/count").await.body,
+        "You have visited this page 3 time(s) in this session."
+    );
+    assert_eq!(browser.cookie.as_ref().map(String::len), Some(43));
+}
+
+#[tokio::test]
+async fn live_sessions_move_from_a_tower_sessions_postgres_table() {
+    let url = super::server_url("KEYFOB_TEST_POSTGRES_URL");
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let table = format!("ts_{}", std::process::id());
+    let store = tower_sessions_sqlx_store::PostgresStore::new(pool)
+        .with_table_name(&table)
+        .unwrap();
+    store.migrate().await.unwrap();
+    migrate_from_a_server(store, url, &table, "migrate-pg").await;
+}
+
+#[tokio::test]
+async fn live_sessions_move_from_a_tower_sessions_mysql_table() {
+    let url = super::server_url("KEYFOB_TEST_MYSQL_URL");
+    let pool = sqlx::MySqlPool::connect(&url).await.unwrap();
+    let table = format!("ts_{}", std::process::id());
+    let store = tower_sessions_sqlx_store::MySqlStore::new(pool)
+        .with_table_name(&table)
+        .unwrap();
+    store.migrate().await.unwrap();
+    migrate_from_a_server(store, url, &table, "migrate-mysql").await;
+}
