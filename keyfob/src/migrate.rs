@@ -174,6 +174,25 @@ enum Kind {
         pool: sqlx::MySqlPool,
         table: String,
     },
+    #[cfg(feature = "migrate-redis")]
+    Redis {
+        conn: redis::aio::ConnectionManager,
+        prefix: String,
+    },
+}
+
+/// One page of source rows and where the next page starts (`None`: the end).
+struct Page {
+    rows: Vec<(String, Vec<u8>)>,
+    next: Option<String>,
+}
+
+impl Page {
+    /// A page of a key-ordered source: the next one starts after its last key.
+    fn ordered(rows: Vec<(String, Vec<u8>)>) -> Self {
+        let next = rows.last().map(|r| r.0.clone());
+        Page { rows, next }
+    }
 }
 
 impl fmt::Debug for Source {
@@ -186,6 +205,8 @@ impl fmt::Debug for Source {
             Kind::Postgres { table, .. } => format!("postgres {table}"),
             #[cfg(feature = "mysql")]
             Kind::MySql { table, .. } => format!("mysql {table}"),
+            #[cfg(feature = "migrate-redis")]
+            Kind::Redis { prefix, .. } => format!("redis keys {prefix:?}*"),
         };
         f.debug_tuple("Source").field(&what).finish()
     }
@@ -281,6 +302,31 @@ impl Source {
         }
     }
 
+    /// The keys of `tower_sessions_redis_store::RedisStore`: each session is
+    /// a string key (`prefix` + the cookie value; no prefix unless the app
+    /// used `RedisStore::with_prefix`) holding the MessagePack record, with
+    /// a Redis expiry. Keys are read with `SCAN` (pages of the batch size)
+    /// and `MGET`, so the checkpoint is a `SCAN` cursor. Without a prefix,
+    /// every key of the database is read, and keys that are not sessions
+    /// are counted as undecodable; the progress total is `DBSIZE`.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), redis::RedisError> {
+    /// let client = redis::Client::open("redis://127.0.0.1:6379")?;
+    /// let conn = redis::aio::ConnectionManager::new(client).await?;
+    /// let source = keyfob::migrate::Source::redis(conn, "");
+    /// # let _ = source; Ok(()) }
+    /// ```
+    #[cfg(feature = "migrate-redis")]
+    pub fn redis(conn: redis::aio::ConnectionManager, prefix: &str) -> Self {
+        Source {
+            kind: Kind::Redis {
+                conn,
+                prefix: prefix.to_owned(),
+            },
+        }
+    }
+
     /// The table name the app passed to the tower-sessions store's
     /// `with_table_name` (and, for PostgreSQL and MySQL, `with_schema_name`;
     /// `None` keeps `tower_sessions`). Ignored for [`Source::rows`].
@@ -299,6 +345,8 @@ impl Source {
         let schema = identifier(schema.unwrap_or("tower_sessions"))?;
         match &mut self.kind {
             Kind::Rows(_) => {}
+            #[cfg(feature = "migrate-redis")]
+            Kind::Redis { .. } => {}
             #[cfg(feature = "sqlite")]
             Kind::Sqlite { table: t, .. } => *t = table.to_owned(),
             #[cfg(feature = "postgres")]
@@ -306,7 +354,7 @@ impl Source {
             #[cfg(feature = "mysql")]
             Kind::MySql { table: t, .. } => *t = format!("`{schema}`.`{table}`"),
         }
-        let _ = schema;
+        let _ = (schema, table);
         Ok(self)
     }
 
@@ -338,17 +386,35 @@ impl Source {
                     .map_err(Error::store)?;
                 Ok(n.max(0) as u64)
             }
+            #[cfg(feature = "migrate-redis")]
+            Kind::Redis { conn, .. } => redis::cmd("DBSIZE")
+                .query_async(&mut conn.clone())
+                .await
+                .map_err(Error::store),
+        }
+    }
+
+    /// The page that starts at `position` ("" for the start): for tables,
+    /// up to `limit` rows whose key sorts after it; for Redis, one `SCAN` step.
+    async fn page(&self, position: &str, limit: usize) -> Result<Page> {
+        match &self.kind {
+            #[cfg(feature = "migrate-redis")]
+            Kind::Redis { conn, prefix } => redis_page(conn, prefix, position, limit).await,
+            _ => self.rows_after(position, limit).await.map(Page::ordered),
         }
     }
 
     /// Up to `limit` rows whose key sorts after `after`, in key order.
-    async fn page(&self, after: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>> {
+    async fn rows_after(&self, after: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>> {
+        #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
         let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
         match &self.kind {
             Kind::Rows(rows) => {
                 let start = rows.partition_point(|(k, _)| k.as_str() <= after);
                 Ok(rows.iter().skip(start).take(limit).cloned().collect())
             }
+            #[cfg(feature = "migrate-redis")]
+            Kind::Redis { .. } => Ok(Vec::new()),
             #[cfg(feature = "sqlite")]
             Kind::Sqlite { pool, table } => sqlx::query_as(&format!(
                 "select id, data from {table} where id > ? order by id limit ?"
@@ -554,18 +620,23 @@ impl Migration {
             p.read = p.resumed;
         }
         loop {
-            let rows = self.source.page(&after, self.batch).await?;
-            let Some(last) = rows.last().map(|r| r.0.clone()) else {
+            let page = self.source.page(&after, self.batch).await?;
+            let had_rows = !page.rows.is_empty();
+            self.copy_batch(page.rows, &mut p).await?;
+            let Some(next) = page.next else {
                 break;
             };
-            self.copy_batch(rows, &mut p).await?;
-            after = last;
+            after = next;
             if let Some(path) = &self.checkpoint {
                 write_checkpoint(path, &after)?;
             }
             p.elapsed = started.elapsed();
-            progress(&p);
+            if had_rows {
+                progress(&p);
+            }
         }
+        p.elapsed = started.elapsed();
+        progress(&p);
         p.elapsed = started.elapsed();
         Ok(p)
     }
@@ -648,8 +719,67 @@ impl Source {
                         .map_err(Error::store)?;
                 Ok(n.max(0) as u64)
             }
+            // A SCAN cursor says nothing about how many keys came before it.
+            #[cfg(feature = "migrate-redis")]
+            Kind::Redis { .. } => Ok(0),
         }
     }
+}
+
+/// One `SCAN` step from `cursor` ("" = "0"), and the values of its keys.
+/// A key that vanished between the two (expired) reads as an empty value,
+/// which does not decode and is counted so.
+#[cfg(feature = "migrate-redis")]
+async fn redis_page(
+    conn: &redis::aio::ConnectionManager,
+    prefix: &str,
+    cursor: &str,
+    limit: usize,
+) -> Result<Page> {
+    let mut conn = conn.clone();
+    let cursor = if cursor.is_empty() { "0" } else { cursor };
+    let (next, keys): (String, Vec<String>) = redis::cmd("SCAN")
+        .arg(cursor)
+        .arg("MATCH")
+        .arg(format!("{}*", redis_glob_escape(prefix)))
+        .arg("COUNT")
+        .arg(limit)
+        .query_async(&mut conn)
+        .await
+        .map_err(Error::store)?;
+    let values: Vec<Option<Vec<u8>>> = if keys.is_empty() {
+        Vec::new()
+    } else {
+        redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .map_err(Error::store)?
+    };
+    let rows = keys
+        .into_iter()
+        .zip(values)
+        .map(|(key, value)| {
+            let id = key.strip_prefix(prefix).unwrap_or(&key).to_owned();
+            (id, value.unwrap_or_default())
+        })
+        .collect();
+    Ok(Page {
+        rows,
+        next: (next != "0").then_some(next),
+    })
+}
+
+#[cfg(feature = "migrate-redis")]
+fn redis_glob_escape(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len());
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn io_error(what: &str, path: &Path, err: std::io::Error) -> Error {
