@@ -2,7 +2,9 @@
 //! tower-sessions store into a keyfob store (see `keyfob::migrate`).
 //!
 //! Sources: `sqlite://PATH`, `postgres://…`, `mysql://…` (the tables of
-//! tower-sessions-sqlx-store; `--table`/`--schema` if the app renamed them).
+//! tower-sessions-sqlx-store; `--table`/`--schema` if the app renamed them),
+//! `redis://…` (the keys of tower-sessions-redis-store; `--prefix` if the app
+//! used `RedisStore::with_prefix`).
 //! Destinations: the demo's `sqlite://`, `postgres://` and `mysql://` stores.
 //! Progress goes to stderr after every batch (one line, rewritten on a
 //! terminal); the final report to stdout. With `--checkpoint PATH` a crashed
@@ -19,12 +21,13 @@ use crate::config::{redact, StoreUrl};
 
 /// The `migrate --help` text.
 pub const USAGE: &str = "usage: keyfob-demo migrate --from URL --to URL [--checkpoint PATH] \
-[--table NAME] [--schema NAME] [--batch N]
-  --from        the tower-sessions store: sqlite://PATH, postgres://…, mysql://…
+[--table NAME] [--schema NAME] [--prefix P] [--batch N]
+  --from        the tower-sessions store: sqlite://PATH, postgres://…, mysql://…, redis://…
   --to          the keyfob store: sqlite://PATH, postgres://…, mysql://…
   --checkpoint  resume file (holds the last copied key; mode 0600; delete when done)
   --table       the tower-sessions table (default tower_sessions on SQLite, session elsewhere)
   --schema      the tower-sessions schema on PostgreSQL/MySQL (default tower_sessions)
+  --prefix      the key prefix of a tower-sessions Redis store (default none)
   --batch       rows per batch (default 1000)
 Serve the result with --legacy-ids, so each old cookie is accepted once and rotated.";
 
@@ -41,6 +44,8 @@ pub struct Args {
     pub table: Option<String>,
     /// Schema name override.
     pub schema: Option<String>,
+    /// Redis key prefix.
+    pub prefix: String,
     /// Rows per batch.
     pub batch: usize,
 }
@@ -54,6 +59,7 @@ impl Args {
         let (mut from, mut to, mut checkpoint, mut table, mut schema) =
             (None, None, None, None, None);
         let mut batch = 1000;
+        let mut prefix = String::new();
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
@@ -72,6 +78,7 @@ impl Args {
                 "--checkpoint" => checkpoint = Some(PathBuf::from(value()?)),
                 "--table" => table = Some(value()?),
                 "--schema" => schema = Some(value()?),
+                "--prefix" => prefix = value()?,
                 "--batch" => {
                     batch = value()?
                         .parse()
@@ -97,6 +104,7 @@ impl Args {
             checkpoint,
             table,
             schema,
+            prefix,
             batch,
         })
     }
@@ -118,9 +126,15 @@ async fn open_source(args: &Args) -> Result<Source, String> {
         Source::postgres(sqlx::PgPool::connect(url).await.map_err(|e| fail(&e))?)
     } else if url.starts_with("mysql://") {
         Source::mysql(sqlx::MySqlPool::connect(url).await.map_err(|e| fail(&e))?)
+    } else if url.starts_with("redis://") || url.starts_with("rediss://") {
+        let client = redis::Client::open(url.as_str()).map_err(|e| fail(&e))?;
+        let conn = redis::aio::ConnectionManager::new(client)
+            .await
+            .map_err(|e| fail(&e))?;
+        return Ok(Source::redis(conn, &args.prefix));
     } else {
         return Err(format!(
-            "unsupported source {:?}: expected sqlite://PATH, postgres://… or mysql://…",
+            "unsupported source {:?}: expected sqlite://PATH, postgres://…, mysql://… or redis://…",
             redact(url)
         ));
     };
@@ -180,6 +194,7 @@ mod tests {
     fn arguments_parse_and_bad_ones_give_one_line() {
         let a = parse(&["--from", "sqlite://old.db", "--to=sqlite://new.db", "--batch", "5"]).unwrap();
         assert_eq!(a.batch, 5);
+        assert_eq!(a.prefix, "");
         assert_eq!(a.to, StoreUrl::Sqlite("sqlite://new.db".into()));
         for bad in [
             &["--to", "sqlite://x"][..],

@@ -50,6 +50,7 @@ fn args(from: &std::path::Path, to: &std::path::Path) -> Args {
         checkpoint: None,
         table: None,
         schema: None,
+        prefix: String::new(),
         batch: 1000,
     }
 }
@@ -329,4 +330,67 @@ async fn live_sessions_move_from_a_tower_sessions_mysql_table() {
         .unwrap();
     store.migrate().await.unwrap();
     migrate_from_a_server(store, url, &table, "migrate-mysql").await;
+}
+
+#[tokio::test]
+async fn live_sessions_move_from_tower_sessions_redis_keys() {
+    // The keys exactly as tower-sessions-redis-store writes them: `prefix` +
+    // the ID, the MessagePack of the `Record`, expiring at its `expiry_date`.
+    let url = super::server_url("KEYFOB_TEST_REDIS_URL");
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let prefix = format!("ts{}:", std::process::id());
+    let tomorrow = time::OffsetDateTime::now_utc() + time::Duration::days(1);
+    let mut ids = Vec::new();
+    for visits in 0..30 {
+        let record = Record {
+            id: Id::default(),
+            data: [("visits".to_string(), serde_json::json!(visits))].into(),
+            expiry_date: tomorrow,
+        };
+        let () = redis::cmd("SET")
+            .arg(format!("{prefix}{}", record.id))
+            .arg(rmp_serde::to_vec(&record).unwrap())
+            .arg("EXAT")
+            .arg(tomorrow.unix_timestamp())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        ids.push(record.id.to_string());
+    }
+    // Not a session: counted, not fatal.
+    let () = redis::cmd("SET")
+        .arg(format!("{prefix}AAAAAAAAAAAAAAAAAAAAAA"))
+        .arg("junk")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let dir = scratch_dir("migrate-redis");
+    let new_db = dir.join("keyfob.db");
+    let mut a = args(&dir.join("unused"), &new_db);
+    a.from = url;
+    a.prefix = prefix;
+    a.batch = 7;
+    a.checkpoint = Some(dir.join("checkpoint"));
+    let report = keyfob_demo::migrate::run(a).await.unwrap();
+    // SCAN may return a key twice; a second copy is "already present".
+    assert_eq!(report.copied, 30);
+    assert_eq!(report.undecodable, 1);
+
+    let dest = keyfob_demo::open_store(&StoreUrl::Sqlite(format!("sqlite://{}", new_db.display())))
+        .await
+        .unwrap();
+    let config = keyfob_demo::config::Config {
+        legacy_ids: true,
+        insecure_cookies: true,
+        ..Default::default()
+    };
+    let app = serve_keyfob(dest, &config).await;
+    let mut browser = Client::new(&app);
+    browser.cookie = Some(ids[9].clone());
+    assert_eq!(
+        browser.get("/count").await.body,
+        "You have visited this page 10 time(s) in this session."
+    );
 }
