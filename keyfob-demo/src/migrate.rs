@@ -192,7 +192,14 @@ mod tests {
 
     #[test]
     fn arguments_parse_and_bad_ones_give_one_line() {
-        let a = parse(&["--from", "sqlite://old.db", "--to=sqlite://new.db", "--batch", "5"]).unwrap();
+        let a = parse(&[
+            "--from",
+            "sqlite://old.db",
+            "--to=sqlite://new.db",
+            "--batch",
+            "5",
+        ])
+        .unwrap();
         assert_eq!(a.batch, 5);
         assert_eq!(a.prefix, "");
         assert_eq!(a.to, StoreUrl::Sqlite("sqlite://new.db".into()));

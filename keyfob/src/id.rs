@@ -228,8 +228,15 @@ mod tests {
         // tower-sessions writes an `Id(i128)` as base64url of its 16 little-endian bytes.
         let value = URL_SAFE_NO_PAD.encode(42i128.to_le_bytes());
         let handle = legacy_handle(value.as_bytes()).unwrap();
-        assert_eq!(handle.as_bytes(), &<[u8; 32]>::from(Sha256::digest(value.as_bytes())));
-        for bad in [&value[..21], "A".repeat(21).as_str(), &format!("{}B", "A".repeat(21))] {
+        assert_eq!(
+            handle.as_bytes(),
+            &<[u8; 32]>::from(Sha256::digest(value.as_bytes()))
+        );
+        for bad in [
+            &value[..21],
+            "A".repeat(21).as_str(),
+            &format!("{}B", "A".repeat(21)),
+        ] {
             assert_eq!(legacy_handle(bad.as_bytes()), None, "{bad:?}");
         }
         let keyfob_id = SessionId::generate().unwrap().encode();

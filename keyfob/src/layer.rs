@@ -259,12 +259,10 @@ impl SessionLayerBuilder {
         match expiry {
             crate::Expiry::OnInactivity(d) => self.policy.idle_timeout = Some(d),
             crate::Expiry::OnSessionEnd => self.policy.browser_session_cookie = true,
-            crate::Expiry::AtDateTime(_) => {
-                self.refused = Some(
-                    "`with_expiry(Expiry::AtDateTime(..))` would end every session at one instant: \
+            crate::Expiry::AtDateTime(_) => self.refused = Some(
+                "`with_expiry(Expiry::AtDateTime(..))` would end every session at one instant: \
                      call `session.set_expiry(Some(Expiry::AtDateTime(..)))` per session instead",
-                )
-            }
+            ),
         }
         self
     }

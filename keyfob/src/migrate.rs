@@ -110,12 +110,7 @@ enum Row {
 }
 
 /// Decodes one tower-sessions row into the record keyfob will keep.
-fn convert(
-    key: &str,
-    bytes: &[u8],
-    now: OffsetDateTime,
-    absolute: Option<OffsetDateTime>,
-) -> Row {
+fn convert(key: &str, bytes: &[u8], now: OffsetDateTime, absolute: Option<OffsetDateTime>) -> Row {
     let Some(handle) = legacy_handle(key.as_bytes()) else {
         return Row::Undecodable;
     };
@@ -852,7 +847,10 @@ mod tests {
             convert("short", &bytes, now, None),
             Row::Undecodable
         ));
-        assert!(matches!(convert(&key, b"\xc1", now, None), Row::Undecodable));
+        assert!(matches!(
+            convert(&key, b"\xc1", now, None),
+            Row::Undecodable
+        ));
     }
 
     #[tokio::test]

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use axum::{routing::get, Router};
+use keyfob::time;
 use keyfob_demo::{config::StoreUrl, migrate::Args};
 use reqwest::StatusCode;
+use sqlx::SqlitePool;
 use tower_sessions::{
     session::{Id, Record},
     SessionManagerLayer, SessionStore as _,
 };
-use keyfob::time;
-use sqlx::SqlitePool;
 use tower_sessions_sqlx_store::SqliteStore;
 
 use super::{scratch_dir, Client, Server};
@@ -88,9 +88,16 @@ async fn a_tower_sessions_cookie_reaches_its_data_on_keyfob_once_and_is_rotated(
         .await
         .unwrap();
 
-    let report = keyfob_demo::migrate::run(args(&old_db, &new_db)).await.unwrap();
+    let report = keyfob_demo::migrate::run(args(&old_db, &new_db))
+        .await
+        .unwrap();
     assert_eq!(
-        (report.total, report.copied, report.expired, report.undecodable),
+        (
+            report.total,
+            report.copied,
+            report.expired,
+            report.undecodable
+        ),
         (3, 1, 1, 1)
     );
     // The source is untouched.
@@ -147,10 +154,13 @@ async fn a_tower_sessions_cookie_reaches_its_data_on_keyfob_once_and_is_rotated(
     assert_ne!(replay.cookie.as_deref(), Some(old_cookie.as_str()));
 
     // Without --legacy-ids the old cookie is no session at all.
-    let strict = serve_keyfob(dest, &keyfob_demo::config::Config {
-        insecure_cookies: true,
-        ..Default::default()
-    })
+    let strict = serve_keyfob(
+        dest,
+        &keyfob_demo::config::Config {
+            insecure_cookies: true,
+            ..Default::default()
+        },
+    )
     .await;
     let mut other = Client::new(&strict);
     other.cookie = Some(old_cookie);
@@ -192,7 +202,12 @@ async fn a_migration_resumes_from_its_checkpoint_and_copies_nothing_twice() {
     std::fs::write(&checkpoint, &twentieth).unwrap();
     let second = keyfob_demo::migrate::run(a).await.unwrap();
     assert_eq!(
-        (second.resumed, second.copied, second.already_present, second.read),
+        (
+            second.resumed,
+            second.copied,
+            second.already_present,
+            second.read
+        ),
         (20, 0, 5, 25)
     );
 }
@@ -227,7 +242,9 @@ async fn fill_a_tower_sessions_fixture_for_the_rate_measurement() {
         .unwrap_or(100_000);
     let _ = std::fs::remove_file(&path);
     let store = tower_sessions_sqlite(std::path::Path::new(&path)).await;
-    let pool = SqlitePool::connect(&format!("sqlite://{path}")).await.unwrap();
+    let pool = SqlitePool::connect(&format!("sqlite://{path}"))
+        .await
+        .unwrap();
     let expires = time::OffsetDateTime::now_utc() + time::Duration::days(7);
     let mut tx = pool.begin().await.unwrap();
     for i in 0..rows {
@@ -286,7 +303,12 @@ async fn migrate_from_a_server(
     a.table = Some(table.to_owned());
     let report = keyfob_demo::migrate::run(a).await.unwrap();
     assert_eq!(
-        (report.total, report.copied, report.expired, report.undecodable),
+        (
+            report.total,
+            report.copied,
+            report.expired,
+            report.undecodable
+        ),
         (3, 2, 1, 0)
     );
 

@@ -98,7 +98,11 @@ fn app(store: Arc<dyn SessionStore>, max_age: Option<Duration>, domain: Option<&
     routes().layer(layer.build().unwrap())
 }
 
-async fn send(app: &Router, uri: &str, cookie: Option<&Cookie<'_>>) -> (StatusCode, HeaderMap, String) {
+async fn send(
+    app: &Router,
+    uri: &str,
+    cookie: Option<&Cookie<'_>>,
+) -> (StatusCode, HeaderMap, String) {
     let mut req = Request::builder().uri(uri);
     if let Some(c) = cookie {
         req = req.header(header::COOKIE, c.encoded().to_string());
@@ -254,7 +258,10 @@ pub async fn set_expiry(store: Arc<dyn SessionStore>) {
     let cookie = session_cookie(&headers).unwrap();
     about(cookie.max_age(), Duration::hours(1));
     let (_, headers, _) = send(&app, "/set_expiry", Some(&cookie)).await;
-    about(session_cookie(&headers).unwrap().max_age(), Duration::hours(12));
+    about(
+        session_cookie(&headers).unwrap().max_age(),
+        Duration::hours(12),
+    );
 }
 
 pub async fn set_expiry_without_an_absolute_cap(store: Arc<dyn SessionStore>) {
@@ -268,7 +275,10 @@ pub async fn set_expiry_without_an_absolute_cap(store: Arc<dyn SessionStore>) {
     let (_, headers, _) = send(&app, "/insert", None).await;
     let cookie = session_cookie(&headers).unwrap();
     let (_, headers, _) = send(&app, "/set_expiry", Some(&cookie)).await;
-    about(session_cookie(&headers).unwrap().max_age(), Duration::days(1));
+    about(
+        session_cookie(&headers).unwrap().max_age(),
+        Duration::days(1),
+    );
 }
 
 pub async fn change_expiry_type(store: Arc<dyn SessionStore>) {
@@ -279,7 +289,10 @@ pub async fn change_expiry_type(store: Arc<dyn SessionStore>) {
     let cookie = session_cookie(&headers).unwrap();
     assert_eq!(cookie.max_age(), None);
     let (_, headers, _) = send(&app1, "/set_expiry", Some(&cookie)).await;
-    about(session_cookie(&headers).unwrap().max_age(), Duration::hours(12));
+    about(
+        session_cookie(&headers).unwrap().max_age(),
+        Duration::hours(12),
+    );
 
     // …and from a dated cookie back to a browser-session one.
     let app2 = app(store, Some(Duration::hours(1)), Some("localhost"));
