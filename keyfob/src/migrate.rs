@@ -2,8 +2,9 @@
 //! logging anyone out.
 //!
 //! A [`Migration`] reads the sessions a tower-sessions 0.14 store wrote (the
-//! tables of `tower-sessions-sqlx-store`, or rows your own code read from
-//! anywhere else, such as Redis keys) and creates each live one in a keyfob
+//! tables of `tower-sessions-sqlx-store`, the keys of
+//! `tower-sessions-redis-store` with feature `migrate-redis`, or rows your
+//! own code read from anywhere else) and creates each live one in a keyfob
 //! [`SessionStore`]. A layer built with
 //! [`with_legacy_ids(true)`](crate::SessionLayerBuilder::with_legacy_ids)
 //! then accepts each old cookie once and answers with a new keyfob ID.
@@ -25,7 +26,7 @@
 //! - a row that does not decode is counted and reported, not fatal;
 //! - with [`with_checkpoint`](Migration::with_checkpoint), the last source key
 //!   of every finished batch is written to a file, and a new run resumes
-//!   after it. Rows are read in key order, so a crashed run loses nothing; a
+//!   after it (for Redis, the `SCAN` cursor). Table rows are read in key order, so a crashed run loses nothing; a
 //!   record copied twice (the batch in flight at the crash) is counted as
 //!   already present, not duplicated.
 //!

@@ -10,6 +10,8 @@
 mod cases;
 #[cfg(feature = "cookie-store")]
 mod cookie_cases;
+#[cfg(feature = "migrate")]
+mod legacy_ids;
 mod signed_id_cases;
 mod support;
 mod tower_sessions_routes;
