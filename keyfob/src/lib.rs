@@ -43,6 +43,7 @@
 //! | `cookie-store` | no | `CookieStore`: the whole session sealed (or signed) in its cookie |
 //! | `auth` | yes | [`auth`]: `login`/`logout`, `AuthUser`, `RequireLoginLayer`, `safe_next`, listing and revoking a user's sessions |
 //! | `migrate` | no | [`migrate`](crate::migrate): copy live tower-sessions sessions (SQL tables with `sqlite`/`postgres`/`mysql`, or rows you read, e.g. from Redis) into a keyfob store; pair with [`SessionLayerBuilder::with_legacy_ids`] |
+//! | `migrate-redis` | no | `migrate::Source::redis`: the keys of tower-sessions-redis-store (on the `redis` crate) |
 //! | `csrf` | yes | [`csrf`]: `CsrfLayer` (tower-http's origin check plus keyfob's stricter origin rule and session-bound masked tokens), `CsrfToken` |
 //!
 //! Always available: [`keys`] (the keyring, signed and encrypted values,
