@@ -111,6 +111,9 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Hard lifetime cap.
     pub absolute_timeout: Duration,
+    /// Accept (once, then rotate) the cookies of sessions that
+    /// `keyfob-demo migrate` imported from tower-sessions.
+    pub legacy_ids: bool,
 }
 
 impl Default for Config {
@@ -122,6 +125,7 @@ impl Default for Config {
             insecure_cookies: false,
             idle_timeout: Duration::hours(2),
             absolute_timeout: Duration::hours(12),
+            legacy_ids: false,
         }
     }
 }
@@ -165,6 +169,9 @@ impl Config {
         if env("KEYFOB_INSECURE_COOKIES").is_some_and(|v| v == "1" || v == "true") {
             c.insecure_cookies = true;
         }
+        if env("KEYFOB_LEGACY_IDS").is_some_and(|v| v == "1" || v == "true") {
+            c.legacy_ids = true;
+        }
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
@@ -182,6 +189,7 @@ impl Config {
                 "--store" => c.store = StoreUrl::parse(&value()?)?,
                 "--key-file" => c.key_file = PathBuf::from(value()?),
                 "--insecure-cookies" => c.insecure_cookies = true,
+                "--legacy-ids" => c.legacy_ids = true,
                 "--idle-timeout" => c.idle_timeout = parse_duration(&value()?)?,
                 "--absolute-timeout" => c.absolute_timeout = parse_duration(&value()?)?,
                 "-h" | "--help" => return Err(USAGE.to_owned()),
@@ -199,7 +207,8 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
 
 /// The `--help` text.
 pub const USAGE: &str = "usage: keyfob-demo [--addr IP:PORT] [--store URL] [--key-file PATH] \
-[--insecure-cookies] [--idle-timeout 2h] [--absolute-timeout 12h]";
+[--insecure-cookies] [--legacy-ids] [--idle-timeout 2h] [--absolute-timeout 12h]
+       keyfob-demo migrate --from URL --to URL [--checkpoint PATH] (see migrate --help)";
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@
 
 pub mod account;
 pub mod config;
+pub mod migrate;
 mod pages;
 mod signed;
 pub mod users;
@@ -59,9 +60,30 @@ pub struct Demo {
 /// # Errors
 /// A one-line reason when the store cannot be reached or the settings are refused.
 pub async fn build(config: &Config) -> Result<Demo, String> {
-    let one_line =
-        |e: keyfob::Error| format!("store {} unavailable: {e}", config.store).replace('\n', " ");
-    let store: Arc<dyn SessionStore> = match &config.store {
+    let store = open_store(&config.store).await?;
+    tokio::spawn(keyfob::store::cleanup(
+        store.clone(),
+        keyfob::SystemClock,
+        std::time::Duration::from_secs(60),
+        1000,
+    ));
+    let keys = Keyring::load_or_create(&config.key_file).map_err(|e| e.to_string())?;
+    users::init();
+    let router = app_with_keys(store, keys, config)?;
+    Ok(Demo {
+        router,
+        store_name: config.store.to_string(),
+    })
+}
+
+/// Connects to (and migrates) the store `url` names; for `cookie`, the
+/// in-memory store that keeps cookie sessions' revocation marks.
+///
+/// # Errors
+/// A one-line reason when the store cannot be reached.
+pub async fn open_store(url: &StoreUrl) -> Result<Arc<dyn SessionStore>, String> {
+    let one_line = |e: keyfob::Error| format!("store {url} unavailable: {e}").replace('\n', " ");
+    Ok(match url {
         StoreUrl::Memory => Arc::new(keyfob::MemoryStore::new()),
         StoreUrl::Sqlite(url) => Arc::new(
             keyfob::store::sqlite::SqliteStore::connect(url)
@@ -77,19 +99,6 @@ pub async fn build(config: &Config) -> Result<Demo, String> {
         ),
         // Cookie sessions keep only revocation marks (logout) on the server.
         StoreUrl::Cookie => Arc::new(keyfob::MemoryStore::new()),
-    };
-    tokio::spawn(keyfob::store::cleanup(
-        store.clone(),
-        keyfob::SystemClock,
-        std::time::Duration::from_secs(60),
-        1000,
-    ));
-    let keys = Keyring::load_or_create(&config.key_file).map_err(|e| e.to_string())?;
-    users::init();
-    let router = app_with_keys(store, keys, config)?;
-    Ok(Demo {
-        router,
-        store_name: config.store.to_string(),
     })
 }
 
@@ -142,6 +151,7 @@ pub fn app_with_keys(
         .with_secure(!config.insecure_cookies)
         .with_idle_timeout(config.idle_timeout)
         .with_absolute_timeout(Some(config.absolute_timeout))
+        .with_legacy_ids(config.legacy_ids)
         .build()
         .map_err(|e| e.to_string())?;
     let state = AppState { store, keys };

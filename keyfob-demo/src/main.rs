@@ -23,7 +23,14 @@ async fn main() -> ExitCode {
 }
 
 async fn run() -> Result<(), String> {
-    let config = Config::from_args(std::env::args().skip(1), |k| std::env::var(k).ok())?;
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().is_some_and(|a| a == "migrate") {
+        let args = keyfob_demo::migrate::Args::parse(args.skip(1))?;
+        let report = keyfob_demo::migrate::run(args).await?;
+        println!("migrated: {report}");
+        return Ok(());
+    }
+    let config = Config::from_args(args, |k| std::env::var(k).ok())?;
     let demo = keyfob_demo::build(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await

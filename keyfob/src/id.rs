@@ -74,6 +74,25 @@ impl fmt::Debug for SessionId {
     }
 }
 
+/// Characters of a tower-sessions cookie value: 16 bytes as unpadded base64url.
+const LEGACY_ENCODED_LEN: usize = 22;
+
+/// The handle of a session imported from tower-sessions, if `value` is a
+/// canonical tower-sessions cookie value (its 128-bit `Id` as 22 characters
+/// of unpadded base64url). The handle is the SHA-256 of the cookie value's
+/// bytes, so the store holds nothing that works as that cookie either. A
+/// keyfob ID (43 characters) never has this form.
+pub(crate) fn legacy_handle(value: &[u8]) -> Option<Handle> {
+    if value.len() != LEGACY_ENCODED_LEN {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    match URL_SAFE_NO_PAD.decode_slice(value, &mut bytes) {
+        Ok(16) => Some(Handle(Sha256::digest(value).into())),
+        _ => None,
+    }
+}
+
 /// The public name of a session: the SHA-256 of its ID.
 ///
 /// Stores key records by it; apps show it to users to name a session (the
@@ -202,6 +221,26 @@ mod tests {
     fn debug_does_not_print_the_secret() {
         let id = SessionId::generate().unwrap();
         assert!(!format!("{id:?}").contains(&id.encode()));
+    }
+
+    #[test]
+    fn legacy_handles_need_the_exact_tower_sessions_form() {
+        // tower-sessions writes an `Id(i128)` as base64url of its 16 little-endian bytes.
+        let value = URL_SAFE_NO_PAD.encode(42i128.to_le_bytes());
+        let handle = legacy_handle(value.as_bytes()).unwrap();
+        assert_eq!(
+            handle.as_bytes(),
+            &<[u8; 32]>::from(Sha256::digest(value.as_bytes()))
+        );
+        for bad in [
+            &value[..21],
+            "A".repeat(21).as_str(),
+            &format!("{}B", "A".repeat(21)),
+        ] {
+            assert_eq!(legacy_handle(bad.as_bytes()), None, "{bad:?}");
+        }
+        let keyfob_id = SessionId::generate().unwrap().encode();
+        assert_eq!(legacy_handle(keyfob_id.as_bytes()), None);
     }
 
     #[test]

@@ -151,6 +151,9 @@ pub struct SessionLayerBuilder {
     clock: Arc<dyn Clock>,
     save_on_server_error: bool,
     signed_ids: Option<Keyring>,
+    legacy_ids: bool,
+    /// A setting that cannot be honoured, reported by `build`.
+    refused: Option<&'static str>,
     #[cfg(feature = "cookie-store")]
     client: Option<CookieStore>,
 }
@@ -173,6 +176,8 @@ impl SessionLayerBuilder {
             clock: Arc::new(SystemClock),
             save_on_server_error: false,
             signed_ids: None,
+            legacy_ids: false,
+            refused: None,
             #[cfg(feature = "cookie-store")]
             client: None,
         }
@@ -201,6 +206,85 @@ impl SessionLayerBuilder {
     /// ```
     pub fn with_signed_ids(mut self, keyring: Keyring) -> Self {
         self.signed_ids = Some(keyring);
+        self
+    }
+
+    /// Accepts the cookie of a session that [`crate::migrate`] imported from
+    /// tower-sessions, **once**: the first request that uses the session moves
+    /// it to a new 256-bit keyfob ID and answers with that cookie, and the old
+    /// cookie loads nothing from then on. The user stays logged in.
+    ///
+    /// Only records that carry the import mark are reachable this way, and
+    /// the store keys them by the SHA-256 of the old cookie value, never the
+    /// value itself. A request that does not touch the session does not
+    /// rotate it (nothing is loaded). Turn it off once the imported sessions
+    /// have expired: their old cookies are 128-bit values. Default `false`:
+    /// a tower-sessions cookie is "no session".
+    ///
+    /// ```
+    /// use keyfob::{MemoryStore, SessionLayer};
+    /// let layer = SessionLayer::builder(MemoryStore::new())
+    ///     .with_legacy_ids(true)
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    pub fn with_legacy_ids(mut self, on: bool) -> Self {
+        self.legacy_ids = on;
+        self
+    }
+
+    /// tower-sessions' `with_expiry`, for the whole layer:
+    /// [`Expiry::OnInactivity(d)`](crate::Expiry::OnInactivity) sets the idle
+    /// timeout to `d`; [`Expiry::OnSessionEnd`](crate::Expiry::OnSessionEnd)
+    /// sends browser-session cookies (the server still ends sessions at the
+    /// idle timeout). [`Expiry::AtDateTime`](crate::Expiry::AtDateTime) is
+    /// per session in keyfob ([`Session::set_expiry`](crate::Session::set_expiry)):
+    /// one fixed instant for every session is refused by [`build`](Self::build).
+    ///
+    /// ```
+    /// use keyfob::{Expiry, MemoryStore, SessionLayer};
+    /// use time::{Duration, OffsetDateTime};
+    ///
+    /// let layer = SessionLayer::builder(MemoryStore::new())
+    ///     .with_expiry(Expiry::OnInactivity(Duration::minutes(10)))
+    ///     .build();
+    /// assert!(layer.is_ok());
+    /// let refused = SessionLayer::builder(MemoryStore::new())
+    ///     .with_expiry(Expiry::AtDateTime(OffsetDateTime::now_utc()))
+    ///     .build();
+    /// assert!(refused.is_err());
+    /// ```
+    pub fn with_expiry(mut self, expiry: crate::Expiry) -> Self {
+        match expiry {
+            crate::Expiry::OnInactivity(d) => self.policy.idle_timeout = Some(d),
+            crate::Expiry::OnSessionEnd => self.policy.browser_session_cookie = true,
+            crate::Expiry::AtDateTime(_) => self.refused = Some(
+                "`with_expiry(Expiry::AtDateTime(..))` would end every session at one instant: \
+                     call `session.set_expiry(Some(Expiry::AtDateTime(..)))` per session instead",
+            ),
+        }
+        self
+    }
+
+    /// tower-sessions' `with_always_save`: `true` refreshes the idle deadline
+    /// on every request that loads the session (a touch interval of zero).
+    /// keyfob refreshes it on reads anyway, at most once per
+    /// [touch interval](Self::with_touch_interval), which is what most apps
+    /// that set `always_save` wanted. `false` restores the default interval
+    /// (1 minute).
+    ///
+    /// ```
+    /// use keyfob::{MemoryStore, SessionLayer};
+    /// let layer = SessionLayer::builder(MemoryStore::new()).with_always_save(true).build();
+    /// assert!(layer.is_ok());
+    /// ```
+    pub fn with_always_save(mut self, on: bool) -> Self {
+        self.policy.touch_interval = if on {
+            Duration::ZERO
+        } else {
+            Policy::default().touch_interval
+        };
         self
     }
 
@@ -301,6 +385,7 @@ impl SessionLayerBuilder {
             clock: self.clock,
             save_on_server_error: self.save_on_server_error,
             signed_ids: self.signed_ids,
+            legacy_ids: self.legacy_ids,
             #[cfg(feature = "cookie-store")]
             client: self.client,
         }
@@ -315,6 +400,9 @@ impl SessionLayerBuilder {
     /// `SameSite=None` without `Secure`, no timeout at all, a non-positive timeout.
     pub fn build(self) -> Result<SessionLayer> {
         self.cookie.validate()?;
+        if let Some(reason) = self.refused {
+            return Err(Error::config(reason));
+        }
         let p = &self.policy;
         if p.idle_timeout.is_none() && p.absolute_timeout.is_none() {
             return Err(Error::config(
@@ -345,6 +433,12 @@ impl SessionLayerBuilder {
         if self.client.is_some() && self.signed_ids.is_some() {
             return Err(Error::config(
                 "cookie sessions are sealed already: remove `with_signed_ids`",
+            ));
+        }
+        #[cfg(feature = "cookie-store")]
+        if self.client.is_some() && self.legacy_ids {
+            return Err(Error::config(
+                "imported tower-sessions sessions live in a server-side store: remove `with_legacy_ids` from a cookie-session layer",
             ));
         }
         Ok(SessionLayer {
@@ -505,6 +599,11 @@ fn incoming(shared: &Shared, value: &[u8]) -> Incoming {
             Ok(v) => Incoming::Sealed(v.into()),
             Err(_) => Incoming::None,
         };
+    }
+    if shared.legacy_ids {
+        if let Some(handle) = crate::id::legacy_handle(value) {
+            return Incoming::Legacy(handle);
+        }
     }
     let (id, stale) = match &shared.signed_ids {
         Some(keys) => match keys.open_id(&shared.cookie.name, value) {

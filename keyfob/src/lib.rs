@@ -44,6 +44,8 @@
 //! | `cache` | no | `CachedStore` (`store::cached`), an in-process cache in front of any store |
 //! | `cookie-store` | no | `CookieStore`: the whole session sealed (or signed) in its cookie |
 //! | `auth` | yes | [`auth`]: `login`/`logout`, `AuthUser`, `RequireLoginLayer`, `safe_next`, listing and revoking a user's sessions |
+//! | `migrate` | no | [`migrate`](crate::migrate): copy live tower-sessions sessions (SQL tables with `sqlite`/`postgres`/`mysql`, or rows you read, e.g. from Redis) into a keyfob store; pair with [`SessionLayerBuilder::with_legacy_ids`] |
+//! | `migrate-redis` | no | `migrate::Source::redis`: the keys of tower-sessions-redis-store (on the `redis` crate) |
 //! | `csrf` | yes | [`csrf`]: `CsrfLayer` (tower-http's origin check plus keyfob's stricter origin rule and session-bound masked tokens), `CsrfToken` |
 //!
 //! Always available: [`keys`] (the keyring, signed and encrypted values,
@@ -76,6 +78,8 @@ pub mod id;
 pub mod jar;
 pub mod keys;
 pub mod layer;
+#[cfg(feature = "migrate")]
+pub mod migrate;
 pub mod record;
 pub mod session;
 pub mod store;
@@ -104,6 +108,9 @@ pub(crate) mod reserved_keys {
     pub(crate) const USER: &str = "keyfob.user";
     /// The CSRF secret (base64url), minted by `csrf`, dropped by `auth::login`.
     pub(crate) const CSRF: &str = "keyfob.csrf";
+    /// Marks a session imported from tower-sessions by `migrate`: the layer
+    /// (with `with_legacy_ids`) accepts its old cookie once, then drops this key.
+    pub(crate) const LEGACY: &str = "keyfob.legacy";
 }
 
 // Re-exported so users name the same `time` version keyfob uses.
@@ -113,3 +120,8 @@ pub use time;
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
+
+/// The migration guide's examples compile and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../MIGRATING.md")]
+pub struct MigratingDoctests;

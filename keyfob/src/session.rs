@@ -155,6 +155,8 @@ pub(crate) struct Shared {
     pub(crate) save_on_server_error: bool,
     /// Session IDs carry a MAC under this keyring (server-side stores only).
     pub(crate) signed_ids: Option<Keyring>,
+    /// Accept a tower-sessions cookie of a session imported by `migrate`, once.
+    pub(crate) legacy_ids: bool,
     /// Cookie sessions: the record lives in the cookie, sealed by this codec.
     #[cfg(feature = "cookie-store")]
     pub(crate) client: Option<CookieStore>,
@@ -168,6 +170,8 @@ pub(crate) enum Incoming {
     /// A (verified, when IDs are signed) session ID; `stale` when its MAC
     /// verified under an old key, so the cookie must be re-issued.
     Id { id: SessionId, stale: bool },
+    /// A tower-sessions cookie value (legacy IDs on): the handle of its imported record.
+    Legacy(Handle),
     /// A cookie session's sealed value, opened on first access.
     #[cfg(feature = "cookie-store")]
     Sealed(Box<str>),
@@ -205,6 +209,9 @@ struct State {
     cookie: Option<CookieOut>,
     /// The presented cookie must be re-issued (it was made under an old key).
     reissue: bool,
+    /// The handle of the imported tower-sessions record the request presented;
+    /// once loaded, `current` is the fresh ID it moves to on commit.
+    legacy: Option<Handle>,
     /// A cookie session's sealed value, until the first access opens it.
     #[cfg(feature = "cookie-store")]
     sealed: Option<Box<str>>,
@@ -291,6 +298,7 @@ impl Session {
                 state.current = Some(id);
                 state.reissue = stale;
             }
+            Incoming::Legacy(handle) => state.legacy = Some(handle),
             #[cfg(feature = "cookie-store")]
             Incoming::Sealed(value) => state.sealed = Some(value),
         }
@@ -333,10 +341,37 @@ impl Session {
                         st.current = None;
                     }
                 }
+            } else if let Some(handle) = st.legacy {
+                self.load_legacy(&mut st, handle).await?;
             }
             st.loaded = true;
         }
         Ok(st)
+    }
+
+    /// Loads a record imported from tower-sessions under the handle of its old
+    /// cookie. Only a record that still carries the import mark is accepted:
+    /// the commit of this request moves it to a fresh ID and drops the mark,
+    /// so the old cookie works exactly once.
+    async fn load_legacy(&self, st: &mut State, handle: Handle) -> Result<()> {
+        let now = self.now();
+        let found = self.inner.shared.store.load(&handle, now).await?;
+        let imported = found
+            .filter(|r| !r.is_expired(now))
+            .filter(|r| r.data.get(crate::reserved_keys::LEGACY).is_some());
+        match imported {
+            Some(record) => {
+                st.base = Some(record);
+                st.current = Some(SessionId::generate()?);
+                st.changes.set(crate::reserved_keys::LEGACY, None);
+                tracing::info!(event = "session.legacy", handle = %handle.short(), "keyfob: imported tower-sessions session presented; rotating it");
+            }
+            None => {
+                tracing::info!(event = "session.unknown", handle = %handle.short(), "keyfob: unknown, expired or already rotated tower-sessions cookie presented");
+                st.legacy = None;
+            }
+        }
+        Ok(())
     }
 
     /// The value under `key`, or `None`. A value that does not deserialize
@@ -405,7 +440,7 @@ impl Session {
     pub async fn delete(&self) -> Result<()> {
         let mut st = self.state().await?;
         if let Some(id) = st.current.take() {
-            let handle = id.handle();
+            let handle = st.legacy.take().unwrap_or_else(|| id.handle());
             #[cfg(feature = "cookie-store")]
             if let Some(client) = &self.inner.shared.client {
                 let until = self.retire_until(st.base.as_deref());
@@ -495,6 +530,46 @@ impl Session {
         Ok(st.base.as_ref().and_then(|b| b.expires_at()))
     }
 
+    /// tower-sessions' `expiry_age`: how long until the session ends if
+    /// nothing else happens (zero once past), or `None` for a session not
+    /// yet stored.
+    ///
+    /// ```
+    /// # async fn f(session: keyfob::Session) -> Result<(), keyfob::Error> {
+    /// if let Some(age) = session.expiry_age().await? {
+    ///     assert!(!age.is_negative());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn expiry_age(&self) -> Result<Option<time::Duration>> {
+        let now = self.now();
+        Ok(self
+            .expiry_date()
+            .await?
+            .map(|at| (at - now).max(time::Duration::ZERO)))
+    }
+
+    /// tower-sessions' `insert_value`: sets `key` to a JSON value and returns
+    /// the value it held before, if any.
+    ///
+    /// ```
+    /// # async fn f(session: keyfob::Session) -> Result<(), keyfob::Error> {
+    /// let old = session.insert_value("theme", serde_json::json!("dark")).await?;
+    /// # let _ = old; Ok(()) }
+    /// ```
+    pub async fn insert_value(
+        &self,
+        key: &str,
+        value: serde_json::Value,
+    ) -> Result<Option<serde_json::Value>> {
+        let raw = serde_json::value::to_raw_value(&value)
+            .map_err(|e| Error::with_source(ErrorKind::Serialize, e))?;
+        let mut st = self.state().await?;
+        let old = decode(key, st.lookup(key));
+        st.changes.set(key, Some(raw));
+        Ok(old)
+    }
+
     /// When the session was created, or `None` for a session not yet stored.
     pub async fn created_at(&self) -> Result<Option<OffsetDateTime>> {
         Ok(self.state().await?.base.as_ref().map(|b| b.created()))
@@ -578,23 +653,34 @@ impl Session {
             return Ok(CookieOut::Keep);
         }
         let idle = shared.policy.idle_deadline(expiry, now).map(secs);
+        // A new expiry may turn a persistent cookie into a browser-session
+        // one: the browser only learns that from a fresh `Set-Cookie`.
+        let expiry_changed = st.expiry.is_some();
         let rotate_to = st.rotate_to.take();
+        // An imported tower-sessions record lives under its old cookie's hash;
+        // this update moves it to `id` (or to `rotate_to`), which retires that cookie.
+        let legacy = st.legacy.take();
+        let rename_to = match (&rotate_to, legacy) {
+            (Some(to), _) => Some(to.handle()),
+            (None, Some(_)) => Some(id.handle()),
+            (None, None) => None,
+        };
         let update = Update {
             changes: std::mem::take(&mut st.changes),
             seen: secs(now),
             idle_deadline: idle,
             owner: st.owner.take(),
             expiry: st.expiry.take(),
-            rename_to: rotate_to.as_ref().map(SessionId::handle),
+            rename_to,
         };
         let absolute = st.base.as_ref().and_then(|b| b.absolute_deadline);
         // Drop our reference first, so a memory store can update in place.
         st.base = None;
         st.loaded = false;
-        let handle = id.handle();
+        let handle = legacy.unwrap_or_else(|| id.handle());
         match shared.store.update(&handle, &update, now).await? {
             Updated::Applied => {
-                let rotated = rotate_to.is_some();
+                let rotated = rotate_to.is_some() || legacy.is_some();
                 let new_id = rotate_to.unwrap_or(id);
                 if rotated {
                     tracing::info!(
@@ -606,7 +692,7 @@ impl Session {
                 }
                 st.current = Some(new_id.clone());
                 let max_age = cookie_max_age(idle, absolute, now);
-                if browser_session && !rotated && !reissue {
+                if browser_session && !rotated && !reissue && !expiry_changed {
                     Ok(CookieOut::Keep)
                 } else {
                     Ok(CookieOut::Set {

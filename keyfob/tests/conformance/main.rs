@@ -10,8 +10,11 @@
 mod cases;
 #[cfg(feature = "cookie-store")]
 mod cookie_cases;
+#[cfg(feature = "migrate")]
+mod legacy_ids;
 mod signed_id_cases;
 mod support;
+mod tower_sessions_routes;
 
 /// Expands every case as a test in a module named after the store.
 /// `$make` is an async fn returning a fresh `Arc<dyn SessionStore>`.
@@ -285,3 +288,40 @@ conformance_in!(cookie, crate::stores::memory,
     server_error_response_saves_nothing,
     browser_session_cookie_has_no_max_age,
 );
+
+/// tower-sessions' route tests, restated for keyfob (see `tower_sessions_routes`),
+/// per store.
+macro_rules! tower_sessions_routes {
+    ($name:ident, $make:path) => {
+        mod $name {
+            tower_sessions_routes!(@cases $make;
+                no_session_set,
+                bogus_session_cookie,
+                malformed_session_cookie,
+                insert_session,
+                session_max_age,
+                get_session,
+                get_no_value,
+                remove_last_value,
+                cycle_session_id,
+                flush_session,
+                flush_with_domain,
+                set_expiry,
+                set_expiry_without_an_absolute_cap,
+                change_expiry_type,
+            );
+        }
+    };
+    (@cases $make:path; $($case:ident,)*) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                crate::tower_sessions_routes::$case($make().await).await
+            }
+        )*
+    };
+}
+
+tower_sessions_routes!(tower_sessions_routes_memory, crate::stores::memory);
+#[cfg(feature = "sqlite")]
+tower_sessions_routes!(tower_sessions_routes_sqlite, crate::stores::sqlite);

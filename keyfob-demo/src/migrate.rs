@@ -1,0 +1,217 @@
+//! `keyfob-demo migrate --from URL --to URL`: copies the live sessions of a
+//! tower-sessions store into a keyfob store (see `keyfob::migrate`).
+//!
+//! Sources: `sqlite://PATH`, `postgres://…`, `mysql://…` (the tables of
+//! tower-sessions-sqlx-store; `--table`/`--schema` if the app renamed them),
+//! `redis://…` (the keys of tower-sessions-redis-store; `--prefix` if the app
+//! used `RedisStore::with_prefix`).
+//! Destinations: the demo's `sqlite://`, `postgres://` and `mysql://` stores.
+//! Progress goes to stderr after every batch (one line, rewritten on a
+//! terminal); the final report to stdout. With `--checkpoint PATH` a crashed
+//! or interrupted run resumes where it stopped. The source is only read.
+
+use std::{io::IsTerminal as _, path::PathBuf, str::FromStr as _, sync::Arc};
+
+use keyfob::{
+    migrate::{Migration, Progress, Source},
+    SessionStore,
+};
+
+use crate::config::{redact, StoreUrl};
+
+/// The `migrate --help` text.
+pub const USAGE: &str = "usage: keyfob-demo migrate --from URL --to URL [--checkpoint PATH] \
+[--table NAME] [--schema NAME] [--prefix P] [--batch N]
+  --from        the tower-sessions store: sqlite://PATH, postgres://…, mysql://…, redis://…
+  --to          the keyfob store: sqlite://PATH, postgres://…, mysql://…
+  --checkpoint  resume file (holds the last copied key; mode 0600; delete when done)
+  --table       the tower-sessions table (default tower_sessions on SQLite, session elsewhere)
+  --schema      the tower-sessions schema on PostgreSQL/MySQL (default tower_sessions)
+  --prefix      the key prefix of a tower-sessions Redis store (default none)
+  --batch       rows per batch (default 1000)
+Serve the result with --legacy-ids, so each old cookie is accepted once and rotated.";
+
+/// The subcommand's arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Args {
+    /// The tower-sessions store.
+    pub from: String,
+    /// The keyfob store.
+    pub to: StoreUrl,
+    /// Resume file.
+    pub checkpoint: Option<PathBuf>,
+    /// Table name override.
+    pub table: Option<String>,
+    /// Schema name override.
+    pub schema: Option<String>,
+    /// Redis key prefix.
+    pub prefix: String,
+    /// Rows per batch.
+    pub batch: usize,
+}
+
+impl Args {
+    /// Parses the arguments after `migrate`.
+    ///
+    /// # Errors
+    /// A one-line reason (or the usage text for `--help`).
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
+        let (mut from, mut to, mut checkpoint, mut table, mut schema) =
+            (None, None, None, None, None);
+        let mut batch = 1000;
+        let mut prefix = String::new();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
+                None => (arg.clone(), None),
+            };
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| args.next())
+                    .ok_or_else(|| format!("{flag} needs a value"))
+            };
+            match flag.as_str() {
+                "--from" => from = Some(value()?),
+                "--to" => to = Some(StoreUrl::parse(&value()?)?),
+                "--checkpoint" => checkpoint = Some(PathBuf::from(value()?)),
+                "--table" => table = Some(value()?),
+                "--schema" => schema = Some(value()?),
+                "--prefix" => prefix = value()?,
+                "--batch" => {
+                    batch = value()?
+                        .parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or("--batch needs a positive number")?
+                }
+                "-h" | "--help" => return Err(USAGE.to_owned()),
+                other => return Err(format!("unknown argument {other:?}; see migrate --help")),
+            }
+        }
+        let from = from.ok_or("migrate needs --from URL (the tower-sessions store)")?;
+        let to = to.ok_or("migrate needs --to URL (the keyfob store)")?;
+        if matches!(to, StoreUrl::Memory | StoreUrl::Cookie) {
+            return Err(format!(
+                "--to {to}: sessions copied into this store would vanish when the command ends; \
+                 use sqlite://, postgres:// or mysql://"
+            ));
+        }
+        Ok(Args {
+            from,
+            to,
+            checkpoint,
+            table,
+            schema,
+            prefix,
+            batch,
+        })
+    }
+}
+
+async fn open_source(args: &Args) -> Result<Source, String> {
+    let url = &args.from;
+    let fail = |e: &dyn std::fmt::Display| format!("source {} unavailable: {e}", redact(url));
+    let source = if url.starts_with("sqlite:") {
+        // Read-only: the migration never writes to the old store.
+        let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+            .map_err(|e| fail(&e))?
+            .read_only(true);
+        let pool = sqlx::SqlitePool::connect_with(options)
+            .await
+            .map_err(|e| fail(&e))?;
+        Source::sqlite(pool)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Source::postgres(sqlx::PgPool::connect(url).await.map_err(|e| fail(&e))?)
+    } else if url.starts_with("mysql://") {
+        Source::mysql(sqlx::MySqlPool::connect(url).await.map_err(|e| fail(&e))?)
+    } else if url.starts_with("redis://") || url.starts_with("rediss://") {
+        let client = redis::Client::open(url.as_str()).map_err(|e| fail(&e))?;
+        let conn = redis::aio::ConnectionManager::new(client)
+            .await
+            .map_err(|e| fail(&e))?;
+        return Ok(Source::redis(conn, &args.prefix));
+    } else {
+        return Err(format!(
+            "unsupported source {:?}: expected sqlite://PATH, postgres://…, mysql://… or redis://…",
+            redact(url)
+        ));
+    };
+    match (&args.table, &args.schema) {
+        (None, None) => Ok(source),
+        (table, schema) => {
+            let default = if url.starts_with("sqlite:") {
+                "tower_sessions"
+            } else {
+                "session"
+            };
+            source
+                .with_table(schema.as_deref(), table.as_deref().unwrap_or(default))
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Runs the subcommand; returns the final report line.
+///
+/// # Errors
+/// A one-line reason when a store cannot be reached or fails midway (run
+/// again with the same `--checkpoint` to resume).
+pub async fn run(args: Args) -> Result<Progress, String> {
+    let source = open_source(&args).await?;
+    let dest: Arc<dyn SessionStore> = crate::open_store(&args.to).await?;
+    let mut migration = Migration::new(source, dest).with_batch_size(args.batch);
+    if let Some(path) = &args.checkpoint {
+        migration = migration.with_checkpoint(path);
+    }
+    let terminal = std::io::stderr().is_terminal();
+    let report = migration
+        .run(|p| {
+            if terminal {
+                eprint!("\r\x1b[2K{p}");
+            } else {
+                eprintln!("{p}");
+            }
+        })
+        .await
+        .map_err(|e| e.to_string().replace('\n', " "))?;
+    if terminal {
+        eprintln!();
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, String> {
+        Args::parse(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn arguments_parse_and_bad_ones_give_one_line() {
+        let a = parse(&[
+            "--from",
+            "sqlite://old.db",
+            "--to=sqlite://new.db",
+            "--batch",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(a.batch, 5);
+        assert_eq!(a.prefix, "");
+        assert_eq!(a.to, StoreUrl::Sqlite("sqlite://new.db".into()));
+        for bad in [
+            &["--to", "sqlite://x"][..],
+            &["--from", "sqlite://x"],
+            &["--from", "sqlite://x", "--to", "memory"],
+            &["--from", "sqlite://x", "--to", "sqlite://y", "--batch", "0"],
+            &["--bogus"],
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
+}

@@ -1,0 +1,880 @@
+//! Moving live sessions from tower-sessions into a keyfob store, without
+//! logging anyone out.
+//!
+//! A [`Migration`] reads the sessions a tower-sessions 0.14 store wrote (the
+//! tables of `tower-sessions-sqlx-store`, the keys of
+//! `tower-sessions-redis-store` with feature `migrate-redis`, or rows your
+//! own code read from anywhere else) and creates each live one in a keyfob
+//! [`SessionStore`]. A layer built with
+//! [`with_legacy_ids(true)`](crate::SessionLayerBuilder::with_legacy_ids)
+//! then accepts each old cookie once and answers with a new keyfob ID.
+//!
+//! Rules:
+//! - a source row is a tower-sessions cookie value (the `id` column: an
+//!   `Id(i128)` as 22 characters of base64url) and the MessagePack
+//!   (`rmp-serde`) of `tower_sessions::session::Record { id, data, expiry_date }`;
+//! - only live sessions are copied: a row whose `expiry_date` has passed is
+//!   counted as expired and skipped;
+//! - the destination never sees an old cookie value: the record is keyed by
+//!   the SHA-256 of the cookie value's bytes and carries an import mark,
+//!   which the layer removes when it rotates the session to a new ID;
+//! - the data is copied value for value (tower-sessions keeps JSON values,
+//!   as keyfob does); the imported record's idle deadline is the source's
+//!   `expiry_date`, and its absolute deadline is
+//!   [`with_absolute_deadline`](Migration::with_absolute_deadline) (none by default);
+//! - the source is only read, never written or deleted;
+//! - a row that does not decode is counted and reported, not fatal;
+//! - with [`with_checkpoint`](Migration::with_checkpoint), the last source key
+//!   of every finished batch is written to a file, and a new run resumes
+//!   after it (for Redis, the `SCAN` cursor). Table rows are read in key order, so a crashed run loses nothing; a
+//!   record copied twice (the batch in flight at the crash) is counted as
+//!   already present, not duplicated.
+//!
+//! Caveats:
+//! - sessions created in tower-sessions after a row was read are not
+//!   copied: stop writing to the old store (switch the app over) before the
+//!   final run, or run it again after the switch, with the same checkpoint
+//!   file, to pick up rows whose keys sort after it (a new session's key is
+//!   random, so re-run without the checkpoint to be sure; copies are
+//!   idempotent);
+//! - a session changed in tower-sessions after it was copied keeps the
+//!   copied data;
+//! - an imported session has no owner (tower-sessions has none), so it does
+//!   not appear in [`crate::auth`] listings until the app logs the user in again.
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use keyfob::{migrate::{Migration, Source}, MemoryStore, SessionStore};
+//! use time::{Duration, OffsetDateTime};
+//!
+//! // What tower-sessions writes: (Id(i128), data, expiry_date), MessagePack.
+//! fn row(id: i128, expires: OffsetDateTime) -> (String, Vec<u8>) {
+//!     use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+//!     let data: HashMap<String, serde_json::Value> =
+//!         HashMap::from([("user".to_string(), serde_json::json!("alice"))]);
+//!     let bytes = rmp_serde::to_vec(&(id, data, expires)).unwrap();
+//!     (URL_SAFE_NO_PAD.encode(id.to_le_bytes()), bytes)
+//! }
+//!
+//! # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+//! # rt.block_on(async {
+//! let now = OffsetDateTime::now_utc();
+//! let rows = vec![
+//!     row(1, now + Duration::days(1)),        // live: copied
+//!     row(2, now - Duration::days(1)),        // expired: skipped
+//!     ("AAAAAAAAAAAAAAAAAAAAAA".into(), b"not msgpack".to_vec()), // counted, not fatal
+//! ];
+//! let store = std::sync::Arc::new(MemoryStore::new());
+//! let report = Migration::new(Source::rows(rows), store.clone())
+//!     .run(|_progress| {})
+//!     .await
+//!     .unwrap();
+//! assert_eq!((report.copied, report.expired, report.undecodable), (1, 1, 1));
+//! assert_eq!(store.len(), 1);
+//! # });
+//! ```
+
+use std::{
+    collections::HashMap,
+    fmt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration as StdDuration, Instant},
+};
+
+use serde::{de::IgnoredAny, Deserialize};
+use time::OffsetDateTime;
+
+use crate::{
+    error::{Error, Result},
+    expiry::{Clock, SystemClock},
+    id::{legacy_handle, Handle},
+    record::Record,
+    store::{Created, SessionStore},
+};
+
+/// tower-sessions' `Record`, as its stores encode it. The ID inside is not
+/// needed: the row's key is the cookie value.
+#[derive(Deserialize)]
+struct LegacyRecord {
+    #[allow(dead_code)]
+    id: IgnoredAny,
+    data: HashMap<String, serde_json::Value>,
+    expiry_date: OffsetDateTime,
+}
+
+/// What one source row turned into.
+enum Row {
+    Live(Handle, Record),
+    Expired,
+    Undecodable,
+}
+
+/// Decodes one tower-sessions row into the record keyfob will keep.
+fn convert(key: &str, bytes: &[u8], now: OffsetDateTime, absolute: Option<OffsetDateTime>) -> Row {
+    let Some(handle) = legacy_handle(key.as_bytes()) else {
+        return Row::Undecodable;
+    };
+    let legacy: LegacyRecord = match rmp_serde::from_slice(bytes) {
+        Ok(r) => r,
+        Err(err) => {
+            tracing::warn!(handle = %handle.short(), error = %err, "keyfob: migrate: row does not decode as a tower-sessions record");
+            return Row::Undecodable;
+        }
+    };
+    if legacy.expiry_date <= now {
+        return Row::Expired;
+    }
+    let mut record = Record::new(now, Some(legacy.expiry_date), absolute);
+    for (k, v) in legacy.data {
+        match serde_json::value::to_raw_value(&v) {
+            Ok(raw) => record.data.set(&k, raw),
+            Err(_) => return Row::Undecodable,
+        }
+    }
+    match serde_json::value::to_raw_value(&true) {
+        Ok(mark) => record.data.set(crate::reserved_keys::LEGACY, mark),
+        Err(_) => return Row::Undecodable,
+    }
+    if record.is_expired(now) {
+        return Row::Expired;
+    }
+    Row::Live(handle, record)
+}
+
+/// Where the tower-sessions sessions are read from.
+///
+/// ```
+/// use keyfob::migrate::Source;
+/// let source = Source::rows(Vec::new());
+/// # let _ = source;
+/// ```
+pub struct Source {
+    kind: Kind,
+}
+
+enum Kind {
+    Rows(Vec<(String, Vec<u8>)>),
+    #[cfg(feature = "sqlite")]
+    Sqlite {
+        pool: sqlx::SqlitePool,
+        table: String,
+    },
+    #[cfg(feature = "postgres")]
+    Postgres {
+        pool: sqlx::PgPool,
+        table: String,
+    },
+    #[cfg(feature = "mysql")]
+    MySql {
+        pool: sqlx::MySqlPool,
+        table: String,
+    },
+    #[cfg(feature = "migrate-redis")]
+    Redis {
+        conn: redis::aio::ConnectionManager,
+        prefix: String,
+    },
+}
+
+/// One page of source rows and where the next page starts (`None`: the end).
+struct Page {
+    rows: Vec<(String, Vec<u8>)>,
+    next: Option<String>,
+}
+
+impl Page {
+    /// A page of a key-ordered source: the next one starts after its last key.
+    fn ordered(rows: Vec<(String, Vec<u8>)>) -> Self {
+        let next = rows.last().map(|r| r.0.clone());
+        Page { rows, next }
+    }
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match &self.kind {
+            Kind::Rows(rows) => format!("{} rows", rows.len()),
+            #[cfg(feature = "sqlite")]
+            Kind::Sqlite { table, .. } => format!("sqlite {table}"),
+            #[cfg(feature = "postgres")]
+            Kind::Postgres { table, .. } => format!("postgres {table}"),
+            #[cfg(feature = "mysql")]
+            Kind::MySql { table, .. } => format!("mysql {table}"),
+            #[cfg(feature = "migrate-redis")]
+            Kind::Redis { prefix, .. } => format!("redis keys {prefix:?}*"),
+        };
+        f.debug_tuple("Source").field(&what).finish()
+    }
+}
+
+/// Letters, digits and `_`, not starting with a digit: what is safe to splice into SQL.
+fn identifier(name: &str) -> Result<&str> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(name)
+    } else {
+        Err(Error::config(format!(
+            "{name:?} is not a plain SQL identifier (letters, digits, `_`)"
+        )))
+    }
+}
+
+impl Source {
+    /// Rows your own code read: `(cookie value, MessagePack record)` pairs,
+    /// e.g. the keys and values of a tower-sessions Redis store
+    /// (`SCAN` + `GET`). They are processed in key order.
+    ///
+    /// ```
+    /// let source = keyfob::migrate::Source::rows(vec![("k".into(), vec![0x90])]);
+    /// # let _ = source;
+    /// ```
+    pub fn rows(mut rows: Vec<(String, Vec<u8>)>) -> Self {
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        Source {
+            kind: Kind::Rows(rows),
+        }
+    }
+
+    /// The table of `tower_sessions_sqlx_store::SqliteStore`: `tower_sessions`
+    /// (`id text, data blob, expiry_date integer`).
+    ///
+    /// ```
+    /// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    /// # rt.block_on(async {
+    /// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+    /// let source = keyfob::migrate::Source::sqlite(pool);
+    /// # let _ = source;
+    /// # });
+    /// ```
+    #[cfg(feature = "sqlite")]
+    pub fn sqlite(pool: sqlx::SqlitePool) -> Self {
+        Source {
+            kind: Kind::Sqlite {
+                pool,
+                table: "tower_sessions".to_owned(),
+            },
+        }
+    }
+
+    /// The table of `tower_sessions_sqlx_store::PostgresStore`:
+    /// `"tower_sessions"."session"` (`id text, data bytea, expiry_date timestamptz`).
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), sqlx::Error> {
+    /// let pool = sqlx::PgPool::connect("postgres://localhost/app").await?;
+    /// let source = keyfob::migrate::Source::postgres(pool);
+    /// # let _ = source; Ok(()) }
+    /// ```
+    #[cfg(feature = "postgres")]
+    pub fn postgres(pool: sqlx::PgPool) -> Self {
+        Source {
+            kind: Kind::Postgres {
+                pool,
+                table: r#""tower_sessions"."session""#.to_owned(),
+            },
+        }
+    }
+
+    /// The table of `tower_sessions_sqlx_store::MySqlStore`:
+    /// `` `tower_sessions`.`session` `` (`id varchar(128), data blob, expiry_date timestamp(6)`).
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), sqlx::Error> {
+    /// let pool = sqlx::MySqlPool::connect("mysql://localhost/app").await?;
+    /// let source = keyfob::migrate::Source::mysql(pool);
+    /// # let _ = source; Ok(()) }
+    /// ```
+    #[cfg(feature = "mysql")]
+    pub fn mysql(pool: sqlx::MySqlPool) -> Self {
+        Source {
+            kind: Kind::MySql {
+                pool,
+                table: "`tower_sessions`.`session`".to_owned(),
+            },
+        }
+    }
+
+    /// The keys of `tower_sessions_redis_store::RedisStore`: each session is
+    /// a string key (`prefix` + the cookie value; no prefix unless the app
+    /// used `RedisStore::with_prefix`) holding the MessagePack record, with
+    /// a Redis expiry. Keys are read with `SCAN` (pages of the batch size)
+    /// and `MGET`, so the checkpoint is a `SCAN` cursor. Without a prefix,
+    /// every key of the database is read, and keys that are not sessions
+    /// are counted as undecodable; the progress total is `DBSIZE`.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), redis::RedisError> {
+    /// let client = redis::Client::open("redis://127.0.0.1:6379")?;
+    /// let conn = redis::aio::ConnectionManager::new(client).await?;
+    /// let source = keyfob::migrate::Source::redis(conn, "");
+    /// # let _ = source; Ok(()) }
+    /// ```
+    #[cfg(feature = "migrate-redis")]
+    pub fn redis(conn: redis::aio::ConnectionManager, prefix: &str) -> Self {
+        Source {
+            kind: Kind::Redis {
+                conn,
+                prefix: prefix.to_owned(),
+            },
+        }
+    }
+
+    /// The table name the app passed to the tower-sessions store's
+    /// `with_table_name` (and, for PostgreSQL and MySQL, `with_schema_name`;
+    /// `None` keeps `tower_sessions`). Ignored for [`Source::rows`].
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for a name that is not a plain identifier.
+    ///
+    /// ```
+    /// let source = keyfob::migrate::Source::rows(Vec::new()).with_table(None, "sessions");
+    /// assert!(source.is_ok());
+    /// let bad = keyfob::migrate::Source::rows(Vec::new()).with_table(None, "x; drop table y");
+    /// assert!(bad.is_err());
+    /// ```
+    pub fn with_table(mut self, schema: Option<&str>, table: &str) -> Result<Self> {
+        let table = identifier(table)?;
+        let schema = identifier(schema.unwrap_or("tower_sessions"))?;
+        match &mut self.kind {
+            Kind::Rows(_) => {}
+            #[cfg(feature = "migrate-redis")]
+            Kind::Redis { .. } => {}
+            #[cfg(feature = "sqlite")]
+            Kind::Sqlite { table: t, .. } => *t = table.to_owned(),
+            #[cfg(feature = "postgres")]
+            Kind::Postgres { table: t, .. } => *t = format!(r#""{schema}"."{table}""#),
+            #[cfg(feature = "mysql")]
+            Kind::MySql { table: t, .. } => *t = format!("`{schema}`.`{table}`"),
+        }
+        let _ = (schema, table);
+        Ok(self)
+    }
+
+    /// How many rows the source holds (live or not).
+    async fn count(&self) -> Result<u64> {
+        match &self.kind {
+            Kind::Rows(rows) => Ok(rows.len() as u64),
+            #[cfg(feature = "sqlite")]
+            Kind::Sqlite { pool, table } => {
+                let n: i64 = sqlx::query_scalar(&format!("select count(*) from {table}"))
+                    .fetch_one(pool)
+                    .await
+                    .map_err(Error::store)?;
+                Ok(n.max(0) as u64)
+            }
+            #[cfg(feature = "postgres")]
+            Kind::Postgres { pool, table } => {
+                let n: i64 = sqlx::query_scalar(&format!("select count(*) from {table}"))
+                    .fetch_one(pool)
+                    .await
+                    .map_err(Error::store)?;
+                Ok(n.max(0) as u64)
+            }
+            #[cfg(feature = "mysql")]
+            Kind::MySql { pool, table } => {
+                let n: i64 = sqlx::query_scalar(&format!("select count(*) from {table}"))
+                    .fetch_one(pool)
+                    .await
+                    .map_err(Error::store)?;
+                Ok(n.max(0) as u64)
+            }
+            #[cfg(feature = "migrate-redis")]
+            Kind::Redis { conn, .. } => redis::cmd("DBSIZE")
+                .query_async(&mut conn.clone())
+                .await
+                .map_err(Error::store),
+        }
+    }
+
+    /// The page that starts at `position` ("" for the start): for tables,
+    /// up to `limit` rows whose key sorts after it; for Redis, one `SCAN` step.
+    async fn page(&self, position: &str, limit: usize) -> Result<Page> {
+        match &self.kind {
+            #[cfg(feature = "migrate-redis")]
+            Kind::Redis { conn, prefix } => redis_page(conn, prefix, position, limit).await,
+            _ => self.rows_after(position, limit).await.map(Page::ordered),
+        }
+    }
+
+    /// Up to `limit` rows whose key sorts after `after`, in key order.
+    async fn rows_after(&self, after: &str, limit: usize) -> Result<Vec<(String, Vec<u8>)>> {
+        #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+        let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
+        match &self.kind {
+            Kind::Rows(rows) => {
+                let start = rows.partition_point(|(k, _)| k.as_str() <= after);
+                Ok(rows.iter().skip(start).take(limit).cloned().collect())
+            }
+            #[cfg(feature = "migrate-redis")]
+            Kind::Redis { .. } => Ok(Vec::new()),
+            #[cfg(feature = "sqlite")]
+            Kind::Sqlite { pool, table } => sqlx::query_as(&format!(
+                "select id, data from {table} where id > ? order by id limit ?"
+            ))
+            .bind(after)
+            .bind(limit_i)
+            .fetch_all(pool)
+            .await
+            .map_err(Error::store),
+            // Byte order ("C"), so the order does not depend on the database's locale.
+            #[cfg(feature = "postgres")]
+            Kind::Postgres { pool, table } => sqlx::query_as(&format!(
+                r#"select id, data from {table} where id > $1 collate "C" order by id collate "C" limit $2"#
+            ))
+            .bind(after)
+            .bind(limit_i)
+            .fetch_all(pool)
+            .await
+            .map_err(Error::store),
+            // The column's collation may ignore case; two random 128-bit IDs
+            // that differ only in case are too unlikely to matter, and
+            // comparing in the column's own collation keeps the primary key usable.
+            #[cfg(feature = "mysql")]
+            Kind::MySql { pool, table } => sqlx::query_as(&format!(
+                "select id, data from {table} where id > ? order by id limit ?"
+            ))
+            .bind(after)
+            .bind(limit_i)
+            .fetch_all(pool)
+            .await
+            .map_err(Error::store),
+        }
+    }
+}
+
+/// Where a migration stands; passed to the progress callback after every batch.
+///
+/// ```
+/// let p = keyfob::migrate::Progress::default();
+/// assert_eq!(p.rate(), 0.0);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Progress {
+    /// Rows the source held when the run started (live, expired or not decodable).
+    pub total: u64,
+    /// Rows read so far in this run, including those a checkpoint skipped past.
+    pub read: u64,
+    /// Rows skipped because a checkpoint said an earlier run finished them.
+    pub resumed: u64,
+    /// Live sessions created in the destination.
+    pub copied: u64,
+    /// Live sessions the destination had already (copied by an interrupted run).
+    pub already_present: u64,
+    /// Sessions past their `expiry_date`: not copied.
+    pub expired: u64,
+    /// Rows that are not a tower-sessions cookie value and record: not copied.
+    pub undecodable: u64,
+    /// Time spent in this run.
+    pub elapsed: StdDuration,
+}
+
+impl Progress {
+    /// Rows handled per second in this run (0 before the first batch).
+    pub fn rate(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            (self.read - self.resumed) as f64 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
+impl fmt::Display for Progress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{} rows, {} copied, {} already there, {} expired, {} undecodable, {:.0} rows/s",
+            self.read,
+            self.total,
+            self.copied,
+            self.already_present,
+            self.expired,
+            self.undecodable,
+            self.rate()
+        )
+    }
+}
+
+/// Copies the live sessions of a tower-sessions store into a keyfob store.
+///
+/// ```
+/// use keyfob::{migrate::{Migration, Source}, MemoryStore};
+///
+/// let migration = Migration::new(Source::rows(Vec::new()), MemoryStore::new())
+///     .with_batch_size(1000)
+///     .with_checkpoint("migrate.checkpoint");
+/// # let _ = migration;
+/// ```
+#[must_use]
+pub struct Migration {
+    source: Source,
+    dest: Arc<dyn SessionStore>,
+    checkpoint: Option<PathBuf>,
+    batch: usize,
+    concurrency: usize,
+    absolute: Option<OffsetDateTime>,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for Migration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Migration")
+            .field("source", &self.source)
+            .field("checkpoint", &self.checkpoint)
+            .field("batch", &self.batch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Migration {
+    /// A migration from `source` into `dest`: batches of 1000, 64 writes in
+    /// flight, no checkpoint, no absolute deadline, the system clock.
+    pub fn new(source: Source, dest: impl SessionStore) -> Self {
+        Migration {
+            source,
+            dest: Arc::new(dest),
+            checkpoint: None,
+            batch: 1000,
+            concurrency: 64,
+            absolute: None,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Keep the last source key of every finished batch in this file, and
+    /// resume after it when the file exists. Default none.
+    ///
+    /// The file holds a tower-sessions cookie value: it is written with mode
+    /// 0600 (on Unix); delete it when the migration is done.
+    pub fn with_checkpoint(mut self, path: impl Into<PathBuf>) -> Self {
+        self.checkpoint = Some(path.into());
+        self
+    }
+
+    /// Rows read per batch (at least 1). Default 1000.
+    pub fn with_batch_size(mut self, rows: usize) -> Self {
+        self.batch = rows.max(1);
+        self
+    }
+
+    /// Writes to the destination in flight at once (at least 1). Default 64.
+    pub fn with_concurrency(mut self, writes: usize) -> Self {
+        self.concurrency = writes.max(1);
+        self
+    }
+
+    /// The absolute deadline of every imported session (keyfob's "never
+    /// extended" cap); `None` leaves them capped by activity only. Default `None`.
+    pub fn with_absolute_deadline(mut self, at: Option<OffsetDateTime>) -> Self {
+        self.absolute = at;
+        self
+    }
+
+    /// The clock that decides what is expired. Default the system clock.
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Runs the migration, calling `progress` after every batch.
+    ///
+    /// ```
+    /// use keyfob::{migrate::{Migration, Source}, MemoryStore};
+    /// # let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    /// # rt.block_on(async {
+    /// let report = Migration::new(Source::rows(Vec::new()), MemoryStore::new())
+    ///     .run(|p| eprintln!("{p}"))
+    ///     .await?;
+    /// assert_eq!(report.copied, 0);
+    /// # Ok::<(), keyfob::Error>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// [`ErrorKind::Store`](crate::ErrorKind::Store) when the source or the destination fails (run
+    /// again: with a checkpoint it resumes), [`ErrorKind::Config`](crate::ErrorKind::Config) when the
+    /// checkpoint file cannot be read or written.
+    pub async fn run(self, mut progress: impl FnMut(&Progress)) -> Result<Progress> {
+        let started = Instant::now();
+        let mut p = Progress {
+            total: self.source.count().await?,
+            ..Progress::default()
+        };
+        let mut after = match &self.checkpoint {
+            Some(path) => read_checkpoint(path)?,
+            None => String::new(),
+        };
+        if !after.is_empty() {
+            // Count what the checkpoint skips, so `read` reaches `total`.
+            p.resumed = self.source.count_upto(&after).await?;
+            p.read = p.resumed;
+        }
+        loop {
+            let page = self.source.page(&after, self.batch).await?;
+            let had_rows = !page.rows.is_empty();
+            self.copy_batch(page.rows, &mut p).await?;
+            let Some(next) = page.next else {
+                break;
+            };
+            after = next;
+            if let Some(path) = &self.checkpoint {
+                write_checkpoint(path, &after)?;
+            }
+            p.elapsed = started.elapsed();
+            if had_rows {
+                progress(&p);
+            }
+        }
+        p.elapsed = started.elapsed();
+        progress(&p);
+        p.elapsed = started.elapsed();
+        Ok(p)
+    }
+
+    async fn copy_batch(&self, rows: Vec<(String, Vec<u8>)>, p: &mut Progress) -> Result<()> {
+        let now = self.clock.now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (key, bytes) in rows {
+            p.read += 1;
+            match convert(&key, &bytes, now, self.absolute) {
+                Row::Expired => p.expired += 1,
+                Row::Undecodable => p.undecodable += 1,
+                Row::Live(handle, record) => {
+                    while tasks.len() >= self.concurrency {
+                        joined(tasks.join_next().await, p)?;
+                    }
+                    let dest = self.dest.clone();
+                    tasks.spawn(async move { dest.create(&handle, &record).await });
+                }
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            joined(Some(done), p)?;
+        }
+        Ok(())
+    }
+}
+
+type Joined = std::result::Result<Result<Created>, tokio::task::JoinError>;
+
+fn joined(done: Option<Joined>, p: &mut Progress) -> Result<()> {
+    match done {
+        None => Ok(()),
+        Some(Ok(Ok(Created::Stored))) => {
+            p.copied += 1;
+            Ok(())
+        }
+        Some(Ok(Ok(Created::Collision))) => {
+            p.already_present += 1;
+            Ok(())
+        }
+        Some(Ok(Err(err))) => Err(err),
+        Some(Err(join)) => Err(Error::store(join)),
+    }
+}
+
+impl Source {
+    /// How many rows sort at or before `key` (what a checkpoint skips).
+    async fn count_upto(&self, key: &str) -> Result<u64> {
+        match &self.kind {
+            Kind::Rows(rows) => Ok(rows.partition_point(|(k, _)| k.as_str() <= key) as u64),
+            #[cfg(feature = "sqlite")]
+            Kind::Sqlite { pool, table } => {
+                let n: i64 =
+                    sqlx::query_scalar(&format!("select count(*) from {table} where id <= ?"))
+                        .bind(key)
+                        .fetch_one(pool)
+                        .await
+                        .map_err(Error::store)?;
+                Ok(n.max(0) as u64)
+            }
+            #[cfg(feature = "postgres")]
+            Kind::Postgres { pool, table } => {
+                let n: i64 = sqlx::query_scalar(&format!(
+                    r#"select count(*) from {table} where id <= $1 collate "C""#
+                ))
+                .bind(key)
+                .fetch_one(pool)
+                .await
+                .map_err(Error::store)?;
+                Ok(n.max(0) as u64)
+            }
+            #[cfg(feature = "mysql")]
+            Kind::MySql { pool, table } => {
+                let n: i64 =
+                    sqlx::query_scalar(&format!("select count(*) from {table} where id <= ?"))
+                        .bind(key)
+                        .fetch_one(pool)
+                        .await
+                        .map_err(Error::store)?;
+                Ok(n.max(0) as u64)
+            }
+            // A SCAN cursor says nothing about how many keys came before it.
+            #[cfg(feature = "migrate-redis")]
+            Kind::Redis { .. } => Ok(0),
+        }
+    }
+}
+
+/// One `SCAN` step from `cursor` ("" = "0"), and the values of its keys.
+/// A key that vanished between the two (expired) reads as an empty value,
+/// which does not decode and is counted so.
+#[cfg(feature = "migrate-redis")]
+async fn redis_page(
+    conn: &redis::aio::ConnectionManager,
+    prefix: &str,
+    cursor: &str,
+    limit: usize,
+) -> Result<Page> {
+    let mut conn = conn.clone();
+    let cursor = if cursor.is_empty() { "0" } else { cursor };
+    let (next, keys): (String, Vec<String>) = redis::cmd("SCAN")
+        .arg(cursor)
+        .arg("MATCH")
+        .arg(format!("{}*", redis_glob_escape(prefix)))
+        .arg("COUNT")
+        .arg(limit)
+        .query_async(&mut conn)
+        .await
+        .map_err(Error::store)?;
+    let values: Vec<Option<Vec<u8>>> = if keys.is_empty() {
+        Vec::new()
+    } else {
+        redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .map_err(Error::store)?
+    };
+    let rows = keys
+        .into_iter()
+        .zip(values)
+        .map(|(key, value)| {
+            let id = key.strip_prefix(prefix).unwrap_or(&key).to_owned();
+            (id, value.unwrap_or_default())
+        })
+        .collect();
+    Ok(Page {
+        rows,
+        next: (next != "0").then_some(next),
+    })
+}
+
+#[cfg(feature = "migrate-redis")]
+fn redis_glob_escape(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len());
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn io_error(what: &str, path: &Path, err: std::io::Error) -> Error {
+    // As for key files: a local file the operator must fix is a configuration error.
+    Error::config(format!("{what} checkpoint {}: {err}", path.display()))
+}
+
+fn read_checkpoint(path: &Path) -> Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(s.trim().to_owned()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(err) => Err(io_error("cannot read", path, err)),
+    }
+}
+
+/// Replaces the checkpoint atomically (write a sibling, then rename), so a
+/// crash leaves either the old or the new key, never half of one.
+fn write_checkpoint(path: &Path, key: &str) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let write = || -> std::io::Result<()> {
+        use std::io::Write as _;
+        let mut f = options.open(&tmp)?;
+        f.write_all(key.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| io_error("cannot write", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+
+    fn row(id: i128, expires: OffsetDateTime) -> (String, Vec<u8>) {
+        let data: HashMap<String, serde_json::Value> =
+            HashMap::from([("n".to_string(), serde_json::json!(7))]);
+        let bytes = rmp_serde::to_vec(&(id, data, expires)).unwrap();
+        (URL_SAFE_NO_PAD.encode(id.to_le_bytes()), bytes)
+    }
+
+    #[test]
+    fn a_live_row_becomes_a_marked_record_under_the_hash_of_its_cookie() {
+        let now = OffsetDateTime::now_utc();
+        let (key, bytes) = row(99, now + time::Duration::hours(1));
+        let Row::Live(handle, record) = convert(&key, &bytes, now, None) else {
+            panic!("not live");
+        };
+        assert_eq!(Some(handle), legacy_handle(key.as_bytes()));
+        assert_eq!(record.data.get("n").unwrap().get(), "7");
+        assert!(record.data.get(crate::reserved_keys::LEGACY).is_some());
+        assert_eq!(
+            record.expires_at().unwrap().unix_timestamp(),
+            (now + time::Duration::hours(1)).unix_timestamp()
+        );
+    }
+
+    #[test]
+    fn bad_keys_and_bad_bytes_are_undecodable_and_old_rows_expired() {
+        let now = OffsetDateTime::now_utc();
+        let (key, bytes) = row(5, now - time::Duration::seconds(1));
+        assert!(matches!(convert(&key, &bytes, now, None), Row::Expired));
+        assert!(matches!(
+            convert("short", &bytes, now, None),
+            Row::Undecodable
+        ));
+        assert!(matches!(
+            convert(&key, b"\xc1", now, None),
+            Row::Undecodable
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_resumes_after_the_last_finished_batch() {
+        let dir = std::env::temp_dir().join(format!("keyfob-ckpt-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let now = OffsetDateTime::now_utc();
+        let rows: Vec<_> = (0..10)
+            .map(|i| row(i, now + time::Duration::hours(1)))
+            .collect();
+        let store = Arc::new(crate::MemoryStore::new());
+        // A first run that "crashes" after 3 rows: simulate with a checkpoint file.
+        let mut sorted = rows.clone();
+        sorted.sort();
+        write_checkpoint(&dir, &sorted[2].0).unwrap();
+        let p = Migration::new(Source::rows(rows), store.clone())
+            .with_checkpoint(&dir)
+            .with_batch_size(4)
+            .run(|_| {})
+            .await
+            .unwrap();
+        assert_eq!((p.resumed, p.copied, p.read, p.total), (3, 7, 10, 10));
+        assert_eq!(read_checkpoint(&dir).unwrap(), sorted[9].0);
+        let _ = std::fs::remove_file(&dir);
+    }
+}
