@@ -35,12 +35,15 @@ for store in stores:
     bare = cell.get(("http", store, "bare", "axum"), {})
     bare_rps = [float(x["rps"]) for x in bare.values()]
     print(f"### {store}\n")
-    print("| route | keyfob req/s (min–max) | keyfob p99 | tower-sessions req/s (min–max) | tower-sessions p99 | keyfob ÷ tower-sessions | keyfob ÷ bare | keyfob store writes / request |")
-    print("|---|---|---|---|---|---|---|---|")
-    print(f"| `/bare` (axum, no session) | {fmt_rps(bare_rps)} | {fmt_p99([float(x['p99_us']) for x in bare.values()])} | | | | | |")
+    barec = cell.get(("http", store, "bare+cookie", "axum"), {})
+    print("| route | keyfob req/s (min–max) | keyfob p99 | tower-sessions req/s (min–max) | tower-sessions p99 | keyfob ÷ tower-sessions | keyfob ÷ bare | keyfob ÷ bare with cookie | keyfob store writes / request |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| `/bare` (axum, no session) | {fmt_rps(bare_rps)} | {fmt_p99([float(x['p99_us']) for x in bare.values()])} | | | | | | |")
+    if barec:
+        print(f"| `/bare` sent a session cookie | {fmt_rps([float(x['rps']) for x in barec.values()])} | {fmt_p99([float(x['p99_us']) for x in barec.values()])} | | | | | | |")
     routes = []
     for r in rows:
-        if r["kind"] == "http" and r["store"] == store and r["route"] != "bare" and r["route"] not in routes:
+        if r["kind"] == "http" and r["store"] == store and r["route"] not in ("bare", "bare+cookie") and r["route"] not in routes:
             routes.append(r["route"])
     for route in routes:
         k = cell.get(("http", store, route, "keyfob"), {})
@@ -63,7 +66,9 @@ for store in stores:
         wr = f"{writes / reqs:.3f} (+{touches / reqs:.4f} idle touches)" if reqs else "–"
         ratio = f"{med(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f})" if ratios else "–"
         bare_r = f"{med(bratio):.2f}×" if bratio else "–"
-        print(f"| `/{route}`{note} | {fmt_rps(krps)} | {fmt_p99([float(x['p99_us']) for x in k.values()])} | {fmt_rps(trps)} | {fmt_p99([float(x['p99_us']) for x in t.values()])} | {ratio} | {bare_r} | {wr} |")
+        cratio = [float(k[i]["rps"]) / float(barec[i]["rps"]) for i in k if i in barec]
+        barec_r = f"{med(cratio):.2f}×" if cratio else "–"
+        print(f"| `/{route}`{note} | {fmt_rps(krps)} | {fmt_p99([float(x['p99_us']) for x in k.values()])} | {fmt_rps(trps)} | {fmt_p99([float(x['p99_us']) for x in t.values()])} | {ratio} | {bare_r} | {barec_r} | {wr} |")
     print()
 
 rss = [r for r in rows if r["kind"] == "rss"]
