@@ -550,6 +550,10 @@ impl Session {
         }
         let idle = shared.policy.idle_deadline(expiry, now).map(secs);
         let rotate_to = st.rotate_to.take();
+        let absolute = st.base.as_ref().and_then(|b| b.absolute_deadline);
+        // Drop our reference first, so a memory store can update in place;
+        // hand it over to a store that writes by compare-and-swap on it.
+        let base = st.base.take().filter(|_| shared.store.update_uses_base());
         let update = Update {
             changes: std::mem::take(&mut st.changes),
             seen: secs(now),
@@ -557,10 +561,8 @@ impl Session {
             owner: st.owner.take(),
             expiry: st.expiry.take(),
             rename_to: rotate_to.as_ref().map(SessionId::handle),
+            base,
         };
-        let absolute = st.base.as_ref().and_then(|b| b.absolute_deadline);
-        // Drop our reference first, so a memory store can update in place.
-        st.base = None;
         st.loaded = false;
         let handle = id.handle();
         match shared.store.update(&handle, &update, now).await? {
@@ -712,6 +714,7 @@ impl Session {
             owner: st.owner.take(),
             expiry: st.expiry.take(),
             rename_to: None,
+            base: None,
         };
         let mut record = (*base).clone();
         record.apply(&update);
