@@ -155,6 +155,9 @@ impl<S: SessionStore> SessionStore for Counting<S> {
     ) -> BoxFuture<'a, keyfob::Result<u64>> {
         self.inner.delete_by_owner(owner, keep)
     }
+    fn update_uses_base(&self) -> bool {
+        self.inner.update_uses_base()
+    }
 }
 
 async fn stats(State(n): State<Arc<Counters>>) -> String {
@@ -220,10 +223,7 @@ async fn t_count(session: tower_sessions::Session) -> Result<String, StatusCode>
 
 async fn t_login(session: tower_sessions::Session) -> Result<&'static str, StatusCode> {
     session.cycle_id().await.map_err(ts_err)?;
-    session
-        .insert("user", next_user())
-        .await
-        .map_err(ts_err)?;
+    session.insert("user", next_user()).await.map_err(ts_err)?;
     Ok("ok")
 }
 
@@ -430,7 +430,10 @@ fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).map(String::as_str).unwrap_or("");
-    let port: u16 = arg(&args, "--port").unwrap_or("3000").parse().expect("port");
+    let port: u16 = arg(&args, "--port")
+        .unwrap_or("3000")
+        .parse()
+        .expect("port");
     // One worker, as the benchmark contract says; pin the process with taskset.
     let rt = || {
         tokio::runtime::Builder::new_multi_thread()
@@ -451,7 +454,10 @@ fn main() {
         }
         "login" => {
             let n = arg(&args, "--n").unwrap_or("10000").parse().expect("n");
-            let conns = arg(&args, "--conns").unwrap_or("32").parse().expect("conns");
+            let conns = arg(&args, "--conns")
+                .unwrap_or("32")
+                .parse()
+                .expect("conns");
             login(port, n, conns, arg(&args, "--out").expect("--out"));
         }
         "seed" => {
