@@ -15,12 +15,15 @@ pub enum StoreUrl {
     Postgres(String),
     /// A MySQL or MariaDB server (`mysql://USER:PASS@HOST/DB`).
     MySql(String),
+    /// A Redis server (`redis://…`) or a Redis Cluster seed node (`redis+cluster://…`).
+    Redis(String),
     /// Client-side: each session sealed (AES-256-GCM) inside its cookie.
     Cookie,
 }
 
 impl StoreUrl {
-    /// Parses `memory`, `cookie`, `sqlite://PATH`, `postgres://…`, `mysql://…`.
+    /// Parses `memory`, `cookie`, `sqlite://PATH`, `postgres://…`, `mysql://…`,
+    /// `redis://…`, `redis+cluster://…`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let nonempty = |rest: &str, what: &str| {
             if rest.is_empty() {
@@ -36,6 +39,17 @@ impl StoreUrl {
         } else if let Some(rest) = s.strip_prefix("mysql://") {
             nonempty(rest, "host")?;
             Ok(StoreUrl::MySql(s.to_owned()))
+        } else if let Some(rest) = [
+            "redis://",
+            "rediss://",
+            "redis+cluster://",
+            "rediss+cluster://",
+        ]
+        .iter()
+        .find_map(|p| s.strip_prefix(p))
+        {
+            nonempty(rest, "host")?;
+            Ok(StoreUrl::Redis(s.to_owned()))
         } else if let Some(path) = s.strip_prefix("sqlite://") {
             nonempty(path, "file path")?;
             Ok(StoreUrl::Sqlite(s.to_owned()))
@@ -47,7 +61,7 @@ impl StoreUrl {
             Ok(StoreUrl::Postgres(s.to_owned()))
         } else {
             Err(format!(
-                "unsupported store {:?}: expected memory, cookie, sqlite://PATH, postgres://… or mysql://…",
+                "unsupported store {:?}: expected memory, cookie, sqlite://PATH, postgres://…, mysql://…, redis://… or redis+cluster://…",
                 redact(s)
             ))
         }
@@ -59,7 +73,8 @@ pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    match rest.split_once('@') {
+    // The host part follows the last `@`: a password may contain one.
+    match rest.rsplit_once('@') {
         Some((creds, host)) if creds.contains(':') => {
             let user = creds.split(':').next().unwrap_or_default();
             format!("{scheme}://{user}:***@{host}")
@@ -73,9 +88,10 @@ impl std::fmt::Display for StoreUrl {
         match self {
             StoreUrl::Memory => f.write_str("memory"),
             StoreUrl::Cookie => f.write_str("cookie"),
-            StoreUrl::Sqlite(u) | StoreUrl::Postgres(u) | StoreUrl::MySql(u) => {
-                f.write_str(&redact(u))
-            }
+            StoreUrl::Sqlite(u)
+            | StoreUrl::Postgres(u)
+            | StoreUrl::MySql(u)
+            | StoreUrl::Redis(u) => f.write_str(&redact(u)),
         }
     }
 }
@@ -118,14 +134,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if n <= 0 {
         return Err(bad());
     }
-    let d = match unit {
-        's' => Duration::seconds(n),
-        'm' => Duration::minutes(n),
-        'h' => Duration::hours(n),
-        'd' => Duration::days(n),
+    let unit_secs: i64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
         _ => return Err(bad()),
     };
-    Ok(d)
+    n.checked_mul(unit_secs)
+        .map(Duration::seconds)
+        .ok_or_else(|| format!("duration {s:?} is too long"))
 }
 
 impl Config {
@@ -191,7 +209,17 @@ mod tests {
     fn durations_parse_and_bad_ones_are_refused() {
         assert_eq!(parse_duration("2h"), Ok(Duration::hours(2)));
         assert_eq!(parse_duration("90s"), Ok(Duration::seconds(90)));
-        for bad in ["", "h", "2", "-1h", "0m", "2w", "1.5h", "é"] {
+        for bad in [
+            "",
+            "h",
+            "2",
+            "-1h",
+            "0m",
+            "2w",
+            "1.5h",
+            "é",
+            "99999999999999999d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
