@@ -1,7 +1,7 @@
 //! Load-benchmark server for keyfob and tower-sessions (shared/spec/bench-http.md).
 //!
 //! ```text
-//! keyfob-bench serve --impl keyfob|tower-sessions --store memory|sqlite|postgres|mysql
+//! keyfob-bench serve --impl keyfob|tower-sessions --store memory|sqlite|postgres|mysql|redis
 //!                    --port PORT [--url DATABASE_URL]
 //! keyfob-bench login --port PORT --n N --out COOKIES     (N logins over HTTP, cookies to a file)
 //! keyfob-bench seed  --port PORT --n N --out COOKIES     (keyfob memory store seeded directly,
@@ -284,6 +284,26 @@ async fn build_app(imp: &str, store: &str, url: Option<&str>) -> Router {
                 .await
                 .expect("mysql"),
         ),
+        ("keyfob", "redis") => keyfob_app(
+            keyfob::store::redis::RedisStore::connect(url())
+                .await
+                .expect("redis"),
+        ),
+        ("tower-sessions", "redis") => {
+            use tower_sessions_redis_store::fred::prelude::{ClientLike, Config, Pool};
+            // One multiplexed connection, like keyfob's `RedisStore::connect`.
+            let pool = Pool::new(
+                Config::from_url(url()).expect("redis url"),
+                None,
+                None,
+                None,
+                1,
+            )
+            .expect("redis pool");
+            pool.connect();
+            pool.wait_for_connect().await.expect("redis");
+            tower_app(tower_sessions_redis_store::RedisStore::new(pool))
+        }
         ("tower-sessions", "memory") => tower_app(tower_sessions::MemoryStore::default()),
         ("tower-sessions", "sqlite") => {
             let s = tower_sessions_sqlx_store::SqliteStore::new(sqlite_pool(url()).await);
