@@ -343,6 +343,10 @@ pub struct Update {
     pub(crate) owner: Option<Option<Box<str>>>,
     pub(crate) expiry: Option<Option<Expiry>>,
     pub(crate) rename_to: Option<Handle>,
+    /// The record this request loaded, when the store asked for it
+    /// ([`SessionStore::update_uses_base`](crate::SessionStore::update_uses_base)):
+    /// a compare-and-swap store can then write without reading the row again.
+    pub(crate) base: Option<std::sync::Arc<Record>>,
 }
 
 impl Update {
@@ -364,6 +368,7 @@ impl Update {
             owner: None,
             expiry: None,
             rename_to: None,
+            base: None,
         }
     }
 

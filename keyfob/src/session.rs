@@ -665,6 +665,10 @@ impl Session {
             (None, Some(_)) => Some(id.handle()),
             (None, None) => None,
         };
+        let absolute = st.base.as_ref().and_then(|b| b.absolute_deadline);
+        // Drop our reference first, so a memory store can update in place;
+        // hand it over to a store that writes by compare-and-swap on it.
+        let base = st.base.take().filter(|_| shared.store.update_uses_base());
         let update = Update {
             changes: std::mem::take(&mut st.changes),
             seen: secs(now),
@@ -672,10 +676,8 @@ impl Session {
             owner: st.owner.take(),
             expiry: st.expiry.take(),
             rename_to,
+            base,
         };
-        let absolute = st.base.as_ref().and_then(|b| b.absolute_deadline);
-        // Drop our reference first, so a memory store can update in place.
-        st.base = None;
         st.loaded = false;
         let handle = legacy.unwrap_or_else(|| id.handle());
         match shared.store.update(&handle, &update, now).await? {
@@ -833,6 +835,7 @@ impl Session {
             owner: st.owner.take(),
             expiry: st.expiry.take(),
             rename_to: None,
+            base: None,
         };
         let mut record = (*base).clone();
         record.apply(&update);

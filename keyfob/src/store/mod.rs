@@ -146,6 +146,16 @@ pub trait SessionStore: Send + Sync + 'static {
         owner: &'a str,
         keep: Option<&'a Handle>,
     ) -> BoxFuture<'a, Result<u64>>;
+
+    /// Whether [`update`](Self::update) wants the record the request loaded
+    /// passed along with the change-set. A store that writes by
+    /// compare-and-swap on the record's version (MySQL) then saves in one
+    /// round trip instead of reading the row again. Default `false`, which
+    /// lets the memory store update its record in place.
+    #[doc(hidden)]
+    fn update_uses_base(&self) -> bool {
+        false
+    }
 }
 
 impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
@@ -190,6 +200,9 @@ impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
         keep: Option<&'a Handle>,
     ) -> BoxFuture<'a, Result<u64>> {
         (**self).delete_by_owner(owner, keep)
+    }
+    fn update_uses_base(&self) -> bool {
+        (**self).update_uses_base()
     }
 }
 

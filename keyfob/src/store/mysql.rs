@@ -10,6 +10,8 @@
 //! - a change-set is applied by compare-and-swap on a `version` column: read
 //!   the current record, apply the change-set in Rust, `UPDATE … WHERE
 //!   version = read_version`, and retry when another writer got there first.
+//!   The layer passes the record the request loaded (with its version), so
+//!   the usual save is that one `UPDATE`; the read comes only after a lost race;
 //!   Concurrent writers of different keys all persist; a row that vanished
 //!   (logout, revocation, expiry) makes the update report it gone, so it is
 //!   never written back;
@@ -83,6 +85,9 @@ struct Queries {
     cas: String,
     delete: String,
     delete_expired: String,
+    /// The compare-and-swap against the version this request loaded; also
+    /// checks liveness, since no read just before it did.
+    cas_loaded: String,
     list: String,
     delete_owner: String,
 }
@@ -102,6 +107,10 @@ impl Queries {
             cas: format!(
                 "UPDATE {t} SET handle = ?, owner = ?, expires_at = ?, version = version + 1, record = ?
                  WHERE handle = ? AND version = ?"
+            ),
+            cas_loaded: format!(
+                "UPDATE {t} SET handle = ?, owner = ?, expires_at = ?, version = version + 1, record = ?
+                 WHERE handle = ? AND version = ? AND {live}"
             ),
             delete: format!("DELETE FROM {t} WHERE handle = ?"),
             delete_expired: format!(
@@ -237,6 +246,10 @@ impl MySqlStore {
 }
 
 impl SessionStore for MySqlStore {
+    fn update_uses_base(&self) -> bool {
+        true
+    }
+
     fn load<'a>(
         &'a self,
         handle: &'a Handle,
@@ -251,7 +264,12 @@ impl SessionStore for MySqlStore {
                 .map_err(Error::store)?;
             let Some(row) = row else { return Ok(None) };
             let text: String = row.try_get(0).map_err(Error::store)?;
-            Ok(decode_record(handle, &text).map(Arc::new))
+            let version: i64 = row.try_get(1).map_err(Error::store)?;
+            // The version column is what the compare-and-swap checks.
+            Ok(decode_record(handle, &text).map(|mut record| {
+                record.version = u64::try_from(version).unwrap_or(0);
+                Arc::new(record)
+            }))
         })
     }
 
@@ -291,6 +309,27 @@ impl SessionStore for MySqlStore {
     ) -> BoxFuture<'a, Result<Updated>> {
         Box::pin(async move {
             let target = update.rename_to().unwrap_or(handle);
+            // The record this request loaded: if the row still holds that
+            // version, the change-set applies to it and one round trip saves.
+            // Otherwise (another writer, expired, deleted) read it again below.
+            if let Some(base) = update.base.as_deref() {
+                let mut record = base.clone();
+                record.apply(update);
+                let done = sqlx::query(&self.q.cas_loaded)
+                    .bind(&target.as_bytes()[..])
+                    .bind(record.owner())
+                    .bind(record.expires_secs())
+                    .bind(encode_record(&record)?)
+                    .bind(&handle.as_bytes()[..])
+                    .bind(i64::try_from(base.version).unwrap_or(i64::MAX))
+                    .bind(secs(now))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(Error::store)?;
+                if done.rows_affected() == 1 {
+                    return Ok(Updated::Applied);
+                }
+            }
             for _ in 0..MAX_TRIES {
                 let row = sqlx::query(&self.q.load)
                     .bind(&handle.as_bytes()[..])

@@ -1,0 +1,87 @@
+"""Prints scripts/bench's results (bench/target/results.tsv) as markdown tables.
+
+Medians over the runs, spread as min-max, and each keyfob/tower-sessions ratio
+as the median of the per-run ratios (runs made side by side).
+"""
+import csv
+import statistics
+import sys
+from collections import defaultdict
+
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def fmt_rps(xs):
+    return f"{med(xs):,.0f} ({min(xs):,.0f}–{max(xs):,.0f})" if xs else "–"
+
+
+def fmt_p99(xs):
+    return f"{med(xs) / 1000:.2f} ms" if xs else "–"
+
+
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+cell = defaultdict(dict)  # (store, route, impl) -> run -> row
+for r in rows:
+    cell[(r["kind"], r["store"], r["route"], r["impl"])][r["run"]] = r
+
+stores = []
+for r in rows:
+    if r["kind"] == "http" and r["store"] not in stores:
+        stores.append(r["store"])
+
+for store in stores:
+    bare = cell.get(("http", store, "bare", "axum"), {})
+    bare_rps = [float(x["rps"]) for x in bare.values()]
+    print(f"### {store}\n")
+    barec = cell.get(("http", store, "bare+cookie", "axum"), {})
+    print("| route | keyfob req/s (min–max) | keyfob p99 | tower-sessions req/s (min–max) | tower-sessions p99 | keyfob ÷ tower-sessions | keyfob ÷ bare | keyfob ÷ bare with cookie | keyfob store writes / request |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| `/bare` (axum, no session) | {fmt_rps(bare_rps)} | {fmt_p99([float(x['p99_us']) for x in bare.values()])} | | | | | | |")
+    if barec:
+        print(f"| `/bare` sent a session cookie | {fmt_rps([float(x['rps']) for x in barec.values()])} | {fmt_p99([float(x['p99_us']) for x in barec.values()])} | | | | | | |")
+    routes = []
+    for r in rows:
+        if r["kind"] == "http" and r["store"] == store and r["route"] not in ("bare", "bare+cookie") and r["route"] not in routes:
+            routes.append(r["route"])
+    for route in routes:
+        k = cell.get(("http", store, route, "keyfob"), {})
+        t = cell.get(("http", store, route, "tower-sessions"), {})
+        krps = [float(x["rps"]) for x in k.values()]
+        trps = [float(x["rps"]) for x in t.values()]
+        ratios = [float(k[i]["rps"]) / float(t[i]["rps"]) for i in k if i in t and float(t[i]["rps"]) > 0]
+        bratio = [float(k[i]["rps"]) / float(bare[i]["rps"]) for i in k if i in bare]
+        writes, touches, reqs = 0, 0, 0
+        for x in k.values():
+            reqs += int(x["requests"])
+            for f in x["extra"].split():
+                name, _, v = f.partition("=")
+                if name == "store_writes":
+                    writes += int(v)
+                elif name == "touches":
+                    touches += int(v)
+        bad = sum(int(x["non2xx"]) + int(x["errors"]) for x in list(k.values()) + list(t.values()))
+        note = f" ⚠ {bad} non-2xx/errors" if bad else ""
+        wr = f"{writes / reqs:.3f} (+{touches / reqs:.4f} idle touches)" if reqs else "–"
+        ratio = f"{med(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f})" if ratios else "–"
+        bare_r = f"{med(bratio):.2f}×" if bratio else "–"
+        cratio = [float(k[i]["rps"]) / float(barec[i]["rps"]) for i in k if i in barec]
+        barec_r = f"{med(cratio):.2f}×" if cratio else "–"
+        print(f"| `/{route}`{note} | {fmt_rps(krps)} | {fmt_p99([float(x['p99_us']) for x in k.values()])} | {fmt_rps(trps)} | {fmt_p99([float(x['p99_us']) for x in t.values()])} | {ratio} | {bare_r} | {barec_r} | {wr} |")
+    print()
+
+rss = [r for r in rows if r["kind"] == "rss"]
+if rss:
+    print("### memory store: RSS per session and `/read` by store size\n")
+    print("| sessions | RSS bytes / session | data bytes / session | overhead bytes / session | `/read` req/s (min–max) | p99 |")
+    print("|---|---|---|---|---|---|")
+    sizes = []
+    for r in rss:
+        if r["impl"] not in sizes:
+            sizes.append(r["impl"])
+    for s in sizes:
+        runs = [r for r in rss if r["impl"] == s]
+        info = dict(f.partition("=")[::2] for f in runs[0]["extra"].split())
+        print(f"| {int(info['n']):,} | {info['bytes_per_session']} | {info['data_bytes_per_session']} | {info['overhead_per_session']} | {fmt_rps([float(r['rps']) for r in runs])} | {fmt_p99([float(r['p99_us']) for r in runs])} |")
+    print()
