@@ -14,7 +14,9 @@
 //!    on every response that used the session.
 //!
 //! A store failure while saving replaces the response with
-//! `503 session store unavailable` and `Retry-After: 1`.
+//! `503 session store unavailable` and `Retry-After: 1`; so does a store call
+//! slower than [`with_store_timeout`](SessionLayerBuilder::with_store_timeout)
+//! (default 5 seconds), which bounds every store call the engine makes.
 //!
 //! ```
 //! use axum::{routing::get, Router};
@@ -35,6 +37,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
+    time::Duration as StdDuration,
 };
 
 use http::{
@@ -55,7 +58,7 @@ use crate::{
     id::SessionId,
     keys::Keyring,
     session::{CookieOut, Incoming, Session, Shared},
-    store::{BoxFuture, SessionStore},
+    store::{timeout::Timed, BoxFuture, SessionStore},
 };
 
 /// Adds a [`Session`] to every request. Cheap to clone.
@@ -151,9 +154,13 @@ pub struct SessionLayerBuilder {
     clock: Arc<dyn Clock>,
     save_on_server_error: bool,
     signed_ids: Option<Keyring>,
+    store_timeout: Option<StdDuration>,
     #[cfg(feature = "cookie-store")]
     client: Option<CookieStore>,
 }
+
+/// The default of [`SessionLayerBuilder::with_store_timeout`].
+pub const DEFAULT_STORE_TIMEOUT: StdDuration = StdDuration::from_secs(5);
 
 impl fmt::Debug for SessionLayerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -173,6 +180,7 @@ impl SessionLayerBuilder {
             clock: Arc::new(SystemClock),
             save_on_server_error: false,
             signed_ids: None,
+            store_timeout: Some(DEFAULT_STORE_TIMEOUT),
             #[cfg(feature = "cookie-store")]
             client: None,
         }
@@ -286,6 +294,31 @@ impl SessionLayerBuilder {
         self
     }
 
+    /// Bounds every store call the layer, the [`Session`] and the app's own
+    /// use of [`SessionLayer::store`] make: a call that takes longer is
+    /// abandoned and the request gets `503 session store unavailable` with
+    /// `Retry-After: 1` ([`ErrorKind::Timeout`]). `None` for no limit.
+    /// Default [`DEFAULT_STORE_TIMEOUT`] (5 seconds).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use keyfob::{MemoryStore, SessionLayer};
+    /// let layer = SessionLayer::builder(MemoryStore::new())
+    ///     .with_store_timeout(Some(Duration::from_millis(500)))
+    ///     .build()
+    ///     .unwrap();
+    /// // A zero limit would refuse every request:
+    /// assert!(SessionLayer::builder(MemoryStore::new())
+    ///     .with_store_timeout(Some(Duration::ZERO))
+    ///     .build()
+    ///     .is_err());
+    /// # let _ = layer;
+    /// ```
+    pub fn with_store_timeout(mut self, limit: Option<StdDuration>) -> Self {
+        self.store_timeout = limit;
+        self
+    }
+
     /// The clock that decides expiry; tests pass a [`ManualClock`](crate::ManualClock).
     /// Default the system clock.
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
@@ -295,7 +328,7 @@ impl SessionLayerBuilder {
 
     fn into_shared(self) -> Shared {
         Shared {
-            store: self.store,
+            store: Arc::new(Timed::new(self.store, self.store_timeout)),
             cookie: self.cookie,
             policy: self.policy,
             clock: self.clock,
@@ -327,6 +360,11 @@ impl SessionLayerBuilder {
                     "the {what} timeout must be at least one second"
                 )));
             }
+        }
+        if self.store_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::config(
+                "a zero store timeout would refuse every request: give a positive duration, or None for no limit",
+            ));
         }
         if p.touch_interval.is_negative() {
             return Err(Error::config("the touch interval may not be negative"));

@@ -1,0 +1,487 @@
+//! The demo under faults: a store that goes away and comes back, a process
+//! killed mid-write. Real binary, real servers, loopback only, bounded load.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    unreachable_pub
+)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use reqwest::{header, redirect::Policy, StatusCode};
+
+/// A demo process started from the real binary; killed on drop.
+struct Demo {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Demo {
+    fn spawn(store: &str, dir: &Path) -> Demo {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keyfob-demo"))
+            .args(["--addr", "127.0.0.1:0", "--store", store])
+            .arg("--key-file")
+            .arg(dir.join("demo.key"))
+            .current_dir(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in start-up line {line:?}"));
+        Demo {
+            base: format!("http://{addr}"),
+            child,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Still running (no panic took it down)?
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+/// Resident memory (kB) and open file descriptors of a process.
+fn rss_and_fds(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    (rss, fds)
+}
+
+/// A client that keeps the `id` cookie, as a browser would.
+#[derive(Clone)]
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    cookie: Option<String>,
+}
+
+struct Reply {
+    status: StatusCode,
+    retry_after: Option<String>,
+    set_cookie: Option<String>,
+    body: String,
+}
+
+impl Client {
+    fn new(base: &str) -> Self {
+        Client {
+            http: reqwest::Client::builder()
+                .redirect(Policy::none())
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+            base: base.to_owned(),
+            cookie: None,
+        }
+    }
+
+    async fn send(&mut self, req: reqwest::RequestBuilder) -> Reply {
+        let req = match &self.cookie {
+            Some(c) => req.header(header::COOKIE, format!("id={c}")),
+            None => req,
+        };
+        let res = req.send().await.unwrap();
+        let set_cookie = res
+            .headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with("id="))
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap()
+                    .trim_start_matches("id=")
+                    .to_owned()
+            });
+        let retry_after = res
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let reply = Reply {
+            status: res.status(),
+            retry_after,
+            set_cookie,
+            body: res.text().await.unwrap(),
+        };
+        if let Some(value) = &reply.set_cookie {
+            self.cookie = (!value.is_empty()).then(|| value.clone());
+        }
+        reply
+    }
+
+    async fn get(&mut self, path: &str) -> Reply {
+        let req = self.http.get(format!("{}{path}", self.base));
+        self.send(req).await
+    }
+
+    async fn login(&mut self, user: &str, password: &str) -> Reply {
+        let body = serde_json::json!({ "username": user, "password": password }).to_string();
+        let req = self
+            .http
+            .post(format!("{}/login", self.base))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body);
+        self.send(req).await
+    }
+}
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("keyfob-faults-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private PostgreSQL instance (`scripts/pg-instance`), stopped on drop.
+struct PgInstance {
+    dir: PathBuf,
+    port: u16,
+}
+
+fn pg_instance(args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg-instance");
+    let out = Command::new(script).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "pg-instance {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl PgInstance {
+    fn start(name: &str) -> PgInstance {
+        let dir = scratch_dir(name).join("pg");
+        let port = free_port();
+        let pg = PgInstance { dir, port };
+        pg_instance(&["init", pg.dir()]);
+        pg.up();
+        pg
+    }
+
+    fn dir(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn up(&self) {
+        pg_instance(&["start", self.dir(), &self.port.to_string()]);
+    }
+
+    fn down(&self) {
+        pg_instance(&["stop", self.dir(), "fast"]);
+    }
+}
+
+impl Drop for PgInstance {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pg-instance");
+        let _ = Command::new(script)
+            .args(["stop", self.dir(), "immediate"])
+            .output();
+    }
+}
+
+/// One answer seen under load.
+struct Seen {
+    client: usize,
+    path: &'static str,
+    sent: Instant,
+    done: Instant,
+    status: StatusCode,
+    retry_after: Option<String>,
+    set_cookie: Option<String>,
+    /// The cookie the client sent.
+    cookie: Option<String>,
+    body: String,
+}
+
+const USERS: [(&str, &str, &str); 2] = [
+    ("alice", "correct horse", r#"{"id":1,"username":"alice"}"#),
+    ("bob", "battery staple", r#"{"id":2,"username":"bob"}"#),
+];
+
+/// `n` clients logged in, alternately as alice and bob.
+async fn log_in(base: &str, n: usize) -> Vec<Client> {
+    let mut logged_in = Vec::new();
+    for i in 0..n {
+        let (user, password, _) = USERS[i % 2];
+        let mut c = Client::new(base);
+        assert_eq!(c.login(user, password).await.status, StatusCode::OK);
+        logged_in.push(c);
+    }
+    logged_in
+}
+
+/// Each client alternates `/me` and `/count` until `until` (bounded by
+/// `max_requests` each), pausing `pause` between requests.
+async fn load(
+    logged_in: Vec<Client>,
+    until: Instant,
+    max_requests: usize,
+    pause: Duration,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> Vec<Client> {
+    let mut tasks = Vec::new();
+    for (i, mut c) in logged_in.into_iter().enumerate() {
+        let seen = seen.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..max_requests {
+                if Instant::now() >= until {
+                    break;
+                }
+                let path = if n % 2 == 0 { "/me" } else { "/count" };
+                let cookie = c.cookie.clone();
+                let sent = Instant::now();
+                let r = c.get(path).await;
+                seen.lock().unwrap().push(Seen {
+                    client: i,
+                    path,
+                    sent,
+                    done: Instant::now(),
+                    status: r.status,
+                    retry_after: r.retry_after,
+                    set_cookie: r.set_cookie,
+                    cookie,
+                    body: r.body,
+                });
+                tokio::time::sleep(pause).await;
+            }
+            c
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// Every answer under an outage is either the right user's data or a `503`
+/// with `Retry-After`; nobody gets another's session or a fresh empty one;
+/// a client's counter never goes back; and every request sent one second
+/// after the store is back succeeds. Returns the slowest recovery.
+fn check_outage(seen: &[Seen], clients: usize, back: Instant) -> Duration {
+    let mut unavailable = 0;
+    for s in seen {
+        match s.status {
+            StatusCode::OK => {
+                if s.path == "/me" {
+                    assert_eq!(
+                        s.body,
+                        USERS[s.client % 2].2,
+                        "client {} got another's /me",
+                        s.client
+                    );
+                }
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                unavailable += 1;
+                assert_eq!(s.body, "session store unavailable");
+                assert_eq!(s.retry_after.as_deref(), Some("1"));
+            }
+            other => panic!(
+                "client {} {} answered {other}: {}",
+                s.client, s.path, s.body
+            ),
+        }
+        // The session ID is never replaced under a client (no new empty
+        // session); a `Set-Cookie` may only refresh the same ID's Max-Age.
+        assert!(
+            s.set_cookie.is_none() || s.set_cookie == s.cookie,
+            "client {} {} got a new session ID ({})",
+            s.client,
+            s.path,
+            s.status
+        );
+    }
+    assert!(unavailable > 0, "the outage was never seen: no 503 at all");
+    let mut slowest = Duration::ZERO;
+    for c in 0..clients {
+        let mine: Vec<&Seen> = seen.iter().filter(|s| s.client == c).collect();
+        let counts: Vec<u64> = mine
+            .iter()
+            .filter(|s| s.path == "/count" && s.status == StatusCode::OK)
+            .map(|s| {
+                s.body
+                    .trim_start_matches("You have visited this page ")
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        assert!(
+            counts.windows(2).all(|w| w[0] < w[1]),
+            "client {c} counter went back: {counts:?}"
+        );
+        let first_ok = mine
+            .iter()
+            .filter(|s| s.status == StatusCode::OK && s.done >= back)
+            .map(|s| s.done)
+            .min()
+            .unwrap_or_else(|| panic!("client {c} never recovered"));
+        slowest = slowest.max(first_ok - back);
+        for s in mine
+            .iter()
+            .filter(|s| s.sent >= back + Duration::from_secs(1))
+        {
+            assert_eq!(
+                s.status,
+                StatusCode::OK,
+                "client {c} {} still failing 1 s after the store returned",
+                s.path
+            );
+        }
+    }
+    slowest
+}
+
+/// PostgreSQL stopped under load and started again: fail closed with `503`,
+/// then recover by itself within a second, without a restart or a leak.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_under_load_fails_closed_and_recovers_within_a_second() {
+    let pg = PgInstance::start("pg-outage");
+    let dir = scratch_dir("pg-outage-demo");
+    let mut demo = Demo::spawn(&pg.url(), &dir);
+    let clients = 4;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+
+    // Warm up: the pool fills and the logins' Argon2 buffers are in place,
+    // so the leak check compares like with like.
+    let logged_in = log_in(&demo.base, clients).await;
+    let logged_in = load(
+        logged_in,
+        Instant::now() + Duration::from_secs(1),
+        200,
+        Duration::from_millis(5),
+        seen.clone(),
+    )
+    .await;
+    let (rss_before, fds_before) = rss_and_fds(demo.pid());
+    seen.lock().unwrap().clear();
+
+    let started = Instant::now();
+    let until = started + Duration::from_secs(10);
+    let runner = tokio::spawn(load(
+        logged_in,
+        until,
+        2000,
+        Duration::from_millis(5),
+        seen.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::task::spawn_blocking({
+        let dir = pg.dir.clone();
+        let port = pg.port;
+        move || {
+            let pg = PgInstance { dir, port };
+            pg.down();
+            std::mem::forget(pg);
+        }
+    })
+    .await
+    .unwrap();
+    let down_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let back = tokio::task::spawn_blocking({
+        let dir = pg.dir.clone();
+        let port = pg.port;
+        move || {
+            let pg = PgInstance { dir, port };
+            pg.up();
+            std::mem::forget(pg);
+            Instant::now()
+        }
+    })
+    .await
+    .unwrap();
+    runner.await.unwrap();
+
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let during = seen
+        .iter()
+        .filter(|s| s.sent >= down_at && s.done < back)
+        .count();
+    let unavailable = seen
+        .iter()
+        .filter(|s| s.status == StatusCode::SERVICE_UNAVAILABLE)
+        .count();
+    let slowest = check_outage(&seen, clients, back);
+    assert!(demo.alive(), "the demo died");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss_after, fds_after) = rss_and_fds(demo.pid());
+    eprintln!(
+        "postgres outage: {} answers, {} of them 503 ({} sent and answered during the outage), slowest recovery {:?} after the server accepted connections; RSS {} -> {} kB, fds {} -> {}",
+        seen.len(),
+        unavailable,
+        during,
+        slowest,
+        rss_before,
+        rss_after,
+        fds_before,
+        fds_after
+    );
+    assert!(
+        slowest <= Duration::from_secs(1),
+        "recovery took {slowest:?}"
+    );
+    assert!(
+        fds_after <= fds_before + 4,
+        "file descriptors leaked: {fds_before} -> {fds_after}"
+    );
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew {rss_before} -> {rss_after} kB"
+    );
+    let mut c = Client::new(&demo.base);
+    assert_eq!(c.get("/healthz").await.status, StatusCode::OK);
+}
