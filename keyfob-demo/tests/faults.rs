@@ -1,5 +1,6 @@
-//! The demo under faults: a store that goes away and comes back, a process
-//! killed mid-write. Real binary, real servers, loopback only, bounded load.
+//! The demo under faults and hostile input: a store that goes away and comes
+//! back, a process killed mid-write (real binary, real servers, loopback
+//! only, bounded load), and the security events a full flow must log.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -580,4 +581,269 @@ async fn sigkill_mid_write_stream_loses_no_acknowledged_count_on_sqlite() {
         eprintln!("sigkill round {round}: {} acknowledged writes, last {acked}, next after restart {after}", acks.len());
         acked = after;
     }
+}
+
+/// Everything the `tracing` subscriber printed, for the security-events test.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Answer {
+    status: StatusCode,
+    cookies: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn cookie(&self, name: &str) -> String {
+        self.cookies
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {name} cookie set"))
+    }
+}
+
+/// One request straight into a router (no network, so the whole flow runs
+/// on this thread, under this thread's subscriber).
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    cookie: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    use tower::ServiceExt as _;
+    let mut req = axum::http::Request::builder().method(method).uri(path);
+    if !cookie.is_empty() {
+        req = req.header("cookie", cookie);
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = app
+        .clone()
+        .oneshot(req.body(axum::body::Body::from(body.to_owned())).unwrap())
+        .await
+        .unwrap();
+    let cookies = res
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next()?.split_once('='))
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .collect();
+    let status = res.status();
+    let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    Answer {
+        status,
+        cookies,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// Flips one character in the middle of a cookie value (stays base64url).
+fn tamper(value: &str) -> String {
+    let mut b = value.as_bytes().to_vec();
+    let i = b.len() / 2;
+    b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+    String::from_utf8(b).unwrap()
+}
+
+/// A full flow through the demo (server-side sessions, cookie sessions) and
+/// a layer with signed IDs logs every security event, each with a short
+/// handle where there is a session, and never a raw cookie value.
+#[tokio::test]
+async fn security_events_are_logged_with_a_short_handle_and_never_a_cookie_value() {
+    use keyfob::{keys::Keyring, MemoryStore, Session, SessionLayer};
+    use keyfob_demo::config::{Config, StoreUrl};
+
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("trace"))
+        .with_ansi(false)
+        .with_writer({
+            let c = captured.clone();
+            move || c.clone()
+        })
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut secrets: Vec<String> = Vec::new();
+
+    let config = Config {
+        store: StoreUrl::Memory,
+        insecure_cookies: true,
+        ..Config::default()
+    };
+    let app = keyfob_demo::app(Arc::new(MemoryStore::new()), &config).unwrap();
+    let json = [("content-type", "application/json")];
+    let login = r#"{"username":"alice","password":"correct horse"}"#;
+
+    // session.created, then session.rotated by the login.
+    let r = call(&app, "GET", "/count", "", &[], "").await;
+    let first = r.cookie("id");
+    let r = call(&app, "POST", "/login", &format!("id={first}"), &json, login).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let id = r.cookie("id");
+    let me = format!("id={id}");
+    // csrf.refused: a wrong token in this session.
+    let r = call(&app, "GET", "/form", &me, &[], "").await;
+    let token = r.body.trim_start_matches("csrf token: ").to_owned();
+    let r = call(
+        &app,
+        "POST",
+        "/transfer",
+        &me,
+        &[("x-csrf-token", &tamper(&token))],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // cookie.tampered: the signed theme cookie with one character changed.
+    let theme = call(&app, "GET", "/set", "", &[], "").await.cookie("theme");
+    let bad_theme = tamper(&theme);
+    let r = call(&app, "GET", "/read", &format!("theme={bad_theme}"), &[], "").await;
+    assert_eq!(r.body, "no theme set");
+    // session.malformed: not an ID at all.
+    let r = call(&app, "GET", "/me", "id=not-a-session-id", &[], "").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // session.deleted by the logout, then session.unknown on replay.
+    let r = call(&app, "POST", "/logout", &me, &[], "").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let r = call(&app, "GET", "/me", &me, &[], "").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    secrets.extend([first, id, token, theme, bad_theme]);
+
+    // session.tampered: a cookie session with one character changed.
+    let keys = Keyring::generate().unwrap();
+    let cookie_config = Config {
+        store: StoreUrl::Cookie,
+        ..config.clone()
+    };
+    let sealed_app =
+        keyfob_demo::app_with_keys(Arc::new(MemoryStore::new()), keys, &cookie_config).unwrap();
+    let sealed = call(&sealed_app, "GET", "/count", "", &[], "")
+        .await
+        .cookie("id");
+    let bad_sealed = tamper(&sealed);
+    let r = call(
+        &sealed_app,
+        "GET",
+        "/count",
+        &format!("id={bad_sealed}"),
+        &[],
+        "",
+    )
+    .await;
+    assert!(r.body.contains(" 1 time"), "{}", r.body);
+    // session.tampered: a signed session ID whose tag does not verify.
+    let signed_app = axum::Router::new()
+        .route(
+            "/",
+            axum::routing::get(|s: Session| async move {
+                s.insert("k", 1).await?;
+                Ok::<_, keyfob::Error>("ok")
+            }),
+        )
+        .layer(
+            SessionLayer::builder(MemoryStore::new())
+                .with_signed_ids(Keyring::generate().unwrap())
+                .build()
+                .unwrap(),
+        );
+    let signed = call(&signed_app, "GET", "/", "", &[], "")
+        .await
+        .cookie("id");
+    let bad_signed = tamper(&signed);
+    call(
+        &signed_app,
+        "GET",
+        "/",
+        &format!("id={bad_signed}"),
+        &[],
+        "",
+    )
+    .await;
+    // session.expired: idle past the timeout (on a clock the test moves).
+    let clock = keyfob::ManualClock::new();
+    let expiring_app = axum::Router::new()
+        .route(
+            "/",
+            axum::routing::get(|s: Session| async move {
+                s.insert("k", 1).await?;
+                Ok::<_, keyfob::Error>("ok")
+            }),
+        )
+        .layer(
+            SessionLayer::builder(MemoryStore::new())
+                .with_clock(clock.clone())
+                .build()
+                .unwrap(),
+        );
+    let idle = call(&expiring_app, "GET", "/", "", &[], "")
+        .await
+        .cookie("id");
+    clock.advance(keyfob::time::Duration::hours(3));
+    call(&expiring_app, "GET", "/", &format!("id={idle}"), &[], "").await;
+    secrets.extend([sealed, bad_sealed, signed, bad_signed, idle]);
+
+    let out = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    for event in [
+        "session.created",
+        "session.rotated",
+        "session.deleted",
+        "session.expired",
+        "session.unknown",
+        "session.malformed",
+        "session.tampered",
+        "cookie.tampered",
+        "csrf.refused",
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.contains(&format!("event=\"{event}\"")))
+            .unwrap_or_else(|| panic!("no {event} event in:\n{out}"));
+        if [
+            "session.created",
+            "session.rotated",
+            "session.deleted",
+            "session.expired",
+            "session.unknown",
+        ]
+        .contains(&event)
+        {
+            // `handle=…`, or `from=… to=…` for a rotation.
+            let handle = line
+                .split("handle=")
+                .nth(1)
+                .or_else(|| line.split(" to=").nth(1))
+                .unwrap_or_else(|| panic!("{event} without a handle: {line}"));
+            let handle: String = handle.chars().take_while(char::is_ascii_hexdigit).collect();
+            assert_eq!(handle.len(), 8, "{event}: not a short handle: {line}");
+        }
+    }
+    for secret in &secrets {
+        assert!(secret.len() >= 16, "{secret}");
+        assert!(
+            !out.contains(secret.as_str()),
+            "a raw cookie value was logged:\n{out}"
+        );
+    }
+    assert!(
+        !out.to_ascii_lowercase().contains("cookie: "),
+        "a Cookie header was logged:\n{out}"
+    );
 }

@@ -532,9 +532,9 @@ fn incoming(shared: &Shared, value: &[u8]) -> Incoming {
         Some(keys) => match keys.open_id(&shared.cookie.name, value) {
             Some((id, stale)) => (SessionId::parse(id), stale),
             None => {
-                tracing::info!(
-                    event = "session.forged",
-                    "keyfob: session ID with a bad signature refused"
+                tracing::warn!(
+                    event = "session.tampered",
+                    "keyfob: session ID with a bad signature refused (forged, tampered or from another key)"
                 );
                 return Incoming::None;
             }

@@ -218,6 +218,21 @@ impl CookieStore {
         (!sealed.record.is_expired(now)).then_some((id, sealed.record, opened.is_stale()))
     }
 
+    /// Why [`open`](Self::open) refused `value`: `true` when it is authentic
+    /// but past its deadline, `false` when forged, tampered with or sealed
+    /// under a key this ring does not hold. For the security log only.
+    pub(crate) fn was_expired(&self, name: &str, value: &str) -> bool {
+        let epoch = OffsetDateTime::UNIX_EPOCH;
+        let opened = if self.encrypt {
+            self.keyring
+                .decrypt_for(Purpose::SealedSession, name, value, epoch)
+        } else {
+            self.keyring
+                .verify_for(Purpose::SignedSession, name, value, epoch)
+        };
+        opened.is_some_and(|o| serde_json::from_slice::<Sealed>(o.value()).is_ok())
+    }
+
     /// True when `id` was retired or its owner revoked after it was created.
     pub(crate) async fn is_revoked(
         &self,

@@ -143,6 +143,21 @@ pub trait SessionStore: Send + Sync + 'static {
         owner: &'a str,
         keep: Option<&'a Handle>,
     ) -> BoxFuture<'a, Result<u64>>;
+
+    /// True when the store still keeps an *expired* record with this handle
+    /// (one [`delete_expired`](Self::delete_expired) has not removed yet).
+    ///
+    /// Asked only after [`load`](Self::load) found nothing, to log
+    /// `session.expired` rather than `session.unknown`; it never makes a
+    /// session load. The default answers `false` (logged as unknown).
+    fn holds_expired<'a>(
+        &'a self,
+        handle: &'a Handle,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<bool>> {
+        let _ = (handle, now);
+        Box::pin(std::future::ready(Ok(false)))
+    }
 }
 
 impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
@@ -187,6 +202,13 @@ impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
         keep: Option<&'a Handle>,
     ) -> BoxFuture<'a, Result<u64>> {
         (**self).delete_by_owner(owner, keep)
+    }
+    fn holds_expired<'a>(
+        &'a self,
+        handle: &'a Handle,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<bool>> {
+        (**self).holds_expired(handle, now)
     }
 }
 

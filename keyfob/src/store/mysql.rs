@@ -260,6 +260,25 @@ impl SessionStore for MySqlStore {
         })
     }
 
+    fn holds_expired<'a>(
+        &'a self,
+        handle: &'a Handle,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let row: Option<i32> = sqlx::query_scalar(&format!(
+                "SELECT 1 FROM `{}` WHERE handle = ? AND expires_at <= ?",
+                self.q.name
+            ))
+            .bind(&handle.as_bytes()[..])
+            .bind(secs(now))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::store)?;
+            Ok(row.is_some())
+        })
+    }
+
     fn create<'a>(
         &'a self,
         handle: &'a Handle,

@@ -111,6 +111,13 @@ impl SessionStore for Timed {
     ) -> BoxFuture<'a, Result<u64>> {
         self.bound("delete_by_owner", self.inner.delete_by_owner(owner, keep))
     }
+    fn holds_expired<'a>(
+        &'a self,
+        handle: &'a Handle,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<bool>> {
+        self.bound("holds_expired", self.inner.holds_expired(handle, now))
+    }
 }
 
 #[cfg(all(test, feature = "memory"))]

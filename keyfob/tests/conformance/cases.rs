@@ -382,6 +382,27 @@ pub async fn store_never_returns_an_expired_record(store: Store) {
         .is_none());
 }
 
+/// `holds_expired` tells an expired record (not yet purged) from an unknown
+/// handle, for the `session.expired` log event; it never makes one load.
+pub async fn store_tells_an_expired_record_from_an_unknown_one(store: Store) {
+    let now = OffsetDateTime::now_utc();
+    let h = handle(3);
+    store.create(&h, &record(now)).await.unwrap();
+    let later = now + Duration::minutes(61);
+    assert!(
+        !store.holds_expired(&h, now).await.unwrap(),
+        "live is not expired"
+    );
+    assert!(store.holds_expired(&h, later).await.unwrap());
+    assert!(store.load(&h, later).await.unwrap().is_none());
+    assert!(
+        !store.holds_expired(&handle(4), later).await.unwrap(),
+        "unknown"
+    );
+    store.delete_expired(later, 100).await.unwrap();
+    assert!(!store.holds_expired(&h, later).await.unwrap(), "purged");
+}
+
 pub async fn store_purges_expired_records_in_batches(store: Store) {
     let now = OffsetDateTime::now_utc();
     for n in 10..30u8 {

@@ -40,6 +40,7 @@ macro_rules! conformance {
                 remove_and_clear_persist,
                 store_create_refuses_a_live_handle,
                 store_never_returns_an_expired_record,
+                store_tells_an_expired_record_from_an_unknown_one,
                 store_purges_expired_records_in_batches,
                 store_update_of_a_deleted_record_is_gone,
                 store_lists_and_deletes_by_owner,

@@ -92,6 +92,13 @@ impl SessionStore for Counting {
     ) -> BoxFuture<'a, keyfob::Result<u64>> {
         self.inner.delete_by_owner(owner, keep)
     }
+    fn holds_expired<'a>(
+        &'a self,
+        handle: &'a Handle,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, keyfob::Result<bool>> {
+        self.inner.holds_expired(handle, now)
+    }
 }
 
 #[derive(Clone, Default)]
