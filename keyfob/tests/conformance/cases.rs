@@ -169,6 +169,18 @@ pub async fn hostile_cookie_headers_never_give_a_server_error(store: Store) {
     }
 }
 
+/// A stored value read as a type it no longer deserializes into (the app's
+/// type changed between releases) is absent, with a warning: never a `5xx`,
+/// and the stored value is left as it was.
+pub async fn value_of_another_type_reads_as_absent_not_a_server_error(store: Store) {
+    let app = App::new(store);
+    let cookie = app.session_with("n", "seven").await;
+    let r = app.send("GET", "/get-number/n", Some(&cookie)).await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "none"));
+    let r = app.send("GET", "/get/n", Some(&cookie)).await;
+    assert_eq!(r.body, "\"seven\"");
+}
+
 pub async fn cycle_id_keeps_data_and_retires_the_old_id(store: Store) {
     let app = App::new(store);
     let old = app.session_with("a", "1").await;

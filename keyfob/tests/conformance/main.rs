@@ -27,6 +27,7 @@ macro_rules! conformance {
                 unknown_session_id_is_not_adopted,
                 malformed_and_duplicated_cookies_are_no_session,
                 hostile_cookie_headers_never_give_a_server_error,
+                value_of_another_type_reads_as_absent_not_a_server_error,
                 cycle_id_keeps_data_and_retires_the_old_id,
                 delete_removes_server_side_and_sends_a_matching_removal_cookie,
                 hundred_concurrent_writers_of_different_keys_lose_none,

@@ -210,6 +210,13 @@ pub fn router(gate: Gate) -> Router {
     Router::new()
         .route("/nothing", get(|| async { "untouched" }))
         .route("/get/{key}", get(get_key))
+        .route(
+            "/get-number/{key}",
+            get(|s: Session, Path(key): Path<String>| async move {
+                let n: Option<u64> = s.get(&key).await?;
+                Ok::<_, keyfob::Error>(n.map_or("none".into(), |n| n.to_string()))
+            }),
+        )
         .route("/set/{key}/{value}", post(set_key))
         .route("/remove/{key}", post(remove_key))
         .route(
