@@ -31,7 +31,9 @@ fn world() -> &'static World {
                 )
                 .layer(layer)
         };
-        let key: Vec<u8> = (0u8..64).map(|i| i.wrapping_mul(37).wrapping_add(11)).collect();
+        let key: Vec<u8> = (0u8..64)
+            .map(|i| i.wrapping_mul(37).wrapping_add(11))
+            .collect();
         let keys = Keyring::new(key).unwrap();
         World {
             rt: tokio::runtime::Builder::new_current_thread()
@@ -39,12 +41,10 @@ fn world() -> &'static World {
                 .build()
                 .unwrap(),
             plain: app(SessionLayer::new(MemoryStore::new())),
-            signed: app(
-                SessionLayer::builder(MemoryStore::new())
-                    .with_signed_ids(keys)
-                    .build()
-                    .unwrap(),
-            ),
+            signed: app(SessionLayer::builder(MemoryStore::new())
+                .with_signed_ids(keys)
+                .build()
+                .unwrap()),
         }
     })
 }
@@ -57,7 +57,9 @@ fuzz_target!(|data: &[u8]| {
             req = req.header(COOKIE, v);
         }
     }
-    let Ok(req) = req.body(Body::empty()) else { return };
+    let Ok(req) = req.body(Body::empty()) else {
+        return;
+    };
     let (parts, body) = req.into_parts();
     for app in [&w.plain, &w.signed] {
         let req = Request::from_parts(parts.clone(), Body::empty());

@@ -43,7 +43,10 @@ fn world() -> &'static World {
             );
         // A session that has a CSRF secret, so every input is compared with it.
         let res = rt
-            .block_on(app.clone().oneshot(Request::get("/form").body(Body::empty()).unwrap()))
+            .block_on(
+                app.clone()
+                    .oneshot(Request::get("/form").body(Body::empty()).unwrap()),
+            )
             .unwrap();
         let cookie = res.headers()[header::SET_COOKIE]
             .to_str()

@@ -26,7 +26,9 @@ fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
     WORLD.get_or_init(|| {
         let key = |seed: u8| -> Vec<u8> {
-            (0u8..64).map(|i| i.wrapping_mul(37).wrapping_add(seed)).collect()
+            (0u8..64)
+                .map(|i| i.wrapping_mul(37).wrapping_add(seed))
+                .collect()
         };
         let keys = Keyring::from_keys([key(11), key(12)]).unwrap();
         let app = |store: CookieStore| {
@@ -54,7 +56,9 @@ fn world() -> &'static World {
 
 fuzz_target!(|data: &[u8]| {
     let w = world();
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     // Random bytes never carry a valid MAC or GCM tag.
     assert!(w.keys.verify("theme", text).is_none());
     assert!(w.keys.decrypt("theme", text).is_none());
@@ -63,10 +67,17 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut headers = HeaderMap::new();
     headers.insert(COOKIE, value.clone());
-    assert!(SignedCookieJar::from_headers(&headers, w.keys.clone()).get("theme").is_none());
-    assert!(PrivateCookieJar::from_headers(&headers, w.keys.clone()).get("theme").is_none());
+    assert!(SignedCookieJar::from_headers(&headers, w.keys.clone())
+        .get("theme")
+        .is_none());
+    assert!(PrivateCookieJar::from_headers(&headers, w.keys.clone())
+        .get("theme")
+        .is_none());
     for app in [&w.sealed, &w.signed] {
-        let req = Request::get("/").header(COOKIE, value.clone()).body(Body::empty()).unwrap();
+        let req = Request::get("/")
+            .header(COOKIE, value.clone())
+            .body(Body::empty())
+            .unwrap();
         let res = w.rt.block_on(app.clone().oneshot(req)).unwrap();
         assert_eq!(res.status(), 200);
     }
