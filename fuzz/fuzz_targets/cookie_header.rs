@@ -31,10 +31,7 @@ fn world() -> &'static World {
                 )
                 .layer(layer)
         };
-        let key: Vec<u8> = (0u8..64)
-            .map(|i| i.wrapping_mul(37).wrapping_add(11))
-            .collect();
-        let keys = Keyring::new(key).unwrap();
+        let keys = Keyring::generate().unwrap();
         World {
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -25,12 +25,7 @@ struct World {
 fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
     WORLD.get_or_init(|| {
-        let key = |seed: u8| -> Vec<u8> {
-            (0u8..64)
-                .map(|i| i.wrapping_mul(37).wrapping_add(seed))
-                .collect()
-        };
-        let keys = Keyring::from_keys([key(11), key(12)]).unwrap();
+        let keys = Keyring::generate().unwrap();
         let app = |store: CookieStore| {
             Router::new()
                 .route(
