@@ -84,7 +84,7 @@ impl fmt::Debug for SessionLayer {
 impl SessionLayer {
     /// A layer with the default settings: cookie `id`, `Secure`, `HttpOnly`,
     /// `SameSite=Lax`, `Path=/`; idle timeout 2 hours, absolute timeout 12 hours,
-    /// touch interval 1 minute.
+    /// touch interval 1 minute, store calls bounded at 5 seconds.
     pub fn new(store: impl SessionStore) -> Self {
         SessionLayer {
             shared: Arc::new(SessionLayerBuilder::new(Arc::new(store)).into_shared()),
