@@ -48,8 +48,11 @@ async fn form(token: CsrfToken) -> String {
     format!("csrf token: {token}")
 }
 
-async fn transfer() -> &'static str {
-    "transfer accepted"
+async fn transfer(session: Session) -> Result<&'static str, keyfob::Error> {
+    // A visible effect, so a refused forgery can be shown to change nothing.
+    let n = session.get(crate::pages::TRANSFERS).await?.unwrap_or(0) + 1;
+    session.insert(crate::pages::TRANSFERS, n).await?;
+    Ok("transfer accepted")
 }
 
 async fn sessions(

@@ -59,7 +59,8 @@ pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    match rest.split_once('@') {
+    // The host part follows the last `@`: a password may contain one.
+    match rest.rsplit_once('@') {
         Some((creds, host)) if creds.contains(':') => {
             let user = creds.split(':').next().unwrap_or_default();
             format!("{scheme}://{user}:***@{host}")
@@ -118,14 +119,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if n <= 0 {
         return Err(bad());
     }
-    let d = match unit {
-        's' => Duration::seconds(n),
-        'm' => Duration::minutes(n),
-        'h' => Duration::hours(n),
-        'd' => Duration::days(n),
+    let unit_secs: i64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
         _ => return Err(bad()),
     };
-    Ok(d)
+    n.checked_mul(unit_secs)
+        .map(Duration::seconds)
+        .ok_or_else(|| format!("duration {s:?} is too long"))
 }
 
 impl Config {
@@ -191,7 +194,17 @@ mod tests {
     fn durations_parse_and_bad_ones_are_refused() {
         assert_eq!(parse_duration("2h"), Ok(Duration::hours(2)));
         assert_eq!(parse_duration("90s"), Ok(Duration::seconds(90)));
-        for bad in ["", "h", "2", "-1h", "0m", "2w", "1.5h", "é"] {
+        for bad in [
+            "",
+            "h",
+            "2",
+            "-1h",
+            "0m",
+            "2w",
+            "1.5h",
+            "é",
+            "99999999999999999d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

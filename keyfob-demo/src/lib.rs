@@ -6,17 +6,18 @@
 
 pub mod account;
 pub mod config;
+mod pages;
 mod signed;
 pub mod users;
 
 use std::sync::Arc;
 
 use axum::{
-    extract::{FromRef, State},
+    extract::{FromRef, FromRequest, Request, State},
     http::{header, StatusCode},
-    response::{IntoResponse, Response},
+    response::{IntoResponse, Redirect, Response},
     routing::{get, post},
-    Json, Router,
+    Form, Json, Router,
 };
 use keyfob::{
     auth::{self, AuthUser},
@@ -145,6 +146,7 @@ pub fn app_with_keys(
         .route("/logout", post(logout))
         .route("/profile", get(profile))
         .route("/count", get(count))
+        .merge(pages::routes())
         .merge(signed::routes(!config.insecure_cookies))
         .merge(account::routes())
         .layer(layer)
@@ -161,22 +163,47 @@ struct Credentials {
     password: String,
 }
 
-async fn login(
-    session: Session,
-    Json(creds): Json<Credentials>,
-) -> Result<Response, keyfob::Error> {
-    let password = creds.password;
-    let username = creds.username;
+/// `POST /login`: JSON for API clients (the contract), or the HTML form
+/// (urlencoded), which redirects to the dashboard or shows the form again.
+async fn login(session: Session, request: Request) -> Result<Response, keyfob::Error> {
+    let is_form = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let creds = if is_form {
+        match Form::<Credentials>::from_request(request, &()).await {
+            Ok(Form(c)) => c,
+            Err(rejection) => return Ok(rejection.into_response()),
+        }
+    } else {
+        match Json::<Credentials>::from_request(request, &()).await {
+            Ok(Json(c)) => c,
+            Err(rejection) => return Ok(rejection.into_response()),
+        }
+    };
+    let Credentials { username, password } = creds;
     // Argon2 is deliberately slow: keep it off the async workers.
     let verified = tokio::task::spawn_blocking(move || users::verify(&username, &password))
         .await
         .ok()
         .flatten();
     let Some(user) = verified else {
-        return Ok((StatusCode::UNAUTHORIZED, "invalid credentials").into_response());
+        return Ok(if is_form {
+            pages::login_page(
+                StatusCode::UNAUTHORIZED,
+                Some("Invalid username or password."),
+            )
+        } else {
+            (StatusCode::UNAUTHORIZED, "invalid credentials").into_response()
+        });
     };
     auth::login(&session, &user.id.to_string(), &user).await?;
-    Ok((StatusCode::OK, "logged in").into_response())
+    Ok(if is_form {
+        Redirect::to("/").into_response()
+    } else {
+        (StatusCode::OK, "logged in").into_response()
+    })
 }
 
 async fn me(session: Session) -> Result<Response, keyfob::Error> {

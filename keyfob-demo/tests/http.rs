@@ -1125,3 +1125,51 @@ async fn delete_session_ends_own_sessions_and_is_404_for_anyone_elses() {
     assert_eq!(laptop.get("/me").await.status, StatusCode::OK);
     assert_eq!(laptop.sessions().await.len(), 1);
 }
+
+#[tokio::test]
+async fn html_login_form_redirects_to_the_dashboard_and_bad_passwords_stay_on_the_form() {
+    let server = serve(memory()).await;
+    let mut c = Client::new(&server);
+    let r = c.get("/").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("action=\"/login\""), "{}", r.body);
+    assert_eq!(r.headers[header::CACHE_CONTROL], "no-store");
+    let (http, base) = (c.http.clone(), c.base.clone());
+    let form = |user: &str, pass: &str| {
+        http.post(format!("{base}/login"))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(format!(
+                "username={user}&password={}",
+                pass.replace(' ', "+")
+            ))
+    };
+    let bad = form("alice", "nope");
+    let r = c.send(bad).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        r.body.contains("Invalid username or password."),
+        "{}",
+        r.body
+    );
+    let good = form("alice", "correct horse");
+    let r = c.send(good).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.headers[header::LOCATION], "/");
+    let r = c.get("/").await;
+    assert!(r.body.contains("Hello, alice"), "{}", r.body);
+    assert!(r.body.contains("name=\"csrf_token\""));
+}
+
+#[tokio::test]
+async fn dashboard_says_so_when_the_session_has_ended() {
+    let server = serve(memory()).await;
+    let mut c = Client::new(&server);
+    c.login("alice", "correct horse").await;
+    let cookie = c.cookie.clone();
+    c.post("/logout").await;
+    // A browser that kept the old cookie (another tab, a restore) sees why.
+    c.cookie = cookie;
+    let r = c.get("/").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("Your session has ended"), "{}", r.body);
+}

@@ -1,10 +1,12 @@
 //! Login, logout, the login guards, and a user's view of their sessions.
 //!
 //! Rules:
-//! - [`login`] rotates the session ID (an ID fixed before login is worthless
-//!   after it), drops all data if a different user was logged in, records the
-//!   owner for the store's owner index, and drops the CSRF secret, so a token
-//!   handed out before login is refused after it;
+//! - [`login`] starts a new session under a new ID: the pre-login record is
+//!   deleted at once (an ID fixed before login is worthless after it), its
+//!   data is carried over unless a different user was logged in, the created
+//!   time and the absolute deadline count from the login, the owner is
+//!   recorded for the store's owner index, and the CSRF secret is dropped, so
+//!   a token handed out before login is refused after it;
 //! - [`logout`] deletes the session in the store at once;
 //! - [`AuthUser<U>`] extracts the logged-in user or rejects with
 //!   `401 login required` (for APIs); [`RequireLoginLayer`] sends HTML routes
@@ -78,7 +80,9 @@ use crate::{
 
 /// Logs `user` in to this session as `owner` (a stable user id).
 ///
-/// Rotates the ID, clears the data when another owner was logged in, records
+/// Starts a new session under a new ID (created now, so the absolute
+/// deadline counts from the login), carries the data over unless another
+/// owner was logged in, records
 /// the owner so the user's sessions can be listed and revoked, and drops the
 /// CSRF secret (the next [`csrf::token`](crate::csrf) mints a new one).
 ///
@@ -88,10 +92,10 @@ use crate::{
 /// # Ok(()) }
 /// ```
 pub async fn login<U: Serialize>(session: &Session, owner: &str, user: &U) -> Result<()> {
-    if session.owner().await?.is_some_and(|o| o != owner) {
-        session.clear().await?;
-    }
-    session.cycle_id().await?;
+    // A new session, not a renamed one: the pre-login ID is deleted now, and
+    // the created time and absolute deadline count from this login.
+    let same_user = session.owner().await?.is_none_or(|o| o == owner);
+    session.restart(same_user).await?;
     session.set_owner(Some(owner)).await?;
     session.remove_value(keys::CSRF).await?;
     session.insert(keys::USER, user).await?;

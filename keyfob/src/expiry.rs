@@ -126,6 +126,21 @@ impl Clock for ManualClock {
     }
 }
 
+/// `now + d`, saturating at the last representable instant instead of
+/// panicking on a huge duration.
+pub(crate) fn later(now: OffsetDateTime, d: Duration) -> OffsetDateTime {
+    now.checked_add(d).unwrap_or_else(|| {
+        if d.is_negative() {
+            OffsetDateTime::new_utc(time::Date::MIN, time::Time::MIDNIGHT)
+        } else {
+            OffsetDateTime::new_utc(time::Date::MAX, time::Time::MIDNIGHT)
+        }
+    })
+}
+
+/// The longest timeout the layer accepts: longer ones are surely a mistake.
+pub(crate) const MAX_TIMEOUT: Duration = Duration::days(365 * 100);
+
 /// The layer-wide expiry policy (set through the layer builder).
 #[derive(Debug, Clone)]
 pub(crate) struct Policy {
@@ -154,9 +169,9 @@ impl Policy {
         now: OffsetDateTime,
     ) -> Option<OffsetDateTime> {
         match expiry {
-            Some(Expiry::OnInactivity(d)) => Some(now + d),
+            Some(Expiry::OnInactivity(d)) => Some(later(now, d)),
             Some(Expiry::AtDateTime(at)) => Some(at),
-            Some(Expiry::OnSessionEnd) | None => self.idle_timeout.map(|d| now + d),
+            Some(Expiry::OnSessionEnd) | None => self.idle_timeout.map(|d| later(now, d)),
         }
     }
 

@@ -84,6 +84,10 @@ use crate::{
     record::secs,
 };
 
+/// The most cookies a request may carry before the jars read none of them;
+/// browsers cap cookies per site well below this (Chromium: 180).
+const MAX_COOKIES: usize = 256;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Signed,
@@ -135,17 +139,27 @@ impl Jar {
             let Ok(value) = value.to_str() else { continue };
             for cookie in Cookie::split_parse(value).flatten() {
                 pairs.push((cookie.name().to_owned(), cookie.value().to_owned()));
+                if pairs.len() > MAX_COOKIES {
+                    // No browser sends this many; verifying them all is work
+                    // an attacker could make us do per request.
+                    tracing::info!(
+                        event = "cookie.flood",
+                        "keyfob: more than {MAX_COOKIES} cookies in one request; reading none"
+                    );
+                    return jar;
+                }
             }
         }
+        let mut seen: std::collections::HashMap<&str, usize> =
+            std::collections::HashMap::with_capacity(pairs.len());
+        for (name, _) in &pairs {
+            *seen.entry(name.as_str()).or_default() += 1;
+        }
         let now = jar.keyring.now();
-        for (i, (name, value)) in pairs.iter().enumerate() {
+        for (name, value) in &pairs {
             // A name sent twice is ambiguous (one may be planted by a sibling
             // domain): neither is trusted.
-            if pairs
-                .iter()
-                .enumerate()
-                .any(|(j, (n, _))| j != i && n == name)
-            {
+            if seen.get(name.as_str()).copied().unwrap_or(0) > 1 {
                 continue;
             }
             let Some(opened) = jar.open(name, value, now) else {
@@ -229,7 +243,7 @@ impl Jar {
         let mut out = cookie.clone();
         if !is_removal(cookie) {
             let expires_at = match (cookie.max_age(), cookie.expires_datetime()) {
-                (Some(age), _) => Some(secs(now) + age.whole_seconds()),
+                (Some(age), _) => Some(secs(now).saturating_add(age.whole_seconds())),
                 (None, Some(at)) => Some(secs(at)),
                 (None, None) => None,
             };

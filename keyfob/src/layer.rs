@@ -360,6 +360,11 @@ impl SessionLayerBuilder {
                     "the {what} timeout must be at least one second"
                 )));
             }
+            if d.is_some_and(|d| d > crate::expiry::MAX_TIMEOUT) {
+                return Err(Error::config(format!(
+                    "the {what} timeout must be at most 100 years"
+                )));
+            }
         }
         if self.store_timeout.is_some_and(|t| t.is_zero()) {
             return Err(Error::config(
@@ -368,6 +373,11 @@ impl SessionLayerBuilder {
         }
         if p.touch_interval.is_negative() {
             return Err(Error::config("the touch interval may not be negative"));
+        }
+        if p.idle_timeout.is_some_and(|idle| p.touch_interval >= idle) {
+            return Err(Error::config(
+                "the touch interval must be shorter than the idle timeout, or read-only sessions would expire while in use",
+            ));
         }
         #[cfg(feature = "cookie-store")]
         if self.client.is_some() && self.signed_ids.is_some() {
@@ -498,9 +508,15 @@ where
                     response,
                     session,
                 } => {
+                    if response.is_none() {
+                        // Polled after completion (a caller bug): answer with an
+                        // error rather than poll a finished future and panic.
+                        return Poll::Ready(Ok(error_response(&Error::store_msg(
+                            "response future polled after completion",
+                        ))));
+                    }
                     let out = ready!(fut.as_mut().poll(cx));
                     let Some(response) = response.take() else {
-                        // Polled after completion: answer with an error rather than panic.
                         return Poll::Ready(Ok(error_response(&Error::store_msg(
                             "response future polled after completion",
                         ))));

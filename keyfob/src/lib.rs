@@ -40,6 +40,8 @@
 //! |---|---|---|
 //! | `axum` | yes | the `Session` and `AuthUser` extractors, `IntoResponse` for errors |
 //! | `memory` | yes | [`MemoryStore`], sharded, in process |
+//! | `redis` | no | `RedisStore` (`store::redis`), Redis and Redis Cluster |
+//! | `cache` | no | `CachedStore` (`store::cached`), an in-process cache in front of any store |
 //! | `cookie-store` | no | `CookieStore`: the whole session sealed (or signed) in its cookie |
 //! | `auth` | yes | [`auth`]: `login`/`logout`, `AuthUser`, `RequireLoginLayer`, `safe_next`, listing and revoking a user's sessions |
 //! | `csrf` | yes | [`csrf`]: `CsrfLayer` (tower-http's origin check plus keyfob's stricter origin rule and session-bound masked tokens), `CsrfToken` |
@@ -85,10 +87,14 @@ pub use id::Handle;
 pub use layer::{SessionLayer, SessionLayerBuilder};
 pub use record::{Record, Update};
 pub use session::{AsKey, Key, Session};
+#[cfg(feature = "cache")]
+pub use store::cached::CachedStore;
 #[cfg(feature = "cookie-store")]
 pub use store::cookie::CookieStore;
 #[cfg(feature = "memory")]
 pub use store::memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use store::redis::RedisStore;
 pub use store::SessionStore;
 
 /// Session keys keyfob itself uses; one home so `auth` and `csrf` agree.

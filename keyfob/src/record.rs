@@ -94,6 +94,10 @@ impl Data {
         self.0.len()
     }
 
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, &RawValue)> {
+        self.0.iter().map(|(k, v)| (&**k, &**v))
+    }
+
     pub(crate) fn keys(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|(k, _)| &**k)
     }
@@ -280,6 +284,12 @@ impl ChangeSet {
 
     pub(crate) fn is_cleared(&self) -> bool {
         self.clear
+    }
+
+    /// The keys set (`Some`) or removed (`None`), in order, after any clear.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn ops(&self) -> impl Iterator<Item = (&str, Option<&RawValue>)> {
+        self.ops.iter().map(|(k, v)| (&**k, v.as_deref()))
     }
 
     /// The change-set as SQL wants it: clear first, then keys removed, then

@@ -448,6 +448,33 @@ impl Session {
         self.delete().await
     }
 
+    /// Starts the session over under a new ID, as a login must: the stored
+    /// record is deleted now (the old ID loads nothing, even if this response
+    /// never arrives), and the data (when `keep_data`) is staged on a fresh
+    /// session, created with this moment as its creation time and the start
+    /// of its absolute deadline when the response is sent.
+    #[cfg_attr(not(feature = "auth"), allow(dead_code))]
+    pub(crate) async fn restart(&self, keep_data: bool) -> Result<()> {
+        let (data, expiry) = {
+            let st = self.state().await?;
+            let data = if keep_data {
+                st.data()
+            } else {
+                Data::default()
+            };
+            (data, st.expiry())
+        };
+        self.delete().await?;
+        let mut st = self.state().await?;
+        for (k, v) in data.entries() {
+            st.changes.set(k, Some(v.to_owned()));
+        }
+        if expiry.is_some() {
+            st.expiry = Some(expiry);
+        }
+        Ok(())
+    }
+
     /// Gives the session a new ID, keeping its data; the old ID is retired
     /// when the response is sent. Call it on every privilege change (login).
     /// The absolute deadline does not move.
@@ -531,7 +558,9 @@ impl Session {
     pub(crate) async fn finish(&self, server_error: bool) -> Result<CookieOut> {
         let mut st = self.inner.state.lock().await;
         if !st.loaded {
-            return Ok(CookieOut::Keep);
+            // Untouched since an explicit `save` (which reset the state): send
+            // the cookie that save decided on, if any.
+            return Ok(st.cookie.take().unwrap_or(CookieOut::Keep));
         }
         let out = if server_error && !self.inner.shared.save_on_server_error {
             CookieOut::Keep
@@ -605,15 +634,18 @@ impl Session {
                 }
             }
             Updated::Gone => {
-                // Deleted (logout, revocation) or expired while this request ran:
-                // never write it back.
+                // Deleted (logout, revocation), rotated by a concurrent request
+                // (a double-submitted login) or expired while this request ran:
+                // never write it back. Leave the cookie alone: the old ID loads
+                // nothing anyway, and a removal could arrive after, and delete,
+                // the cookie of the concurrent rotation.
                 tracing::info!(
                     event = "session.interrupted",
                     handle = %handle.short(),
                     "keyfob: session ended during the request; its changes were dropped"
                 );
                 st.current = None;
-                Ok(CookieOut::Remove)
+                Ok(CookieOut::Keep)
             }
         }
     }
@@ -632,7 +664,10 @@ impl Session {
             return Ok(CookieOut::Keep);
         }
         let idle = shared.policy.idle_deadline(expiry, now);
-        let absolute = shared.policy.absolute_timeout.map(|d| now + d);
+        let absolute = shared
+            .policy
+            .absolute_timeout
+            .map(|d| crate::expiry::later(now, d));
         let mut record = Record::new(now, idle, absolute);
         record.data = data;
         record.owner = owner;
@@ -757,7 +792,9 @@ impl Session {
     fn retire_until(&self, record: Option<&Record>) -> Option<i64> {
         let policy = &self.inner.shared.policy;
         let now = self.now();
-        let sliding = policy.idle_timeout.map(|d| secs(now + d));
+        let sliding = policy
+            .idle_timeout
+            .map(|d| secs(crate::expiry::later(now, d)));
         match record.and_then(|r| r.absolute_deadline) {
             Some(abs) => Some(abs),
             None => match (record.and_then(Record::expires_secs), sliding) {
@@ -785,7 +822,10 @@ impl Session {
             return Ok(CookieOut::Keep);
         }
         let idle = shared.policy.idle_deadline(expiry, now);
-        let absolute = shared.policy.absolute_timeout.map(|d| now + d);
+        let absolute = shared
+            .policy
+            .absolute_timeout
+            .map(|d| crate::expiry::later(now, d));
         let mut record = Record::new(now, idle, absolute);
         record.data = data;
         record.owner = owner;

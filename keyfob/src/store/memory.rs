@@ -336,8 +336,11 @@ impl SessionStore for MemoryStore {
         keep: Option<&'a Handle>,
     ) -> BoxFuture<'a, Result<u64>> {
         let mut n = 0;
-        for shard in self.shards.iter() {
-            let mut shard = write(shard);
+        // Hold every shard (in index order, as rotations do) so a session
+        // moving between shards during the sweep cannot slip past it. Rare
+        // call ("log out everywhere"), so the brief global pause is fine.
+        let mut shards: Vec<_> = self.shards.iter().map(write).collect();
+        for shard in shards.iter_mut() {
             let doomed: Vec<Handle> = match shard.owners.get(owner) {
                 Some(hs) => hs.iter().filter(|h| Some(*h) != keep).copied().collect(),
                 None => continue,

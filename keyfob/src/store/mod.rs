@@ -32,6 +32,8 @@ use crate::{
     record::{Record, Update},
 };
 
+#[cfg(feature = "cache")]
+pub mod cached;
 #[cfg(feature = "cookie-store")]
 pub mod cookie;
 #[cfg(feature = "memory")]
@@ -40,6 +42,8 @@ pub mod memory;
 pub mod mysql;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 mod sql;
 #[cfg(feature = "sqlite")]

@@ -137,6 +137,21 @@ impl Queries {
     }
 }
 
+/// A write PostgreSQL refused because of the value itself (a `\u0000` in
+/// JSON or text, which `jsonb` cannot hold) is the app's data problem, not
+/// an outage: report it as such instead of `503`.
+fn write_error(e: sqlx::Error) -> Error {
+    let bad_value = e
+        .as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "22P05" || c == "22021");
+    if bad_value {
+        Error::with_source(ErrorKind::Serialize, e)
+    } else {
+        Error::store(e)
+    }
+}
+
 fn to_json<T: Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| Error::with_source(ErrorKind::Serialize, e))
 }
@@ -368,7 +383,7 @@ impl SessionStore for PostgresStore {
                 .bind(to_json(&record.data)?)
                 .execute(&self.pool)
                 .await
-                .map_err(Error::store)?;
+                .map_err(write_error)?;
             Ok(if done.rows_affected() == 1 {
                 Created::Stored
             } else {
@@ -409,7 +424,7 @@ impl SessionStore for PostgresStore {
                 .bind(update.rename_to().map(|h| h.as_bytes().to_vec()))
                 .execute(&self.pool)
                 .await
-                .map_err(Error::store)?;
+                .map_err(write_error)?;
             Ok(if done.rows_affected() == 1 {
                 Updated::Applied
             } else {

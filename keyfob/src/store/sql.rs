@@ -1,21 +1,22 @@
 //! Helpers shared by the SQL stores.
 
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+use crate::record::Record;
 use crate::{
     error::{Error, Result},
     id::Handle,
-    record::Record,
 };
 
 pub(crate) fn valid_identifier(name: &str) -> Result<()> {
     let ok = !name.is_empty()
-        && name.len() <= 63
+        && name.len() <= 48
         && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if ok {
         Ok(())
     } else {
         Err(Error::config(format!(
-            "table name {name:?} must be 1-63 characters of letters, digits and `_`, not starting with a digit"
+            "table name {name:?} must be 1-48 characters (room for keyfob's suffixes within PostgreSQL's 63-byte limit) of letters, digits and `_`, not starting with a digit"
         )))
     }
 }

@@ -349,6 +349,56 @@ pub async fn remove_and_clear_persist(store: Store) {
     assert_eq!(app.send("GET", "/get/b", Some(&cookie)).await.body, "none");
 }
 
+pub async fn explicit_save_still_sends_the_cookie(store: Store) {
+    let app = App::new(store);
+    // A new session saved by the handler itself.
+    let r = app.send("POST", "/save/a/1", None).await;
+    let cookie = r.cookie().expect("the saved session's cookie is sent");
+    assert_eq!(app.send("GET", "/get/a", Some(&cookie)).await.body, "\"1\"");
+    // A login saved by the handler: the client gets the new ID, not a retired one.
+    let r = app.send("POST", "/login-save/u9", Some(&cookie)).await;
+    let new = r.cookie().expect("the rotated cookie is sent");
+    assert_ne!(new, cookie);
+    assert_eq!(
+        app.send("GET", "/get/keyfob.user", Some(&new)).await.body,
+        "\"u9\""
+    );
+    assert_eq!(app.send("GET", "/get/a", Some(&cookie)).await.body, "none");
+}
+
+pub async fn login_counts_the_absolute_deadline_from_the_login(store: Store) {
+    let app = App::with(store, |b| {
+        b.with_idle_timeout(Duration::hours(6))
+            .with_absolute_timeout(Some(Duration::hours(12)))
+    });
+    let anonymous = app.session_with("a", "1").await;
+    app.clock.advance(Duration::hours(5));
+    app.send("POST", "/set/b/2", Some(&anonymous)).await;
+    app.clock.advance(Duration::hours(5));
+    let r = app.send("POST", "/login/u1", Some(&anonymous)).await;
+    let cookie = r.cookie().unwrap();
+    // 14 hours after the anonymous session began, 4 after the login: still in,
+    // and the pre-login data came along.
+    app.clock.advance(Duration::hours(4));
+    assert_eq!(
+        app.send("GET", "/get/keyfob.user", Some(&cookie))
+            .await
+            .body,
+        "\"u1\""
+    );
+    assert_eq!(app.send("GET", "/get/a", Some(&cookie)).await.body, "\"1\"");
+    assert_eq!(
+        app.send("GET", "/get/a", Some(&anonymous)).await.body,
+        "none"
+    );
+}
+
+pub async fn huge_per_session_expiry_does_not_panic(store: Store) {
+    let app = App::new(store);
+    let r = app.send("POST", "/huge-expiry", None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
 // --------------------------------------------------------------- store level
 
 fn handle(n: u8) -> Handle {
@@ -630,4 +680,18 @@ pub async fn revoke_all_ends_every_session_of_the_owner_including_this_one(store
     assert_eq!(user_of(&app, &a1).await, "none");
     assert_eq!(user_of(&app, &a2).await, "none");
     assert_eq!(user_of(&app, &b).await, "\"u2\"");
+}
+
+pub async fn settings_that_cannot_work_are_refused_at_build(store: Store) {
+    let refused = [
+        keyfob::SessionLayer::builder(store.clone()).with_idle_timeout(Duration::days(365 * 200)),
+        keyfob::SessionLayer::builder(store.clone()).with_absolute_timeout(Some(Duration::MAX)),
+        keyfob::SessionLayer::builder(store.clone())
+            .with_idle_timeout(Duration::minutes(5))
+            .with_touch_interval(Duration::minutes(5)),
+    ];
+    for builder in refused {
+        let err = builder.build().unwrap_err();
+        assert_eq!(err.kind(), keyfob::ErrorKind::Config, "{err}");
+    }
 }

@@ -39,6 +39,10 @@ macro_rules! conformance {
                 reads_touch_at_most_once_per_interval,
                 browser_session_cookie_has_no_max_age,
                 remove_and_clear_persist,
+                explicit_save_still_sends_the_cookie,
+                login_counts_the_absolute_deadline_from_the_login,
+                huge_per_session_expiry_does_not_panic,
+                settings_that_cannot_work_are_refused_at_build,
                 store_create_refuses_a_live_handle,
                 store_never_returns_an_expired_record,
                 store_tells_an_expired_record_from_an_unknown_one,
@@ -164,6 +168,48 @@ mod stores {
     pub async fn mysql() -> Arc<dyn SessionStore> {
         Arc::new(mysql_store().await)
     }
+
+    /// A Redis key prefix no other test, of this run or an earlier one
+    /// against the same servers, uses.
+    #[cfg(feature = "redis")]
+    pub fn unique_prefix() -> String {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        unique(&format!("kft:{nanos}"))
+    }
+
+    #[cfg(feature = "redis")]
+    pub async fn redis_store(var: &str) -> keyfob::RedisStore {
+        let url = server_url(var);
+        keyfob::RedisStore::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach the Redis of {var} at {url}: {e}"))
+            .with_key_prefix(unique_prefix())
+    }
+
+    #[cfg(feature = "redis")]
+    pub async fn redis() -> Arc<dyn SessionStore> {
+        Arc::new(redis_store("KEYFOB_TEST_REDIS_URL").await)
+    }
+
+    #[cfg(feature = "redis")]
+    pub async fn redis_cluster() -> Arc<dyn SessionStore> {
+        Arc::new(redis_store("KEYFOB_TEST_REDIS_CLUSTER_URL").await)
+    }
+
+    #[cfg(feature = "cache")]
+    pub async fn cached_memory() -> Arc<dyn SessionStore> {
+        Arc::new(keyfob::CachedStore::new(MemoryStore::new()))
+    }
+
+    #[cfg(all(feature = "cache", feature = "redis"))]
+    pub async fn cached_redis_cluster() -> Arc<dyn SessionStore> {
+        Arc::new(keyfob::CachedStore::new(
+            redis_store("KEYFOB_TEST_REDIS_CLUSTER_URL").await,
+        ))
+    }
 }
 
 conformance!(memory, crate::stores::memory);
@@ -174,6 +220,17 @@ conformance!(postgres, crate::stores::postgres);
 #[cfg(feature = "mysql")]
 conformance!(mysql, crate::stores::mysql);
 
+#[cfg(feature = "redis")]
+conformance!(redis, crate::stores::redis);
+#[cfg(feature = "redis")]
+conformance!(redis_cluster, crate::stores::redis_cluster);
+#[cfg(feature = "cache")]
+conformance!(cached_memory, crate::stores::cached_memory);
+#[cfg(all(feature = "cache", feature = "redis"))]
+conformance!(cached_redis_cluster, crate::stores::cached_redis_cluster);
+
+#[cfg(feature = "redis")]
+mod redis_only;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 mod sql;
 

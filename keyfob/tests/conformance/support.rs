@@ -248,6 +248,28 @@ pub fn router(gate: Gate) -> Router {
         )
         .route("/wait/{key}", post(wait_then_set))
         .route(
+            "/save/{key}/{value}",
+            post(|s: Session, Path((k, v)): Path<(String, String)>| async move {
+                s.insert(&k, v).await?;
+                s.save().await.map(|_| "ok")
+            }),
+        )
+        .route(
+            "/login-save/{owner}",
+            post(|s: Session, Path(owner): Path<String>| async move {
+                keyfob::auth::login(&s, &owner, &owner).await?;
+                s.save().await.map(|_| "ok")
+            }),
+        )
+        .route(
+            "/huge-expiry",
+            post(|s: Session| async move {
+                s.set_expiry(Some(keyfob::Expiry::OnInactivity(time::Duration::MAX)))
+                    .await?;
+                s.insert("k", "v").await.map(|_| "ok")
+            }),
+        )
+        .route(
             "/login/{owner}",
             post(|s: Session, Path(owner): Path<String>| async move {
                 keyfob::auth::login(&s, &owner, &owner).await.map(|_| "ok")
