@@ -15,12 +15,14 @@ pub enum StoreUrl {
     Postgres(String),
     /// A MySQL or MariaDB server (`mysql://USER:PASS@HOST/DB`).
     MySql(String),
+    /// A Redis server (`redis://…`) or a Redis Cluster seed node (`redis+cluster://…`).
+    Redis(String),
     /// Client-side: each session sealed (AES-256-GCM) inside its cookie.
     Cookie,
 }
 
 impl StoreUrl {
-    /// Parses `memory`, `cookie`, `sqlite://PATH`, `postgres://…`, `mysql://…`.
+    /// Parses `memory`, `cookie`, `sqlite://PATH`, `postgres://…`, `mysql://…`, `redis://…` (`redis+cluster://…`).
     pub fn parse(s: &str) -> Result<Self, String> {
         let nonempty = |rest: &str, what: &str| {
             if rest.is_empty() {
@@ -33,6 +35,17 @@ impl StoreUrl {
             Ok(StoreUrl::Memory)
         } else if s == "cookie" {
             Ok(StoreUrl::Cookie)
+        } else if let Some(rest) = [
+            "redis://",
+            "rediss://",
+            "redis+cluster://",
+            "rediss+cluster://",
+        ]
+        .iter()
+        .find_map(|p| s.strip_prefix(p))
+        {
+            nonempty(rest, "host")?;
+            Ok(StoreUrl::Redis(s.to_owned()))
         } else if let Some(rest) = s.strip_prefix("mysql://") {
             nonempty(rest, "host")?;
             Ok(StoreUrl::MySql(s.to_owned()))
@@ -47,7 +60,7 @@ impl StoreUrl {
             Ok(StoreUrl::Postgres(s.to_owned()))
         } else {
             Err(format!(
-                "unsupported store {:?}: expected memory, cookie, sqlite://PATH, postgres://… or mysql://…",
+                "unsupported store {:?}: expected memory, cookie, sqlite://PATH, postgres://…, mysql://… or redis://…",
                 redact(s)
             ))
         }
@@ -74,9 +87,10 @@ impl std::fmt::Display for StoreUrl {
         match self {
             StoreUrl::Memory => f.write_str("memory"),
             StoreUrl::Cookie => f.write_str("cookie"),
-            StoreUrl::Sqlite(u) | StoreUrl::Postgres(u) | StoreUrl::MySql(u) => {
-                f.write_str(&redact(u))
-            }
+            StoreUrl::Sqlite(u)
+            | StoreUrl::Postgres(u)
+            | StoreUrl::MySql(u)
+            | StoreUrl::Redis(u) => f.write_str(&redact(u)),
         }
     }
 }

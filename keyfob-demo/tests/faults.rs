@@ -496,6 +496,87 @@ async fn postgres_outage_under_load_fails_closed_and_recovers_within_a_second() 
     outage_under_load("postgres", &url, pg).await;
 }
 
+/// A private standalone Redis (a child process) with an append-only file
+/// synced on every write, so sessions survive the restart and the outage
+/// is only an outage; killed on drop.
+struct RedisInstance {
+    dir: PathBuf,
+    port: u16,
+    child: Mutex<Option<std::process::Child>>,
+}
+
+impl RedisInstance {
+    fn start(name: &str) -> RedisInstance {
+        let r = RedisInstance {
+            dir: scratch_dir(name),
+            port: free_port(),
+            child: Mutex::new(None),
+        };
+        Outage::up(&r);
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Outage for RedisInstance {
+    fn down(&self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn up(&self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/services/redis.sh installs it)");
+        *self.child.lock().unwrap() = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let pong = Command::new("redis-cli")
+                .args(["-p", &self.port.to_string(), "ping"])
+                .output()
+                .is_ok_and(|o| o.stdout.starts_with(b"PONG"));
+            if pong {
+                return;
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisInstance {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// Redis killed under load and started again (its append-only file keeps
+/// the sessions): fail closed with `503`, recover within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_under_load_fails_closed_and_recovers_within_a_second() {
+    let redis = Arc::new(RedisInstance::start("redis-outage"));
+    let url = redis.url();
+    outage_under_load("redis", &url, redis).await;
+}
+
 impl Client {
     /// `GET /count` → the counter, or `None` when the request did not get a
     /// complete answer (the server died under it).

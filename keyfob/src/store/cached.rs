@@ -277,6 +277,14 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
             result
         })
     }
+
+    fn holds_expired<'a>(
+        &'a self,
+        handle: &'a Handle,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<bool>> {
+        self.inner.holds_expired(handle, now)
+    }
 }
 
 #[cfg(test)]

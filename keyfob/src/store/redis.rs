@@ -1058,6 +1058,18 @@ impl SessionStore for RedisStore {
         Box::pin(async move { Ok(self.load_inner(handle, now).await?.map(Arc::new)) })
     }
 
+    fn holds_expired<'a>(
+        &'a self,
+        handle: &'a Handle,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<bool>> {
+        // Redis drops a record at its deadline (`EXPIREAT`); one the
+        // caller's clock already counts as expired may still be there.
+        Box::pin(async move {
+            Ok(matches!(self.fetch(handle).await?, Decoded::Record(r) if r.is_expired(now)))
+        })
+    }
+
     fn create<'a>(
         &'a self,
         handle: &'a Handle,
