@@ -782,7 +782,7 @@ async fn security_events_are_logged_with_a_short_handle_and_never_a_cookie_value
     let json = [("content-type", "application/json")];
     let login = r#"{"username":"alice","password":"correct horse"}"#;
 
-    // session.created, then session.rotated by the login.
+    // session.created; the login starts a fresh session (the old one deleted).
     let r = call(&app, "GET", "/count", "", &[], "").await;
     let first = r.cookie("id");
     let r = call(&app, "POST", "/login", &format!("id={first}"), &json, login).await;
@@ -877,18 +877,36 @@ async fn security_events_are_logged_with_a_short_handle_and_never_a_cookie_value
                 Ok::<_, keyfob::Error>("ok")
             }),
         )
+        .route(
+            "/cycle",
+            axum::routing::get(|s: Session| async move {
+                s.cycle_id().await?;
+                Ok::<_, keyfob::Error>("ok")
+            }),
+        )
         .layer(
             SessionLayer::builder(MemoryStore::new())
                 .with_clock(clock.clone())
                 .build()
                 .unwrap(),
         );
-    let idle = call(&expiring_app, "GET", "/", "", &[], "")
+    let before_cycle = call(&expiring_app, "GET", "/", "", &[], "")
         .await
         .cookie("id");
+    // session.rotated: a new ID for the same session (privilege change).
+    let idle = call(
+        &expiring_app,
+        "GET",
+        "/cycle",
+        &format!("id={before_cycle}"),
+        &[],
+        "",
+    )
+    .await
+    .cookie("id");
     clock.advance(keyfob::time::Duration::hours(3));
     call(&expiring_app, "GET", "/", &format!("id={idle}"), &[], "").await;
-    secrets.extend([sealed, bad_sealed, signed, bad_signed, idle]);
+    secrets.extend([sealed, bad_sealed, signed, bad_signed, before_cycle, idle]);
 
     let out = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     for event in [

@@ -335,7 +335,7 @@ impl SessionLayerBuilder {
             save_on_server_error: self.save_on_server_error,
             signed_ids: self.signed_ids,
             #[cfg(feature = "cookie-store")]
-            client: self.client,
+            client: self.client.map(|c| c.time_limited(self.store_timeout)),
         }
     }
 

@@ -145,6 +145,15 @@ impl CookieStore {
         &self.revocation
     }
 
+    /// The same codec with its revocation store under the layer's time
+    /// limit (see [`store::timeout`](super::timeout)).
+    pub(crate) fn time_limited(mut self, limit: Option<std::time::Duration>) -> Self {
+        if self.revocable {
+            self.revocation = Arc::new(super::timeout::Timed::new(self.revocation, limit));
+        }
+        self
+    }
+
     /// Revokes every cookie session of `owner` created at or before `now`
     /// (a user's "log out everywhere", a password change). Precise to the second.
     ///
