@@ -401,8 +401,8 @@ impl Outage for PgInstance {
     }
 }
 
-/// Runs the demo on `store`, puts bounded load on it (four clients, ten
-/// seconds), stops the server 1.5 s in and starts it again 4 s later, then
+/// Runs the demo on `store`, puts bounded load on it (four clients, twelve
+/// seconds), stops the server 1.5 s in and starts it again 6 s later, then
 /// checks the answers ([`check_outage`]), that the process is alive and
 /// did not leak descriptors or memory, and reports the recovery time.
 async fn outage_under_load(name: &str, store: &str, server: Arc<dyn Outage>) {
@@ -425,7 +425,7 @@ async fn outage_under_load(name: &str, store: &str, server: Arc<dyn Outage>) {
     let (rss_before, fds_before) = rss_and_fds(demo.pid());
     seen.lock().unwrap().clear();
 
-    let until = Instant::now() + Duration::from_secs(10);
+    let until = Instant::now() + Duration::from_secs(12);
     let runner = tokio::spawn(load(
         logged_in,
         until,
@@ -437,7 +437,9 @@ async fn outage_under_load(name: &str, store: &str, server: Arc<dyn Outage>) {
     let s = server.clone();
     tokio::task::spawn_blocking(move || s.down()).await.unwrap();
     let down_at = Instant::now();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Longer than the store timeout (5 s), so a store that hangs rather than
+    // refuses is seen failing closed too.
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let s = server.clone();
     let back = tokio::task::spawn_blocking(move || {
         s.up();
