@@ -300,6 +300,10 @@ impl SessionLayerBuilder {
     /// `Retry-After: 1` ([`ErrorKind::Timeout`]). `None` for no limit.
     /// Default [`DEFAULT_STORE_TIMEOUT`] (5 seconds).
     ///
+    /// A limit needs the Tokio time driver (`#[tokio::main]`, `#[tokio::test]`
+    /// and `enable_all()` runtimes have it); on a runtime built without
+    /// timers, pass `None`.
+    ///
     /// ```
     /// use std::time::Duration;
     /// use keyfob::{MemoryStore, SessionLayer};
