@@ -22,7 +22,8 @@ pub enum StoreUrl {
 }
 
 impl StoreUrl {
-    /// Parses `memory`, `cookie`, `sqlite://PATH`, `postgres://…`, `mysql://…`, `redis://…` (`redis+cluster://…`).
+    /// Parses `memory`, `cookie`, `sqlite://PATH`, `postgres://…`, `mysql://…`,
+    /// `redis://…`, `redis+cluster://…`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let nonempty = |rest: &str, what: &str| {
             if rest.is_empty() {
@@ -35,6 +36,9 @@ impl StoreUrl {
             Ok(StoreUrl::Memory)
         } else if s == "cookie" {
             Ok(StoreUrl::Cookie)
+        } else if let Some(rest) = s.strip_prefix("mysql://") {
+            nonempty(rest, "host")?;
+            Ok(StoreUrl::MySql(s.to_owned()))
         } else if let Some(rest) = [
             "redis://",
             "rediss://",
@@ -46,9 +50,6 @@ impl StoreUrl {
         {
             nonempty(rest, "host")?;
             Ok(StoreUrl::Redis(s.to_owned()))
-        } else if let Some(rest) = s.strip_prefix("mysql://") {
-            nonempty(rest, "host")?;
-            Ok(StoreUrl::MySql(s.to_owned()))
         } else if let Some(path) = s.strip_prefix("sqlite://") {
             nonempty(path, "file path")?;
             Ok(StoreUrl::Sqlite(s.to_owned()))
@@ -60,7 +61,7 @@ impl StoreUrl {
             Ok(StoreUrl::Postgres(s.to_owned()))
         } else {
             Err(format!(
-                "unsupported store {:?}: expected memory, cookie, sqlite://PATH, postgres://…, mysql://… or redis://…",
+                "unsupported store {:?}: expected memory, cookie, sqlite://PATH, postgres://…, mysql://…, redis://… or redis+cluster://…",
                 redact(s)
             ))
         }

@@ -71,13 +71,9 @@ pub async fn build(config: &Config) -> Result<Demo, String> {
         StoreUrl::Postgres(url) => Arc::new(connect_postgres(url).await.map_err(one_line)?),
         StoreUrl::MySql(url) => Arc::new(connect_mysql(url).await.map_err(one_line)?),
         StoreUrl::Redis(url) => Arc::new(
-            tokio::time::timeout(
-                std::time::Duration::from_secs(10),
-                keyfob::store::redis::RedisStore::connect(url),
-            )
-            .await
-            .unwrap_or_else(|_| Err(keyfob::Error::store_msg("connection timed out")))
-            .map_err(one_line)?,
+            keyfob::store::redis::RedisStore::connect(url)
+                .await
+                .map_err(one_line)?,
         ),
         // Cookie sessions keep only revocation marks (logout) on the server.
         StoreUrl::Cookie => Arc::new(keyfob::MemoryStore::new()),

@@ -750,6 +750,34 @@ async fn two_replicas_share_sessions(store: &str, name: &str) {
     c.base = one.server.base.clone();
     c.cookie = cookie;
     assert_eq!(c.get("/me").await.status, StatusCode::UNAUTHORIZED);
+
+    // Revocation across replicas: bob logs in on one; his second client, on
+    // two, revokes that session by handle; one no longer knows it.
+    let mut first = Client::new(&one.server);
+    first.login("bob", "battery staple").await;
+    let mut second = Client::new(&two.server);
+    second.login("bob", "battery staple").await;
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_str(&second.get("/sessions").await.body).unwrap();
+    let other = listed
+        .iter()
+        .find(|s| s["current"] == false)
+        .and_then(|s| s["handle"].as_str())
+        .expect("the first client's session is listed on the other replica")
+        .to_owned();
+    let token = second
+        .get("/form")
+        .await
+        .body
+        .trim_start_matches("csrf token: ")
+        .to_owned();
+    let req = second
+        .http
+        .delete(format!("{}/sessions/{other}", second.base))
+        .header("x-csrf-token", token);
+    assert_eq!(second.send(req).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(first.get("/me").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(second.get("/me").await.status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -769,6 +797,8 @@ fn unreachable_store_at_start_up_exits_non_zero_with_a_one_line_reason() {
     let dir = scratch_dir("unreachable");
     for store in [
         "postgres://nobody@127.0.0.1:1/none",
+        "mysql://nobody:pw@127.0.0.1:1/none",
+        "redis://127.0.0.1:1",
         "sqlite:///nonexistent-dir/x/y.db",
     ] {
         let out = demo_binary()
@@ -1172,4 +1202,23 @@ async fn dashboard_says_so_when_the_session_has_ended() {
     let r = c.get("/").await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.body.contains("Your session has ended"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn two_replicas_on_one_redis_cluster_share_sessions() {
+    two_replicas_share_sessions(
+        &server_url("KEYFOB_TEST_REDIS_CLUSTER_URL"),
+        "redis-cluster-replicas",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn two_replicas_on_one_redis_share_sessions() {
+    two_replicas_share_sessions(&server_url("KEYFOB_TEST_REDIS_URL"), "redis-replicas").await;
+}
+
+#[tokio::test]
+async fn two_replicas_on_one_mariadb_share_sessions() {
+    two_replicas_share_sessions(&server_url("KEYFOB_TEST_MYSQL_URL"), "mysql-replicas").await;
 }

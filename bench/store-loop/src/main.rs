@@ -3,9 +3,11 @@
 //! counter and writes it back (one key), so each one is a store load plus an
 //! update. Also a read-only loop, where the cache tier matters.
 //!
-//! Run with the test services up (scripts/services/redis.sh):
+//! Run with the test services up (scripts/services/*.sh); stores whose
+//! variable is unset are skipped (this is a measuring tool, not a test):
 //!   KEYFOB_TEST_REDIS_URL=… KEYFOB_TEST_REDIS_CLUSTER_URL=… \
-//!   cargo run --release --manifest-path bench/redis-store/Cargo.toml [SECS]
+//!   KEYFOB_TEST_POSTGRES_URL=… KEYFOB_TEST_MYSQL_URL=… \
+//!   cargo run --release --manifest-path bench/store-loop/Cargo.toml [SECS]
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -89,24 +91,47 @@ async fn run(name: &str, store: Arc<dyn SessionStore>, tasks: usize, secs: u64, 
     println!("{name:<22} {what:<17} tasks={tasks:<3} {rate:>9.0} req/s");
 }
 
-#[tokio::main]
-async fn main() {
-    let secs: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(3);
-    let url = std::env::var("KEYFOB_TEST_REDIS_URL").expect("KEYFOB_TEST_REDIS_URL");
-    let cluster = std::env::var("KEYFOB_TEST_REDIS_CLUSTER_URL").expect("KEYFOB_TEST_REDIS_CLUSTER_URL");
+async fn stores() -> Vec<(&'static str, Arc<dyn SessionStore>)> {
+    let env = |k: &str| std::env::var(k).ok();
+    let mut out: Vec<(&'static str, Arc<dyn SessionStore>)> =
+        vec![("memory", Arc::new(MemoryStore::new()))];
+    let db = std::env::temp_dir().join(format!("keyfob-store-loop-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&db);
+    let sqlite = keyfob::store::sqlite::SqliteStore::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    out.push(("sqlite", Arc::new(sqlite)));
+    if let Some(url) = env("KEYFOB_TEST_POSTGRES_URL") {
+        let s = keyfob::store::postgres::PostgresStore::connect(&url).await.unwrap();
+        out.push(("postgres", Arc::new(s)));
+    }
+    if let Some(url) = env("KEYFOB_TEST_MYSQL_URL") {
+        let s = keyfob::store::mysql::MySqlStore::connect(&url).await.unwrap();
+        out.push(("mysql", Arc::new(s)));
+    }
     let redis = |u: String| async move {
         RedisStore::connect(&u).await.unwrap().with_key_prefix("keyfob-bench")
     };
+    if let Some(url) = env("KEYFOB_TEST_REDIS_URL") {
+        out.push(("redis", Arc::new(redis(url.clone()).await)));
+        out.push(("cached(redis)", Arc::new(CachedStore::new(redis(url).await))));
+    }
+    if let Some(url) = env("KEYFOB_TEST_REDIS_CLUSTER_URL") {
+        out.push(("redis-cluster", Arc::new(redis(url.clone()).await)));
+        out.push((
+            "cached(redis-cluster)",
+            Arc::new(CachedStore::new(redis(url).await)),
+        ));
+    }
+    out
+}
+
+#[tokio::main]
+async fn main() {
+    let secs: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(3);
     for read_only in [false, true] {
         for tasks in [1, 32] {
-            let stores: Vec<(&str, Arc<dyn SessionStore>)> = vec![
-                ("memory", Arc::new(MemoryStore::new())),
-                ("redis", Arc::new(redis(url.clone()).await)),
-                ("redis-cluster", Arc::new(redis(cluster.clone()).await)),
-                ("cached(redis)", Arc::new(CachedStore::new(redis(url.clone()).await))),
-                ("cached(redis-cluster)", Arc::new(CachedStore::new(redis(cluster.clone()).await))),
-            ];
-            for (name, store) in stores {
+            for (name, store) in stores().await {
                 run(name, store, tasks, secs, read_only).await;
             }
         }
