@@ -46,7 +46,7 @@
 //!     .route("/me", get(me))
 //!     .layer(SessionLayer::builder(MemoryStore::new()).with_secure(false).build().unwrap());
 //!
-//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! // Rejected: nobody is logged in.
 //! let res = app.clone().oneshot(Request::get("/me").body(Body::empty()).unwrap()).await.unwrap();
 //! assert_eq!(res.status(), 401);

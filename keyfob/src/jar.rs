@@ -102,6 +102,9 @@ struct Jar {
     originals: Vec<(Cookie<'static>, bool)>,
     /// Cookies to send, at most one per name; removals included.
     delta: Vec<Cookie<'static>>,
+    /// Request cookies that did not open: (name, value), for the security
+    /// log when the app asks for one of them by name.
+    refused: Vec<(String, String)>,
 }
 
 impl Jar {
@@ -111,6 +114,7 @@ impl Jar {
             keyring,
             originals: Vec::new(),
             delta: Vec::new(),
+            refused: Vec::new(),
         }
     }
 
@@ -159,6 +163,7 @@ impl Jar {
                 continue;
             }
             let Some(opened) = jar.open(name, value, now) else {
+                jar.refused.push((name.clone(), value.clone()));
                 continue;
             };
             let stale = opened.is_stale();
@@ -180,10 +185,38 @@ impl Jar {
         if let Some(c) = self.delta.iter().find(|c| c.name() == name) {
             return (!is_removal(c)).then(|| c.clone());
         }
-        self.originals
+        let found = self
+            .originals
             .iter()
             .find(|(c, _)| c.name() == name)
-            .map(|(c, _)| c.clone())
+            .map(|(c, _)| c.clone());
+        if found.is_none() {
+            self.log_refused(name);
+        }
+        found
+    }
+
+    /// Logs a cookie the app asked for that was sent but did not open:
+    /// expired (it opens when its sealed deadline is ignored) or tampered.
+    /// Only the name is logged, never the value.
+    fn log_refused(&self, name: &str) {
+        let Some((_, value)) = self.refused.iter().find(|(n, _)| n == name) else {
+            return;
+        };
+        let kind = match self.mode {
+            Mode::Signed => "signed",
+            Mode::Private => "private",
+        };
+        if self.open(name, value, OffsetDateTime::UNIX_EPOCH).is_some() {
+            tracing::info!(
+                event = "cookie.expired",
+                cookie = name,
+                jar = kind,
+                "keyfob: expired cookie refused"
+            );
+        } else {
+            tracing::warn!(event = "cookie.tampered", cookie = name, jar = kind, "keyfob: cookie with a bad signature refused (forged, tampered or from another key)");
+        }
     }
 
     fn is_stale(&self, name: &str) -> bool {

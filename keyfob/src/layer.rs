@@ -14,7 +14,9 @@
 //!    on every response that used the session.
 //!
 //! A store failure while saving replaces the response with
-//! `503 session store unavailable` and `Retry-After: 1`.
+//! `503 session store unavailable` and `Retry-After: 1`; so does a store call
+//! slower than [`with_store_timeout`](SessionLayerBuilder::with_store_timeout)
+//! (default 5 seconds), which bounds every store call the engine makes.
 //!
 //! ```
 //! use axum::{routing::get, Router};
@@ -35,6 +37,7 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{ready, Context, Poll},
+    time::Duration as StdDuration,
 };
 
 use http::{
@@ -55,7 +58,7 @@ use crate::{
     id::SessionId,
     keys::Keyring,
     session::{CookieOut, Incoming, Session, Shared},
-    store::{BoxFuture, SessionStore},
+    store::{timeout::Timed, BoxFuture, SessionStore},
 };
 
 /// Adds a [`Session`] to every request. Cheap to clone.
@@ -81,7 +84,7 @@ impl fmt::Debug for SessionLayer {
 impl SessionLayer {
     /// A layer with the default settings: cookie `id`, `Secure`, `HttpOnly`,
     /// `SameSite=Lax`, `Path=/`; idle timeout 2 hours, absolute timeout 12 hours,
-    /// touch interval 1 minute.
+    /// touch interval 1 minute, store calls bounded at 5 seconds.
     pub fn new(store: impl SessionStore) -> Self {
         SessionLayer {
             shared: Arc::new(SessionLayerBuilder::new(Arc::new(store)).into_shared()),
@@ -154,9 +157,13 @@ pub struct SessionLayerBuilder {
     legacy_ids: bool,
     /// A setting that cannot be honoured, reported by `build`.
     refused: Option<&'static str>,
+    store_timeout: Option<StdDuration>,
     #[cfg(feature = "cookie-store")]
     client: Option<CookieStore>,
 }
+
+/// The default of [`SessionLayerBuilder::with_store_timeout`].
+pub const DEFAULT_STORE_TIMEOUT: StdDuration = StdDuration::from_secs(5);
 
 impl fmt::Debug for SessionLayerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -178,6 +185,7 @@ impl SessionLayerBuilder {
             signed_ids: None,
             legacy_ids: false,
             refused: None,
+            store_timeout: Some(DEFAULT_STORE_TIMEOUT),
             #[cfg(feature = "cookie-store")]
             client: None,
         }
@@ -370,6 +378,35 @@ impl SessionLayerBuilder {
         self
     }
 
+    /// Bounds every store call the layer, the [`Session`] and the app's own
+    /// use of [`SessionLayer::store`] make: a call that takes longer is
+    /// abandoned and the request gets `503 session store unavailable` with
+    /// `Retry-After: 1` ([`ErrorKind::Timeout`]). `None` for no limit.
+    /// Default [`DEFAULT_STORE_TIMEOUT`] (5 seconds).
+    ///
+    /// A limit needs the Tokio time driver (`#[tokio::main]`, `#[tokio::test]`
+    /// and `enable_all()` runtimes have it); on a runtime built without
+    /// timers, pass `None`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use keyfob::{MemoryStore, SessionLayer};
+    /// let layer = SessionLayer::builder(MemoryStore::new())
+    ///     .with_store_timeout(Some(Duration::from_millis(500)))
+    ///     .build()
+    ///     .unwrap();
+    /// // A zero limit would refuse every request:
+    /// assert!(SessionLayer::builder(MemoryStore::new())
+    ///     .with_store_timeout(Some(Duration::ZERO))
+    ///     .build()
+    ///     .is_err());
+    /// # let _ = layer;
+    /// ```
+    pub fn with_store_timeout(mut self, limit: Option<StdDuration>) -> Self {
+        self.store_timeout = limit;
+        self
+    }
+
     /// The clock that decides expiry; tests pass a [`ManualClock`](crate::ManualClock).
     /// Default the system clock.
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
@@ -379,7 +416,7 @@ impl SessionLayerBuilder {
 
     fn into_shared(self) -> Shared {
         Shared {
-            store: self.store,
+            store: Arc::new(Timed::new(self.store, self.store_timeout)),
             cookie: self.cookie,
             policy: self.policy,
             clock: self.clock,
@@ -387,7 +424,7 @@ impl SessionLayerBuilder {
             signed_ids: self.signed_ids,
             legacy_ids: self.legacy_ids,
             #[cfg(feature = "cookie-store")]
-            client: self.client,
+            client: self.client.map(|c| c.time_limited(self.store_timeout)),
         }
     }
 
@@ -420,6 +457,11 @@ impl SessionLayerBuilder {
                     "the {what} timeout must be at most 100 years"
                 )));
             }
+        }
+        if self.store_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::config(
+                "a zero store timeout would refuse every request: give a positive duration, or None for no limit",
+            ));
         }
         if p.touch_interval.is_negative() {
             return Err(Error::config("the touch interval may not be negative"));
@@ -609,9 +651,9 @@ fn incoming(shared: &Shared, value: &[u8]) -> Incoming {
         Some(keys) => match keys.open_id(&shared.cookie.name, value) {
             Some((id, stale)) => (SessionId::parse(id), stale),
             None => {
-                tracing::info!(
-                    event = "session.forged",
-                    "keyfob: session ID with a bad signature refused"
+                tracing::warn!(
+                    event = "session.tampered",
+                    "keyfob: session ID with a bad signature refused (forged, tampered or from another key)"
                 );
                 return Incoming::None;
             }

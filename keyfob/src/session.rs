@@ -330,14 +330,32 @@ impl Session {
                 let found = self.inner.shared.store.load(&handle, now).await?;
                 // The store must filter expired records; check again anyway,
                 // since expiry is the server's to enforce whatever a store does.
-                match found.filter(|r| !r.is_expired(now)) {
-                    Some(record) => st.base = Some(record),
-                    None => {
-                        tracing::info!(
-                            event = "session.unknown",
-                            handle = %handle.short(),
-                            "keyfob: unknown or expired session ID presented"
-                        );
+                match found {
+                    Some(record) if !record.is_expired(now) => st.base = Some(record),
+                    found => {
+                        // Only on this refused path: ask whether it was an
+                        // expired session, for the security log.
+                        let expired = found.is_some()
+                            || self
+                                .inner
+                                .shared
+                                .store
+                                .holds_expired(&handle, now)
+                                .await
+                                .unwrap_or(false);
+                        if expired {
+                            tracing::info!(
+                                event = "session.expired",
+                                handle = %handle.short(),
+                                "keyfob: expired session ID presented"
+                            );
+                        } else {
+                            tracing::info!(
+                                event = "session.unknown",
+                                handle = %handle.short(),
+                                "keyfob: unknown session ID presented"
+                            );
+                        }
                         st.current = None;
                     }
                 }
@@ -789,10 +807,17 @@ impl Session {
         let now = self.now();
         let name = &self.inner.shared.cookie.name;
         let Some((id, record, stale)) = client.open(name, &value, now) else {
-            tracing::info!(
-                event = "session.unknown",
-                "keyfob: cookie session refused (forged, tampered, expired or made by another key)"
-            );
+            if client.was_expired(name, &value) {
+                tracing::info!(
+                    event = "session.expired",
+                    "keyfob: expired cookie session refused"
+                );
+            } else {
+                tracing::warn!(
+                    event = "session.tampered",
+                    "keyfob: cookie session refused (forged, tampered or sealed by another key)"
+                );
+            }
             return Ok(());
         };
         if client.is_revoked(&id, &record, now).await? {

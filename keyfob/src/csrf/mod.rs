@@ -56,7 +56,7 @@
 //! use keyfob::{csrf::{CsrfLayer, CsrfToken}, MemoryStore, SessionLayer};
 //! use tower::ServiceExt;
 //!
-//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! let app: Router = Router::new()
 //!     .route("/form", get(|token: CsrfToken| async move { token.to_string() }))
 //!     .route("/transfer", post(|| async { "transfer accepted" }))

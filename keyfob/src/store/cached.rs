@@ -277,6 +277,17 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
             result
         })
     }
+
+    fn update_uses_base(&self) -> bool {
+        self.inner.update_uses_base()
+    }
+    fn holds_expired<'a>(
+        &'a self,
+        handle: &'a Handle,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<bool>> {
+        self.inner.holds_expired(handle, now)
+    }
 }
 
 #[cfg(test)]

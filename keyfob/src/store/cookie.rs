@@ -145,6 +145,15 @@ impl CookieStore {
         &self.revocation
     }
 
+    /// The same codec with its revocation store under the layer's time
+    /// limit (see [`store::timeout`](super::timeout)).
+    pub(crate) fn time_limited(mut self, limit: Option<std::time::Duration>) -> Self {
+        if self.revocable {
+            self.revocation = Arc::new(super::timeout::Timed::new(self.revocation, limit));
+        }
+        self
+    }
+
     /// Revokes every cookie session of `owner` created at or before `now`
     /// (a user's "log out everywhere", a password change). Precise to the second.
     ///
@@ -216,6 +225,21 @@ impl CookieStore {
         let sealed: Sealed = serde_json::from_slice(opened.value()).ok()?;
         let id = SessionId::parse(sealed.id.as_bytes())?;
         (!sealed.record.is_expired(now)).then_some((id, sealed.record, opened.is_stale()))
+    }
+
+    /// Why [`open`](Self::open) refused `value`: `true` when it is authentic
+    /// but past its deadline, `false` when forged, tampered with or sealed
+    /// under a key this ring does not hold. For the security log only.
+    pub(crate) fn was_expired(&self, name: &str, value: &str) -> bool {
+        let epoch = OffsetDateTime::UNIX_EPOCH;
+        let opened = if self.encrypt {
+            self.keyring
+                .decrypt_for(Purpose::SealedSession, name, value, epoch)
+        } else {
+            self.keyring
+                .verify_for(Purpose::SignedSession, name, value, epoch)
+        };
+        opened.is_some_and(|o| serde_json::from_slice::<Sealed>(o.value()).is_ok())
     }
 
     /// True when `id` was retired or its owner revoked after it was created.

@@ -258,6 +258,18 @@ impl SessionStore for MemoryStore {
         Box::pin(std::future::ready(Ok(found)))
     }
 
+    fn holds_expired<'a>(
+        &'a self,
+        handle: &'a Handle,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<bool>> {
+        let expired = read(&self.shards[shard_of(handle)])
+            .records
+            .get(handle)
+            .is_some_and(|r| r.is_expired(now));
+        Box::pin(std::future::ready(Ok(expired)))
+    }
+
     fn create<'a>(
         &'a self,
         handle: &'a Handle,

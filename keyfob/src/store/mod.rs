@@ -48,6 +48,7 @@ pub mod redis;
 mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+pub(crate) mod timeout;
 
 /// A boxed, sendable future: what [`SessionStore`] methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -156,6 +157,21 @@ pub trait SessionStore: Send + Sync + 'static {
     fn update_uses_base(&self) -> bool {
         false
     }
+
+    /// True when the store still keeps an *expired* record with this handle
+    /// (one [`delete_expired`](Self::delete_expired) has not removed yet).
+    ///
+    /// Asked only after [`load`](Self::load) found nothing, to log
+    /// `session.expired` rather than `session.unknown`; it never makes a
+    /// session load. The default answers `false` (logged as unknown).
+    fn holds_expired<'a>(
+        &'a self,
+        handle: &'a Handle,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<bool>> {
+        let _ = (handle, now);
+        Box::pin(std::future::ready(Ok(false)))
+    }
 }
 
 impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
@@ -203,6 +219,14 @@ impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
     }
     fn update_uses_base(&self) -> bool {
         (**self).update_uses_base()
+    }
+
+    fn holds_expired<'a>(
+        &'a self,
+        handle: &'a Handle,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<bool>> {
+        (**self).holds_expired(handle, now)
     }
 }
 

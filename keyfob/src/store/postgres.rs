@@ -238,7 +238,12 @@ impl PostgresStore {
             .map_err(|e| Error::config(format!("invalid PostgreSQL URL: {e}")))?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
-            .acquire_timeout(StdDuration::from_secs(5))
+            .acquire_timeout(StdDuration::from_secs(2))
+            // Dead connections after a server restart are found by a ping
+            // before use and replaced; the short acquire timeout makes an
+            // outage a prompt `503` and caps sqlx's reconnect backoff at
+            // 400 ms, so requests succeed again soon after the server returns.
+            .test_before_acquire(true)
             .connect_with(options)
             .await
             .map_err(Error::store)?;
@@ -336,6 +341,25 @@ impl SessionStore for PostgresStore {
                 Some(row) => Ok(record_from(&row, 0, handle)?.map(Arc::new)),
                 None => Ok(None),
             }
+        })
+    }
+
+    fn holds_expired<'a>(
+        &'a self,
+        handle: &'a Handle,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let row: Option<i32> = sqlx::query_scalar(&format!(
+                "SELECT 1 FROM {} WHERE handle = $1 AND expires_at <= $2",
+                self.q.table
+            ))
+            .bind(&handle.as_bytes()[..])
+            .bind(secs(now))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(Error::store)?;
+            Ok(row.is_some())
         })
     }
 

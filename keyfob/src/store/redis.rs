@@ -450,7 +450,17 @@ impl RedisStore {
                 .get_multiplexed_async_connection()
                 .await
                 .map_err(Error::store)?;
-            Self::new(ConnectionManager::new(client).await.map_err(Error::store)?)
+            // Reconnect backoff capped at 250 ms (the crate's default grows
+            // to seconds): after an outage the store is back within a
+            // quarter second of the server, not several seconds later.
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_min_delay(std::time::Duration::from_millis(50))
+                .set_max_delay(std::time::Duration::from_millis(250));
+            Self::new(
+                ConnectionManager::new_with_config(client, config)
+                    .await
+                    .map_err(Error::store)?,
+            )
         } else {
             // The URL may hold a password: name only its scheme.
             let scheme = url.split_once("://").map_or("(none)", |(s, _)| s);
@@ -1056,6 +1066,18 @@ impl SessionStore for RedisStore {
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<Option<Arc<Record>>>> {
         Box::pin(async move { Ok(self.load_inner(handle, now).await?.map(Arc::new)) })
+    }
+
+    fn holds_expired<'a>(
+        &'a self,
+        handle: &'a Handle,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<bool>> {
+        // Redis drops a record at its deadline (`EXPIREAT`); one the
+        // caller's clock already counts as expired may still be there.
+        Box::pin(async move {
+            Ok(matches!(self.fetch(handle).await?, Decoded::Record(r) if r.is_expired(now)))
+        })
     }
 
     fn create<'a>(

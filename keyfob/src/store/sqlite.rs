@@ -423,6 +423,25 @@ impl SessionStore for SqliteStore {
         })
     }
 
+    fn holds_expired<'a>(
+        &'a self,
+        handle: &'a Handle,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let t = &self.inner.table;
+            let row: Option<i64> = sqlx::query_scalar(&format!(
+                "SELECT 1 FROM {t} WHERE handle = ?1 AND expires_at <= ?2"
+            ))
+            .bind(&handle.as_bytes()[..])
+            .bind(secs(now))
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(Error::store)?;
+            Ok(row.is_some())
+        })
+    }
+
     fn create<'a>(
         &'a self,
         handle: &'a Handle,

@@ -169,6 +169,18 @@ pub async fn hostile_cookie_headers_never_give_a_server_error(store: Store) {
     }
 }
 
+/// A stored value read as a type it no longer deserializes into (the app's
+/// type changed between releases) is absent, with a warning: never a `5xx`,
+/// and the stored value is left as it was.
+pub async fn value_of_another_type_reads_as_absent_not_a_server_error(store: Store) {
+    let app = App::new(store);
+    let cookie = app.session_with("n", "seven").await;
+    let r = app.send("GET", "/get-number/n", Some(&cookie)).await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "none"));
+    let r = app.send("GET", "/get/n", Some(&cookie)).await;
+    assert_eq!(r.body, "\"seven\"");
+}
+
 pub async fn cycle_id_keeps_data_and_retires_the_old_id(store: Store) {
     let app = App::new(store);
     let old = app.session_with("a", "1").await;
@@ -430,6 +442,27 @@ pub async fn store_never_returns_an_expired_record(store: Store) {
         .await
         .unwrap()
         .is_none());
+}
+
+/// `holds_expired` tells an expired record (not yet purged) from an unknown
+/// handle, for the `session.expired` log event; it never makes one load.
+pub async fn store_tells_an_expired_record_from_an_unknown_one(store: Store) {
+    let now = OffsetDateTime::now_utc();
+    let h = handle(3);
+    store.create(&h, &record(now)).await.unwrap();
+    let later = now + Duration::minutes(61);
+    assert!(
+        !store.holds_expired(&h, now).await.unwrap(),
+        "live is not expired"
+    );
+    assert!(store.holds_expired(&h, later).await.unwrap());
+    assert!(store.load(&h, later).await.unwrap().is_none());
+    assert!(
+        !store.holds_expired(&handle(4), later).await.unwrap(),
+        "unknown"
+    );
+    store.delete_expired(later, 100).await.unwrap();
+    assert!(!store.holds_expired(&h, later).await.unwrap(), "purged");
 }
 
 pub async fn store_purges_expired_records_in_batches(store: Store) {

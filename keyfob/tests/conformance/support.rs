@@ -92,6 +92,16 @@ impl SessionStore for Counting {
     ) -> BoxFuture<'a, keyfob::Result<u64>> {
         self.inner.delete_by_owner(owner, keep)
     }
+    fn update_uses_base(&self) -> bool {
+        self.inner.update_uses_base()
+    }
+    fn holds_expired<'a>(
+        &'a self,
+        handle: &'a Handle,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, keyfob::Result<bool>> {
+        self.inner.holds_expired(handle, now)
+    }
 }
 
 #[derive(Clone, Default)]
@@ -203,6 +213,13 @@ pub fn router(gate: Gate) -> Router {
     Router::new()
         .route("/nothing", get(|| async { "untouched" }))
         .route("/get/{key}", get(get_key))
+        .route(
+            "/get-number/{key}",
+            get(|s: Session, Path(key): Path<String>| async move {
+                let n: Option<u64> = s.get(&key).await?;
+                Ok::<_, keyfob::Error>(n.map_or("none".into(), |n| n.to_string()))
+            }),
+        )
         .route("/set/{key}/{value}", post(set_key))
         .route("/remove/{key}", post(remove_key))
         .route(

@@ -1,0 +1,260 @@
+//! A time limit on every store call the engine makes.
+//!
+//! Rules: each call to the wrapped store must finish within the limit, or it
+//! is abandoned and reported as [`ErrorKind::Timeout`], which the layer
+//! renders as `503 session store unavailable` with `Retry-After: 1`. A slow
+//! store therefore costs a request at most the limit, never a hung worker.
+//!
+//! Caveat: abandoning a call drops its future; a write the backend already
+//! received may still complete there (the client gets a `503` and retries,
+//! which change-set saves make safe). The limit needs a Tokio runtime with the
+//! time driver enabled (every axum server has one).
+//!
+//! Set it with [`SessionLayerBuilder::with_store_timeout`](crate::SessionLayerBuilder::with_store_timeout).
+
+use std::{future::Future, sync::Arc, time::Duration as StdDuration};
+
+use time::OffsetDateTime;
+
+use super::{BoxFuture, Created, OwnedSession, SessionStore, Updated};
+use crate::{
+    error::{Error, ErrorKind, Result},
+    id::Handle,
+    record::{Record, Update},
+};
+
+/// The store the engine calls: the app's store under a time limit.
+pub(crate) struct Timed {
+    inner: Arc<dyn SessionStore>,
+    limit: Option<StdDuration>,
+}
+
+impl Timed {
+    pub(crate) fn new(inner: Arc<dyn SessionStore>, limit: Option<StdDuration>) -> Self {
+        Timed { inner, limit }
+    }
+
+    fn bound<'a, T: Send + 'a>(
+        &self,
+        op: &'static str,
+        fut: BoxFuture<'a, Result<T>>,
+    ) -> BoxFuture<'a, Result<T>> {
+        match self.limit {
+            None => fut,
+            Some(limit) => Box::pin(within(limit, op, fut)),
+        }
+    }
+}
+
+async fn within<T>(
+    limit: StdDuration,
+    op: &'static str,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(out) => out,
+        Err(_) => {
+            tracing::warn!(
+                event = "store.timeout",
+                op,
+                limit_ms = limit.as_millis() as u64,
+                "keyfob: session store call timed out"
+            );
+            Err(Error::new(
+                ErrorKind::Timeout,
+                format!("{op} took longer than {limit:?}"),
+            ))
+        }
+    }
+}
+
+impl SessionStore for Timed {
+    fn load<'a>(
+        &'a self,
+        handle: &'a Handle,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Option<Arc<Record>>>> {
+        self.bound("load", self.inner.load(handle, now))
+    }
+    fn create<'a>(
+        &'a self,
+        handle: &'a Handle,
+        record: &'a Record,
+    ) -> BoxFuture<'a, Result<Created>> {
+        self.bound("create", self.inner.create(handle, record))
+    }
+    fn update<'a>(
+        &'a self,
+        handle: &'a Handle,
+        update: &'a Update,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Updated>> {
+        self.bound("update", self.inner.update(handle, update, now))
+    }
+    fn delete<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Result<bool>> {
+        self.bound("delete", self.inner.delete(handle))
+    }
+    fn delete_expired(&self, now: OffsetDateTime, batch: usize) -> BoxFuture<'_, Result<u64>> {
+        self.bound("delete_expired", self.inner.delete_expired(now, batch))
+    }
+    fn list_by_owner<'a>(
+        &'a self,
+        owner: &'a str,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Vec<OwnedSession>>> {
+        self.bound("list_by_owner", self.inner.list_by_owner(owner, now))
+    }
+    fn delete_by_owner<'a>(
+        &'a self,
+        owner: &'a str,
+        keep: Option<&'a Handle>,
+    ) -> BoxFuture<'a, Result<u64>> {
+        self.bound("delete_by_owner", self.inner.delete_by_owner(owner, keep))
+    }
+    fn update_uses_base(&self) -> bool {
+        self.inner.update_uses_base()
+    }
+    fn holds_expired<'a>(
+        &'a self,
+        handle: &'a Handle,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<bool>> {
+        self.bound("holds_expired", self.inner.holds_expired(handle, now))
+    }
+}
+
+#[cfg(all(test, feature = "memory"))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::MemoryStore;
+
+    /// A real store behind an injected delay.
+    struct Slow {
+        inner: MemoryStore,
+        delay: StdDuration,
+    }
+
+    impl SessionStore for Slow {
+        fn load<'a>(
+            &'a self,
+            handle: &'a Handle,
+            now: OffsetDateTime,
+        ) -> BoxFuture<'a, Result<Option<Arc<Record>>>> {
+            Box::pin(async move {
+                tokio::time::sleep(self.delay).await;
+                self.inner.load(handle, now).await
+            })
+        }
+        fn create<'a>(
+            &'a self,
+            handle: &'a Handle,
+            record: &'a Record,
+        ) -> BoxFuture<'a, Result<Created>> {
+            Box::pin(async move {
+                tokio::time::sleep(self.delay).await;
+                self.inner.create(handle, record).await
+            })
+        }
+        fn update<'a>(
+            &'a self,
+            handle: &'a Handle,
+            update: &'a Update,
+            now: OffsetDateTime,
+        ) -> BoxFuture<'a, Result<Updated>> {
+            Box::pin(async move {
+                tokio::time::sleep(self.delay).await;
+                self.inner.update(handle, update, now).await
+            })
+        }
+        fn delete<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Result<bool>> {
+            self.inner.delete(handle)
+        }
+        fn delete_expired(&self, now: OffsetDateTime, batch: usize) -> BoxFuture<'_, Result<u64>> {
+            self.inner.delete_expired(now, batch)
+        }
+        fn list_by_owner<'a>(
+            &'a self,
+            owner: &'a str,
+            now: OffsetDateTime,
+        ) -> BoxFuture<'a, Result<Vec<OwnedSession>>> {
+            self.inner.list_by_owner(owner, now)
+        }
+        fn delete_by_owner<'a>(
+            &'a self,
+            owner: &'a str,
+            keep: Option<&'a Handle>,
+        ) -> BoxFuture<'a, Result<u64>> {
+            self.inner.delete_by_owner(owner, keep)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_slower_than_the_limit_is_a_timeout_and_a_fast_one_passes() {
+        // Delays far apart from the limit, so a busy CI machine cannot blur them.
+        let slow = |ms| {
+            Arc::new(Slow {
+                inner: MemoryStore::new(),
+                delay: StdDuration::from_millis(ms),
+            })
+        };
+        let handle = Handle::from_bytes([7; 32]);
+        let now = OffsetDateTime::now_utc();
+        let tight = Timed::new(slow(10_000), Some(StdDuration::from_millis(50)));
+        let started = std::time::Instant::now();
+        let err = tight.load(&handle, now).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Timeout);
+        assert!(err.is_unavailable());
+        assert!(started.elapsed() < StdDuration::from_secs(5));
+        let loose = Timed::new(slow(10), Some(StdDuration::from_secs(5)));
+        assert!(loose.load(&handle, now).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_slow_store_gets_503_with_retry_after_from_the_layer() {
+        use axum::{body::Body, routing::get, Router};
+        use http::{header, Request, StatusCode};
+        use tower::ServiceExt;
+
+        async fn count(session: crate::Session) -> Result<String, Error> {
+            let n: u64 = session.get("n").await?.unwrap_or(0) + 1;
+            session.insert("n", n).await?;
+            Ok(n.to_string())
+        }
+        let app = |delay, limit| {
+            let store = Slow {
+                inner: MemoryStore::new(),
+                delay,
+            };
+            let layer = crate::SessionLayer::builder(store)
+                .with_store_timeout(Some(limit))
+                .build()
+                .unwrap();
+            Router::new().route("/", get(count)).layer(layer)
+        };
+        let req = |cookie: Option<&str>| {
+            let b = Request::get("/");
+            match cookie {
+                Some(c) => b.header(header::COOKIE, c),
+                None => b,
+            }
+            .body(Body::empty())
+            .unwrap()
+        };
+        let slow = app(StdDuration::from_secs(10), StdDuration::from_millis(50));
+        let started = std::time::Instant::now();
+        // A new session: the create is too slow. A presented ID: the load is.
+        let presented = format!("id={}", "A".repeat(43));
+        for cookie in [None, Some(presented.as_str())] {
+            let res = slow.clone().oneshot(req(cookie)).await.unwrap();
+            assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE, "{cookie:?}");
+            assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+            assert!(res.headers().get(header::SET_COOKIE).is_none());
+        }
+        assert!(started.elapsed() < StdDuration::from_secs(5));
+        let fine = app(StdDuration::from_millis(10), StdDuration::from_secs(5));
+        let res = fine.oneshot(req(None)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+}
