@@ -198,11 +198,9 @@ async fn login(session: Session, request: Request) -> Result<Response, keyfob::E
         }
     };
     let Credentials { username, password } = creds;
-    // Argon2 is deliberately slow: keep it off the async workers.
-    let verified = tokio::task::spawn_blocking(move || users::verify(&username, &password))
-        .await
-        .ok()
-        .flatten();
+    // Argon2 is deliberately slow (and needs 19 MiB): off the async workers,
+    // on two long-lived threads.
+    let verified = users::verify_off_thread(username, password).await;
     let Some(user) = verified else {
         return Ok(if is_form {
             pages::login_page(

@@ -69,3 +69,43 @@ pub fn verify(username: &str, password: &str) -> Option<User> {
 pub fn init() {
     let _ = accounts();
 }
+
+type Job = (String, String, tokio::sync::oneshot::Sender<Option<User>>);
+
+/// [`verify`] on one of two long-lived hashing threads.
+///
+/// Each Argon2 check works in a 19 MiB buffer. On tokio's blocking pool,
+/// which starts and retires threads as load comes and goes, every new thread
+/// grew its own allocator arena by such a buffer (the soak saw RSS reach
+/// 1.6 GB); two fixed threads keep at most two buffers' worth, reused.
+pub async fn verify_off_thread(username: String, password: String) -> Option<User> {
+    static POOL: OnceLock<Option<std::sync::mpsc::SyncSender<Job>>> = OnceLock::new();
+    let pool = POOL.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(256);
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..2 {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock() {
+                        Ok(guard) => guard.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok((user, password, reply)) = job else {
+                        return;
+                    };
+                    let _ = reply.send(verify(&user, &password));
+                });
+            if spawned.is_err() {
+                return None;
+            }
+        }
+        Some(tx)
+    });
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let pool = pool.as_ref()?;
+    // `try_send`: a full queue (256 logins waiting) refuses rather than blocks a worker.
+    pool.try_send((username, password, reply)).ok()?;
+    answer.await.ok().flatten()
+}
