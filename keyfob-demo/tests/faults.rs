@@ -440,6 +440,12 @@ async fn outage_under_load(name: &str, store: &str, server: Arc<dyn Outage>) {
     // Longer than the store timeout (5 s), so a store that hangs rather than
     // refuses is seen failing closed too.
     tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut probe = Client::new(&demo.base);
+    assert_eq!(
+        probe.get("/healthz").await.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "/healthz while the store is down"
+    );
     let s = server.clone();
     let back = tokio::task::spawn_blocking(move || {
         s.up();
@@ -447,6 +453,19 @@ async fn outage_under_load(name: &str, store: &str, server: Arc<dyn Outage>) {
     })
     .await
     .unwrap();
+    // /healthz turns 200 again within a second of the store's return.
+    let mut healthy = false;
+    while back.elapsed() < Duration::from_secs(1) {
+        if probe.get("/healthz").await.status == StatusCode::OK {
+            healthy = back.elapsed() <= Duration::from_secs(1);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        healthy,
+        "/healthz not 200 within a second of the store's return"
+    );
     runner.await.unwrap();
 
     let seen = std::mem::take(&mut *seen.lock().unwrap());
