@@ -346,6 +346,7 @@ pub struct Update {
     /// The record this request loaded, when the store asked for it
     /// ([`SessionStore::update_uses_base`](crate::SessionStore::update_uses_base)):
     /// a compare-and-swap store can then write without reading the row again.
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
     pub(crate) base: Option<std::sync::Arc<Record>>,
 }
 

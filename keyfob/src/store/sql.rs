@@ -45,3 +45,15 @@ pub(crate) fn encode_record(record: &Record) -> Result<String> {
     serde_json::to_string(record)
         .map_err(|e| Error::with_source(crate::error::ErrorKind::Serialize, e))
 }
+
+/// A listed row (`handle`, record JSON) as an [`OwnedSession`]; `None`
+/// (with a warning, from [`decode_record`]) when it does not decode.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+pub(crate) fn owned_session(handle: &[u8], record: &str) -> Option<super::OwnedSession> {
+    let handle = handle_from(handle)?;
+    let record = decode_record(&handle, record)?;
+    Some(super::OwnedSession {
+        handle,
+        record: std::sync::Arc::new(record),
+    })
+}

@@ -48,7 +48,7 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    sql::{decode_record, encode_record, handle_from, valid_identifier},
+    sql::{decode_record, encode_record, owned_session, valid_identifier},
     BoxFuture, Created, OwnedSession, SessionStore, Updated,
 };
 use crate::{
@@ -509,14 +509,7 @@ impl SessionStore for SqliteStore {
             for row in rows {
                 let bytes: Vec<u8> = row.try_get(0).map_err(Error::store)?;
                 let text: String = row.try_get(1).map_err(Error::store)?;
-                if let Some(handle) = handle_from(&bytes) {
-                    if let Some(record) = decode_record(&handle, &text) {
-                        out.push(OwnedSession {
-                            handle,
-                            record: Arc::new(record),
-                        });
-                    }
-                }
+                out.extend(owned_session(&bytes, &text));
             }
             Ok(out)
         })
