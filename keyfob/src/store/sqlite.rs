@@ -75,6 +75,7 @@ pub struct SqliteStore {
 struct Inner {
     pool: SqlitePool,
     table: String,
+    q: Arc<Queries>,
     writer: OnceLock<mpsc::Sender<Job>>,
 }
 
@@ -83,6 +84,53 @@ impl std::fmt::Debug for SqliteStore {
         f.debug_struct("SqliteStore")
             .field("table", &self.inner.table)
             .finish_non_exhaustive()
+    }
+}
+
+/// The statements of one table, built once: requests reuse the strings
+/// (and sqlx's statement cache keys on them).
+struct Queries {
+    load: String,
+    list: String,
+    holds_expired: String,
+    purge_one: String,
+    create: String,
+    insert: String,
+    update: String,
+    delete: String,
+    delete_expired: String,
+    delete_owner: String,
+}
+
+impl Queries {
+    fn new(t: &str) -> Self {
+        let live = "(expires_at IS NULL OR expires_at > ?2)";
+        Queries {
+            load: format!("SELECT record FROM {t} WHERE handle = ?1 AND {live}"),
+            list: format!("SELECT handle, record FROM {t} WHERE owner = ?1 AND {live}"),
+            holds_expired: format!("SELECT 1 FROM {t} WHERE handle = ?1 AND expires_at <= ?2"),
+            purge_one: format!(
+                "DELETE FROM {t} WHERE handle = ?1 AND expires_at IS NOT NULL AND expires_at <= ?2"
+            ),
+            create: format!(
+                "INSERT INTO {t} (handle, owner, expires_at, record) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (handle) DO NOTHING"
+            ),
+            insert: format!(
+                "INSERT INTO {t} (handle, owner, expires_at, record) VALUES (?1, ?2, ?3, ?4)"
+            ),
+            update: format!(
+                "UPDATE {t} SET owner = ?2, expires_at = ?3, record = ?4 WHERE handle = ?1"
+            ),
+            delete: format!("DELETE FROM {t} WHERE handle = ?1"),
+            delete_expired: format!(
+                "DELETE FROM {t} WHERE rowid IN (
+                    SELECT rowid FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)"
+            ),
+            delete_owner: format!(
+                "DELETE FROM {t} WHERE owner = ?1 AND (?2 IS NULL OR handle <> ?2)"
+            ),
+        }
     }
 }
 
@@ -113,6 +161,7 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 pool,
                 table: "keyfob_sessions".to_owned(),
+                q: Arc::new(Queries::new("keyfob_sessions")),
                 writer: OnceLock::new(),
             }),
         }
@@ -128,6 +177,7 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 pool: self.inner.pool.clone(),
                 table: table.to_owned(),
+                q: Arc::new(Queries::new(table)),
                 writer: OnceLock::new(),
             }),
         })
@@ -217,7 +267,7 @@ impl SqliteStore {
             let (tx, rx) = mpsc::channel(1024);
             tokio::spawn(write_loop(
                 self.inner.pool.clone(),
-                self.inner.table.clone(),
+                self.inner.q.clone(),
                 rx,
             ));
             tx
@@ -236,7 +286,7 @@ impl SqliteStore {
     }
 }
 
-async fn write_loop(pool: SqlitePool, table: String, mut rx: mpsc::Receiver<Job>) {
+async fn write_loop(pool: SqlitePool, q: Arc<Queries>, mut rx: mpsc::Receiver<Job>) {
     let mut batch = Vec::with_capacity(BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -247,7 +297,7 @@ async fn write_loop(pool: SqlitePool, table: String, mut rx: mpsc::Receiver<Job>
             }
         }
         let ops: Vec<&Op> = batch.iter().map(|j| &j.op).collect();
-        match run_batch(&pool, &table, &ops).await {
+        match run_batch(&pool, &q, &ops).await {
             Ok(outs) => {
                 for (job, out) in batch.drain(..).zip(outs) {
                     let _ = job.reply.send(Ok(out));
@@ -261,11 +311,9 @@ async fn write_loop(pool: SqlitePool, table: String, mut rx: mpsc::Receiver<Job>
             Err(_) => {
                 // Isolate the failure: one transaction per job.
                 for job in batch.drain(..) {
-                    let result = run_batch(&pool, &table, &[&job.op])
-                        .await
-                        .and_then(|mut outs| {
-                            outs.pop().ok_or_else(|| Error::store_msg("no result"))
-                        });
+                    let result = run_batch(&pool, &q, &[&job.op]).await.and_then(|mut outs| {
+                        outs.pop().ok_or_else(|| Error::store_msg("no result"))
+                    });
                     let _ = job.reply.send(result);
                 }
             }
@@ -273,42 +321,37 @@ async fn write_loop(pool: SqlitePool, table: String, mut rx: mpsc::Receiver<Job>
     }
 }
 
-async fn run_batch(pool: &SqlitePool, t: &str, ops: &[&Op]) -> Result<Vec<Out>> {
+async fn run_batch(pool: &SqlitePool, q: &Queries, ops: &[&Op]) -> Result<Vec<Out>> {
     let mut tx = pool
         .begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(Error::store)?;
     let mut outs = Vec::with_capacity(ops.len());
     for op in ops {
-        outs.push(run_op(&mut tx, t, op).await?);
+        outs.push(run_op(&mut tx, q, op).await?);
     }
     tx.commit().await.map_err(Error::store)?;
     Ok(outs)
 }
 
-async fn run_op(conn: &mut SqliteConnection, t: &str, op: &Op) -> Result<Out> {
+async fn run_op(conn: &mut SqliteConnection, q: &Queries, op: &Op) -> Result<Out> {
     match op {
         Op::Create(handle, record) => {
             let now = secs(record.last_seen());
-            sqlx::query(&format!(
-                "DELETE FROM {t} WHERE handle = ?1 AND expires_at IS NOT NULL AND expires_at <= ?2"
-            ))
-            .bind(&handle.as_bytes()[..])
-            .bind(now)
-            .execute(&mut *conn)
-            .await
-            .map_err(Error::store)?;
-            let done = sqlx::query(&format!(
-                "INSERT INTO {t} (handle, owner, expires_at, record) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (handle) DO NOTHING"
-            ))
-            .bind(&handle.as_bytes()[..])
-            .bind(record.owner())
-            .bind(record.expires_secs())
-            .bind(encode_record(record)?)
-            .execute(&mut *conn)
-            .await
-            .map_err(Error::store)?;
+            sqlx::query(&q.purge_one)
+                .bind(&handle.as_bytes()[..])
+                .bind(now)
+                .execute(&mut *conn)
+                .await
+                .map_err(Error::store)?;
+            let done = sqlx::query(&q.create)
+                .bind(&handle.as_bytes()[..])
+                .bind(record.owner())
+                .bind(record.expires_secs())
+                .bind(encode_record(record)?)
+                .execute(&mut *conn)
+                .await
+                .map_err(Error::store)?;
             Ok(Out::Created(if done.rows_affected() == 1 {
                 Created::Stored
             } else {
@@ -316,14 +359,12 @@ async fn run_op(conn: &mut SqliteConnection, t: &str, op: &Op) -> Result<Out> {
             }))
         }
         Op::Update(handle, update, now) => {
-            let row: Option<String> = sqlx::query_scalar(&format!(
-                "SELECT record FROM {t} WHERE handle = ?1 AND (expires_at IS NULL OR expires_at > ?2)"
-            ))
-            .bind(&handle.as_bytes()[..])
-            .bind(secs(*now))
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(Error::store)?;
+            let row: Option<String> = sqlx::query_scalar(&q.load)
+                .bind(&handle.as_bytes()[..])
+                .bind(secs(*now))
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(Error::store)?;
             let Some(mut record) = row.and_then(|text| decode_record(handle, &text)) else {
                 return Ok(Out::Updated(Updated::Gone));
             };
@@ -331,39 +372,35 @@ async fn run_op(conn: &mut SqliteConnection, t: &str, op: &Op) -> Result<Out> {
             let text = encode_record(&record)?;
             match update.rename_to() {
                 None => {
-                    sqlx::query(&format!(
-                        "UPDATE {t} SET owner = ?2, expires_at = ?3, record = ?4 WHERE handle = ?1"
-                    ))
-                    .bind(&handle.as_bytes()[..])
-                    .bind(record.owner())
-                    .bind(record.expires_secs())
-                    .bind(text)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(Error::store)?;
+                    sqlx::query(&q.update)
+                        .bind(&handle.as_bytes()[..])
+                        .bind(record.owner())
+                        .bind(record.expires_secs())
+                        .bind(text)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(Error::store)?;
                 }
                 Some(to) => {
-                    sqlx::query(&format!("DELETE FROM {t} WHERE handle = ?1"))
+                    sqlx::query(&q.delete)
                         .bind(&handle.as_bytes()[..])
                         .execute(&mut *conn)
                         .await
                         .map_err(Error::store)?;
-                    sqlx::query(&format!(
-                        "INSERT INTO {t} (handle, owner, expires_at, record) VALUES (?1, ?2, ?3, ?4)"
-                    ))
-                    .bind(&to.as_bytes()[..])
-                    .bind(record.owner())
-                    .bind(record.expires_secs())
-                    .bind(text)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(Error::store)?;
+                    sqlx::query(&q.insert)
+                        .bind(&to.as_bytes()[..])
+                        .bind(record.owner())
+                        .bind(record.expires_secs())
+                        .bind(text)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(Error::store)?;
                 }
             }
             Ok(Out::Updated(Updated::Applied))
         }
         Op::Delete(handle) => {
-            let done = sqlx::query(&format!("DELETE FROM {t} WHERE handle = ?1"))
+            let done = sqlx::query(&q.delete)
                 .bind(&handle.as_bytes()[..])
                 .execute(&mut *conn)
                 .await
@@ -371,27 +408,22 @@ async fn run_op(conn: &mut SqliteConnection, t: &str, op: &Op) -> Result<Out> {
             Ok(Out::Count(done.rows_affected()))
         }
         Op::DeleteExpired(now, batch) => {
-            let done = sqlx::query(&format!(
-                "DELETE FROM {t} WHERE rowid IN (
-                    SELECT rowid FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)"
-            ))
-            .bind(secs(*now))
-            .bind(i64::try_from(*batch).unwrap_or(i64::MAX))
-            .execute(&mut *conn)
-            .await
-            .map_err(Error::store)?;
+            let done = sqlx::query(&q.delete_expired)
+                .bind(secs(*now))
+                .bind(i64::try_from(*batch).unwrap_or(i64::MAX))
+                .execute(&mut *conn)
+                .await
+                .map_err(Error::store)?;
             Ok(Out::Count(done.rows_affected()))
         }
         Op::DeleteByOwner(owner, keep) => {
             let keep = keep.map(|h| h.as_bytes().to_vec());
-            let done = sqlx::query(&format!(
-                "DELETE FROM {t} WHERE owner = ?1 AND (?2 IS NULL OR handle <> ?2)"
-            ))
-            .bind(owner)
-            .bind(keep)
-            .execute(&mut *conn)
-            .await
-            .map_err(Error::store)?;
+            let done = sqlx::query(&q.delete_owner)
+                .bind(owner)
+                .bind(keep)
+                .execute(&mut *conn)
+                .await
+                .map_err(Error::store)?;
             Ok(Out::Count(done.rows_affected()))
         }
     }
@@ -408,15 +440,13 @@ impl SessionStore for SqliteStore {
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<Option<Arc<Record>>>> {
         Box::pin(async move {
-            let t = &self.inner.table;
-            let row: Option<String> = sqlx::query_scalar(&format!(
-                "SELECT record FROM {t} WHERE handle = ?1 AND (expires_at IS NULL OR expires_at > ?2)"
-            ))
-            .bind(&handle.as_bytes()[..])
-            .bind(secs(now))
-            .fetch_optional(&self.inner.pool)
-            .await
-            .map_err(Error::store)?;
+            let q = &self.inner.q;
+            let row: Option<String> = sqlx::query_scalar(&q.load)
+                .bind(&handle.as_bytes()[..])
+                .bind(secs(now))
+                .fetch_optional(&self.inner.pool)
+                .await
+                .map_err(Error::store)?;
             Ok(row
                 .and_then(|text| decode_record(handle, &text))
                 .map(Arc::new))
@@ -429,15 +459,13 @@ impl SessionStore for SqliteStore {
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
-            let t = &self.inner.table;
-            let row: Option<i64> = sqlx::query_scalar(&format!(
-                "SELECT 1 FROM {t} WHERE handle = ?1 AND expires_at <= ?2"
-            ))
-            .bind(&handle.as_bytes()[..])
-            .bind(secs(now))
-            .fetch_optional(&self.inner.pool)
-            .await
-            .map_err(Error::store)?;
+            let q = &self.inner.q;
+            let row: Option<i64> = sqlx::query_scalar(&q.holds_expired)
+                .bind(&handle.as_bytes()[..])
+                .bind(secs(now))
+                .fetch_optional(&self.inner.pool)
+                .await
+                .map_err(Error::store)?;
             Ok(row.is_some())
         })
     }
@@ -496,15 +524,13 @@ impl SessionStore for SqliteStore {
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<Vec<OwnedSession>>> {
         Box::pin(async move {
-            let t = &self.inner.table;
-            let rows = sqlx::query(&format!(
-                "SELECT handle, record FROM {t} WHERE owner = ?1 AND (expires_at IS NULL OR expires_at > ?2)"
-            ))
-            .bind(owner)
-            .bind(secs(now))
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(Error::store)?;
+            let q = &self.inner.q;
+            let rows = sqlx::query(&q.list)
+                .bind(owner)
+                .bind(secs(now))
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(Error::store)?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
                 let bytes: Vec<u8> = row.try_get(0).map_err(Error::store)?;
