@@ -145,8 +145,9 @@ impl<S: SessionStore> SessionStore for Counting<S> {
         &'a self,
         owner: &'a str,
         now: OffsetDateTime,
+        limit: usize,
     ) -> BoxFuture<'a, keyfob::Result<Vec<OwnedSession>>> {
-        self.inner.list_by_owner(owner, now)
+        self.inner.list_by_owner(owner, now, limit)
     }
     fn delete_by_owner<'a>(
         &'a self,

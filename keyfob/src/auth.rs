@@ -73,7 +73,7 @@ use tower_service::Service;
 use crate::{
     error::{Error, Result},
     id::Handle,
-    reserved_keys as keys,
+    record::reserved as keys,
     session::Session,
     store::{BoxFuture, SessionStore},
 };
@@ -96,9 +96,47 @@ pub async fn login<U: Serialize>(session: &Session, owner: &str, user: &U) -> Re
     // the created time and absolute deadline count from this login.
     let same_user = session.owner().await?.is_none_or(|o| o == owner);
     session.restart(same_user).await?;
+    make_room(session, owner).await?;
     session.set_owner(Some(owner)).await?;
-    session.remove_value(keys::CSRF).await?;
-    session.insert(keys::USER, user).await?;
+    session
+        .remove_reserved::<serde_json::Value>(keys::CSRF)
+        .await?;
+    session.insert_reserved(keys::USER, user).await?;
+    Ok(())
+}
+
+/// The most sessions [`list_sessions`] returns, and the most a login looks at
+/// to enforce the per-user cap: bounded work however many sessions a store
+/// holds for one user (the cap keeps it far below this).
+pub const MAX_LISTED: usize = 1000;
+
+/// Ends the oldest sessions of `owner` so the login about to be stored keeps
+/// the user within the layer's per-user cap.
+async fn make_room(session: &Session, owner: &str) -> Result<()> {
+    let shared = session.shared();
+    let Some(cap) = shared.max_sessions_per_user else {
+        return Ok(());
+    };
+    if !shared.has_owner_index() {
+        return Ok(());
+    }
+    let now = shared.clock.now();
+    let mut live = shared.store.list_by_owner(owner, now, MAX_LISTED).await?;
+    if live.len() < cap {
+        return Ok(());
+    }
+    live.sort_by_key(|s| (s.record.created, s.handle));
+    let excess = live.len() + 1 - cap;
+    for s in live.iter().take(excess) {
+        if shared.store.delete(&s.handle).await? {
+            tracing::info!(
+                event = "session.evicted",
+                handle = %s.handle.short(),
+                cap,
+                "keyfob: oldest session of a user ended by a login past the per-user cap"
+            );
+        }
+    }
     Ok(())
 }
 
@@ -144,7 +182,7 @@ impl<U> AuthUser<U> {
 /// # let _ = name; Ok(()) }
 /// ```
 pub async fn current_user<U: DeserializeOwned>(session: &Session) -> Result<Option<U>> {
-    session.get(keys::USER).await
+    session.get_reserved(keys::USER).await
 }
 
 #[cfg(feature = "axum")]
@@ -314,7 +352,7 @@ where
                     "no session in the request",
                 )));
             };
-            match session.get_value(keys::USER).await {
+            match session.get_reserved::<serde_json::Value>(keys::USER).await {
                 Ok(Some(_)) => inner.call(req).await,
                 Ok(None) => Ok(redirect_to_login(&login, req.uri())),
                 Err(err) => Ok(crate::layer::error_response(&err)),
@@ -380,8 +418,12 @@ async fn owned(session: &Session) -> Result<Option<(String, Option<Handle>)>> {
     Ok(Some((owner, session.id().await?)))
 }
 
-/// The live sessions of the user logged in to `session`, oldest first;
-/// empty when nobody is logged in.
+/// The live sessions of the user logged in to `session`, oldest first, at
+/// most [`MAX_LISTED`]; empty when nobody is logged in.
+///
+/// # Errors
+/// A store error; [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported)
+/// for cookie sessions without a revocation store, which keep no list.
 ///
 /// ```
 /// # async fn f(session: keyfob::Session) -> Result<(), keyfob::Error> {
@@ -396,7 +438,7 @@ pub async fn list_sessions(session: &Session) -> Result<Vec<SessionInfo>> {
     let now = shared.clock.now();
     let mut list: Vec<SessionInfo> = shared
         .store
-        .list_by_owner(&owner, now)
+        .list_by_owner(&owner, now, MAX_LISTED)
         .await?
         .into_iter()
         .filter(|s| !s.record.is_expired(now))
@@ -432,13 +474,15 @@ pub async fn revoke(session: &Session, handle: &Handle) -> Result<bool> {
         return Ok(true);
     }
     let shared = session.shared();
+    if !shared.has_owner_index() {
+        return Err(Error::no_owner_index());
+    }
     let now = shared.clock.now();
     let mine = shared
         .store
-        .list_by_owner(&owner, now)
+        .load(handle, now)
         .await?
-        .iter()
-        .any(|s| &s.handle == handle);
+        .is_some_and(|r| r.owner() == Some(owner.as_str()));
     if !mine {
         return Ok(false);
     }

@@ -38,6 +38,14 @@ pub enum ErrorKind {
     Random,
     /// A record is too large for where it must be kept (a cookie, a column).
     TooLarge,
+    /// A session key in keyfob's reserved `keyfob.` namespace was written
+    /// through the public API. Rendered as `400`: the usual cause is a key
+    /// name taken from the client.
+    ReservedKey,
+    /// The store cannot do what was asked (listing or revoking a user's
+    /// cookie sessions without a revocation store). Rendered as `500`:
+    /// never reported as an empty answer that looks like success.
+    Unsupported,
 }
 
 impl ErrorKind {
@@ -49,6 +57,8 @@ impl ErrorKind {
             ErrorKind::Serialize => "session value could not be serialized",
             ErrorKind::Random => "the OS random number generator failed",
             ErrorKind::TooLarge => "session record too large",
+            ErrorKind::ReservedKey => "reserved session key",
+            ErrorKind::Unsupported => "not supported by this session store",
         }
     }
 }
@@ -114,6 +124,18 @@ impl Error {
             message: None,
             source: Some(source.into()),
         }
+    }
+
+    /// What listing or revoking a user's sessions answers where no owner
+    /// index exists (cookie sessions without a revocation store): an error,
+    /// never an empty answer the app could take for success.
+    #[cfg_attr(not(any(feature = "auth", feature = "cookie-store")), allow(dead_code))]
+    pub(crate) fn no_owner_index() -> Self {
+        Error::new(
+            ErrorKind::Unsupported,
+            "cookie sessions without a revocation store cannot be listed or revoked: \
+             add `CookieStore::with_revocation(store)` with a durable, shared store",
+        )
     }
 
     /// True for failures that mean "the store is not available right now";

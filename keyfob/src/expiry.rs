@@ -5,6 +5,13 @@
 //!   activity, but the store is touched (only the deadline is written) at
 //!   most once per *touch interval*, so a read-heavy app does not write on
 //!   every request;
+//! - **touch interval**: unless set, a tenth of the session's idle timeout,
+//!   at most one minute (2 h idle: 1 min; 10 s idle: 1 s; 2 s idle: every
+//!   read). A session read at least once per nine tenths of its idle timeout
+//!   therefore never expires while in use, whatever the timeout. An explicit
+//!   interval at least as long as the idle timeout is refused when the layer
+//!   is built; for a per-session [`Expiry::OnInactivity`] shorter than it, the
+//!   session falls back to the automatic interval;
 //! - **absolute timeout**: a hard cap set when the session is created and
 //!   never extended, not by activity and not by [`Session::cycle_id`];
 //! - the server checks both on every load, whatever the cookie says;
@@ -147,8 +154,12 @@ pub(crate) struct Policy {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) absolute_timeout: Option<Duration>,
     pub(crate) browser_session_cookie: bool,
-    pub(crate) touch_interval: Duration,
+    /// `None`: follows the idle timeout (see [`Policy::touch_interval`]).
+    pub(crate) touch_interval: Option<Duration>,
 }
+
+/// The longest automatic touch interval.
+const MAX_AUTO_TOUCH: Duration = Duration::minutes(1);
 
 impl Default for Policy {
     fn default() -> Self {
@@ -156,7 +167,7 @@ impl Default for Policy {
             idle_timeout: Some(Duration::hours(2)),
             absolute_timeout: Some(Duration::hours(12)),
             browser_session_cookie: false,
-            touch_interval: Duration::minutes(1),
+            touch_interval: None,
         }
     }
 }
@@ -182,6 +193,31 @@ impl Policy {
             Some(Expiry::OnInactivity(_)) => true,
             Some(Expiry::OnSessionEnd) | None => self.idle_timeout.is_some(),
         }
+    }
+
+    /// How often a read refreshes the idle deadline of a session with this
+    /// expiry: the explicit interval when it is shorter than the session's
+    /// idle timeout, else a tenth of that timeout, at most one minute.
+    pub(crate) fn touch_interval(&self, expiry: Option<Expiry>) -> Duration {
+        let idle = match expiry {
+            Some(Expiry::OnInactivity(d)) => Some(d),
+            _ => self.idle_timeout,
+        };
+        let auto = idle.map_or(MAX_AUTO_TOUCH, |d: Duration| {
+            (d / 10_i32).min(MAX_AUTO_TOUCH)
+        });
+        match (self.touch_interval, idle) {
+            (Some(every), Some(idle)) if every < idle => every,
+            (Some(every), None) => every,
+            _ => auto,
+        }
+    }
+
+    /// Whether a request at `now` that only read a session last seen at
+    /// `last_seen` (unix seconds) must refresh its idle deadline.
+    pub(crate) fn touch_due(&self, expiry: Option<Expiry>, last_seen: i64, now: i64) -> bool {
+        self.slides(expiry)
+            && now.saturating_sub(last_seen) >= self.touch_interval(expiry).whole_seconds()
     }
 
     pub(crate) fn browser_session(&self, expiry: Option<Expiry>) -> bool {

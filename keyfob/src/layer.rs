@@ -155,12 +155,16 @@ pub struct SessionLayerBuilder {
     save_on_server_error: bool,
     signed_ids: Option<Keyring>,
     legacy_ids: bool,
+    max_sessions_per_user: Option<usize>,
     /// A setting that cannot be honoured, reported by `build`.
     refused: Option<&'static str>,
     store_timeout: Option<StdDuration>,
     #[cfg(feature = "cookie-store")]
     client: Option<CookieStore>,
 }
+
+/// The default of [`SessionLayerBuilder::with_max_sessions_per_user`].
+pub const DEFAULT_MAX_SESSIONS_PER_USER: usize = 100;
 
 /// The default of [`SessionLayerBuilder::with_store_timeout`].
 pub const DEFAULT_STORE_TIMEOUT: StdDuration = StdDuration::from_secs(5);
@@ -184,6 +188,7 @@ impl SessionLayerBuilder {
             save_on_server_error: false,
             signed_ids: None,
             legacy_ids: false,
+            max_sessions_per_user: Some(DEFAULT_MAX_SESSIONS_PER_USER),
             refused: None,
             store_timeout: Some(DEFAULT_STORE_TIMEOUT),
             #[cfg(feature = "cookie-store")]
@@ -242,6 +247,31 @@ impl SessionLayerBuilder {
         self
     }
 
+    /// The most live sessions one user may have: a login past it ends that
+    /// user's oldest sessions (by creation) first, so one account cannot pile
+    /// up sessions without bound, and the "your sessions" list stays short.
+    /// Default [`DEFAULT_MAX_SESSIONS_PER_USER`] (100); `None` for no cap.
+    /// Cookie sessions without a revocation store keep no server-side record
+    /// to count, so the cap does not apply to them.
+    ///
+    /// ```
+    /// use keyfob::{MemoryStore, SessionLayer};
+    /// // Allowed: at most 5 devices per user.
+    /// assert!(SessionLayer::builder(MemoryStore::new())
+    ///     .with_max_sessions_per_user(Some(5))
+    ///     .build()
+    ///     .is_ok());
+    /// // Refused: a cap of zero would end every login at once.
+    /// assert!(SessionLayer::builder(MemoryStore::new())
+    ///     .with_max_sessions_per_user(Some(0))
+    ///     .build()
+    ///     .is_err());
+    /// ```
+    pub fn with_max_sessions_per_user(mut self, max: Option<usize>) -> Self {
+        self.max_sessions_per_user = max;
+        self
+    }
+
     /// tower-sessions' `with_expiry`, for the whole layer:
     /// [`Expiry::OnInactivity(d)`](crate::Expiry::OnInactivity) sets the idle
     /// timeout to `d`; [`Expiry::OnSessionEnd`](crate::Expiry::OnSessionEnd)
@@ -280,7 +310,7 @@ impl SessionLayerBuilder {
     /// keyfob refreshes it on reads anyway, at most once per
     /// [touch interval](Self::with_touch_interval), which is what most apps
     /// that set `always_save` wanted. `false` restores the default interval
-    /// (1 minute).
+    /// (a tenth of the idle timeout, at most 1 minute).
     ///
     /// ```
     /// use keyfob::{MemoryStore, SessionLayer};
@@ -288,11 +318,7 @@ impl SessionLayerBuilder {
     /// assert!(layer.is_ok());
     /// ```
     pub fn with_always_save(mut self, on: bool) -> Self {
-        self.policy.touch_interval = if on {
-            Duration::ZERO
-        } else {
-            Policy::default().touch_interval
-        };
+        self.policy.touch_interval = if on { Some(Duration::ZERO) } else { None };
         self
     }
 
@@ -365,9 +391,29 @@ impl SessionLayerBuilder {
     }
 
     /// Refresh the idle deadline of a read-only session at most this often.
-    /// Default 1 minute.
+    /// Default: a tenth of the idle timeout, at most 1 minute, so short idle
+    /// timeouts work without setting this. An interval at least as long as
+    /// the idle timeout is refused by [`build`](Self::build): read-only
+    /// sessions would expire while in use.
+    ///
+    /// ```
+    /// use keyfob::{MemoryStore, SessionLayer};
+    /// use time::Duration;
+    ///
+    /// // Allowed: a 10-second idle timeout, touched every second by default.
+    /// assert!(SessionLayer::builder(MemoryStore::new())
+    ///     .with_idle_timeout(Duration::seconds(10))
+    ///     .build()
+    ///     .is_ok());
+    /// // Refused: an explicit interval the idle timeout cannot outlast.
+    /// assert!(SessionLayer::builder(MemoryStore::new())
+    ///     .with_idle_timeout(Duration::seconds(10))
+    ///     .with_touch_interval(Duration::seconds(10))
+    ///     .build()
+    ///     .is_err());
+    /// ```
     pub fn with_touch_interval(mut self, every: Duration) -> Self {
-        self.policy.touch_interval = every;
+        self.policy.touch_interval = Some(every);
         self
     }
 
@@ -423,6 +469,7 @@ impl SessionLayerBuilder {
             save_on_server_error: self.save_on_server_error,
             signed_ids: self.signed_ids,
             legacy_ids: self.legacy_ids,
+            max_sessions_per_user: self.max_sessions_per_user,
             #[cfg(feature = "cookie-store")]
             client: self.client.map(|c| c.time_limited(self.store_timeout)),
         }
@@ -458,18 +505,27 @@ impl SessionLayerBuilder {
                 )));
             }
         }
+        if self.max_sessions_per_user == Some(0) {
+            return Err(Error::config(
+                "a per-user cap of zero sessions would end every login at once: give at least 1, or None for no cap",
+            ));
+        }
         if self.store_timeout.is_some_and(|t| t.is_zero()) {
             return Err(Error::config(
                 "a zero store timeout would refuse every request: give a positive duration, or None for no limit",
             ));
         }
-        if p.touch_interval.is_negative() {
-            return Err(Error::config("the touch interval may not be negative"));
-        }
-        if p.idle_timeout.is_some_and(|idle| p.touch_interval >= idle) {
-            return Err(Error::config(
-                "the touch interval must be shorter than the idle timeout, or read-only sessions would expire while in use",
-            ));
+        if let Some(every) = p.touch_interval {
+            if every.is_negative() {
+                return Err(Error::config("the touch interval may not be negative"));
+            }
+            if let Some(idle) = p.idle_timeout.filter(|idle| every >= *idle) {
+                return Err(Error::config(format!(
+                    "the touch interval ({every}) must be shorter than the idle timeout ({idle}), \
+                     or read-only sessions would expire while in use: shorten it, or leave it unset \
+                     to follow the idle timeout"
+                )));
+            }
         }
         #[cfg(feature = "cookie-store")]
         if self.client.is_some() && self.signed_ids.is_some() {
@@ -728,6 +784,7 @@ pub(crate) fn error_response<B: From<&'static str>>(err: &Error) -> Response<B> 
             StatusCode::INTERNAL_SERVER_ERROR,
             "session too large to store",
         ),
+        ErrorKind::ReservedKey => (StatusCode::BAD_REQUEST, "reserved session key"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "session error"),
     };
     let mut response = Response::new(B::from(body));

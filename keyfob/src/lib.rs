@@ -101,18 +101,6 @@ pub use store::memory::MemoryStore;
 pub use store::redis::RedisStore;
 pub use store::SessionStore;
 
-/// Session keys keyfob itself uses; one home so `auth` and `csrf` agree.
-#[allow(dead_code)]
-pub(crate) mod reserved_keys {
-    /// The logged-in user, written by `auth::login`.
-    pub(crate) const USER: &str = "keyfob.user";
-    /// The CSRF secret (base64url), minted by `csrf`, dropped by `auth::login`.
-    pub(crate) const CSRF: &str = "keyfob.csrf";
-    /// Marks a session imported from tower-sessions by `migrate`: the layer
-    /// (with `with_legacy_ids`) accepts its old cookie once, then drops this key.
-    pub(crate) const LEGACY: &str = "keyfob.legacy";
-}
-
 // Re-exported so users name the same `time` version keyfob uses.
 pub use time;
 

@@ -133,7 +133,7 @@ fn convert(key: &str, bytes: &[u8], now: OffsetDateTime, absolute: Option<Offset
         }
     }
     match serde_json::value::to_raw_value(&true) {
-        Ok(mark) => record.data.set(crate::reserved_keys::LEGACY, mark),
+        Ok(mark) => record.data.set(crate::record::reserved::LEGACY, mark),
         Err(_) => return Row::Undecodable,
     }
     if record.is_expired(now) {
@@ -832,7 +832,7 @@ mod tests {
         };
         assert_eq!(Some(handle), legacy_handle(key.as_bytes()));
         assert_eq!(record.data.get("n").unwrap().get(), "7");
-        assert!(record.data.get(crate::reserved_keys::LEGACY).is_some());
+        assert!(record.data.get(crate::record::reserved::LEGACY).is_some());
         assert_eq!(
             record.expires_at().unwrap().unix_timestamp(),
             (now + time::Duration::hours(1)).unix_timestamp()

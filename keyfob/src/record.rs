@@ -39,6 +39,29 @@ use time::OffsetDateTime;
 
 use crate::{expiry::Expiry, id::Handle};
 
+/// Session keys keyfob's own modules use, in a namespace the public
+/// [`Session`](crate::Session) API refuses to write (and reads as absent):
+/// an app that stores a client-chosen key name cannot be made to write
+/// `keyfob.user` and log a visitor in.
+pub(crate) mod reserved {
+    /// Every key starting with this belongs to keyfob.
+    pub(crate) const PREFIX: &str = "keyfob.";
+    /// The logged-in user, written by `auth::login`.
+    #[cfg_attr(not(feature = "auth"), allow(dead_code))]
+    pub(crate) const USER: &str = "keyfob.user";
+    /// The CSRF secret (base64url), minted by `csrf`, dropped by `auth::login`.
+    #[cfg_attr(not(any(feature = "auth", feature = "csrf")), allow(dead_code))]
+    pub(crate) const CSRF: &str = "keyfob.csrf";
+    /// Marks a session imported from tower-sessions by `migrate`: the layer
+    /// (with `with_legacy_ids`) accepts its old cookie once, then drops this key.
+    pub(crate) const LEGACY: &str = "keyfob.legacy";
+
+    /// True for a key in keyfob's namespace.
+    pub(crate) fn is_reserved(key: &str) -> bool {
+        key.starts_with(PREFIX)
+    }
+}
+
 /// Seconds since the Unix epoch: the resolution of every stored instant.
 pub(crate) fn secs(t: OffsetDateTime) -> i64 {
     t.unix_timestamp()

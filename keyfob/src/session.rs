@@ -55,7 +55,7 @@ use crate::{
     expiry::{Clock, Expiry, Policy},
     id::{Handle, SessionId},
     keys::Keyring,
-    record::{secs, ChangeSet, Data, Record, Update},
+    record::{reserved, secs, ChangeSet, Data, Record, Update},
     store::{Created, SessionStore, Updated},
 };
 #[cfg(feature = "cookie-store")]
@@ -157,9 +157,26 @@ pub(crate) struct Shared {
     pub(crate) signed_ids: Option<Keyring>,
     /// Accept a tower-sessions cookie of a session imported by `migrate`, once.
     pub(crate) legacy_ids: bool,
+    /// The most live sessions one owner may have (see `auth::login`).
+    #[cfg_attr(not(feature = "auth"), allow(dead_code))]
+    pub(crate) max_sessions_per_user: Option<usize>,
     /// Cookie sessions: the record lives in the cookie, sealed by this codec.
     #[cfg(feature = "cookie-store")]
     pub(crate) client: Option<CookieStore>,
+}
+
+impl Shared {
+    /// Whether `store` keeps an owner index to list and revoke a user's
+    /// sessions: every server-side store, and cookie sessions only with a
+    /// revocation store.
+    #[cfg_attr(not(feature = "auth"), allow(dead_code))]
+    pub(crate) fn has_owner_index(&self) -> bool {
+        #[cfg(feature = "cookie-store")]
+        if let Some(client) = &self.client {
+            return client.is_revocable();
+        }
+        true
+    }
 }
 
 /// What the request's session cookie held, as the layer read it.
@@ -376,12 +393,12 @@ impl Session {
         let found = self.inner.shared.store.load(&handle, now).await?;
         let imported = found
             .filter(|r| !r.is_expired(now))
-            .filter(|r| r.data.get(crate::reserved_keys::LEGACY).is_some());
+            .filter(|r| r.data.get(reserved::LEGACY).is_some());
         match imported {
             Some(record) => {
                 st.base = Some(record);
                 st.current = Some(SessionId::generate()?);
-                st.changes.set(crate::reserved_keys::LEGACY, None);
+                st.changes.set(reserved::LEGACY, None);
                 tracing::info!(event = "session.legacy", handle = %handle.short(), "keyfob: imported tower-sessions session presented; rotating it");
             }
             None => {
@@ -393,56 +410,112 @@ impl Session {
     }
 
     /// The value under `key`, or `None`. A value that does not deserialize
-    /// into `T` reads as `None` (with a warning).
+    /// into `T` reads as `None` (with a warning), and so does a key in
+    /// keyfob's reserved `keyfob.` namespace.
     ///
     /// ```
     /// # async fn f(session: keyfob::Session) -> Result<(), keyfob::Error> {
     /// let n: Option<usize> = session.get("counter").await?;
     /// let n = session.get::<usize>("counter").await?;
+    /// // keyfob's own keys are not the app's to read.
+    /// assert_eq!(session.get::<String>("keyfob.user").await?, None);
     /// # let _ = n; Ok(()) }
     /// ```
     pub async fn get<T: DeserializeOwned>(&self, key: impl AsKey<T>) -> Result<Option<T>> {
-        let st = self.state().await?;
-        Ok(decode(key.key_name(), st.lookup(key.key_name())))
+        let name = key.key_name();
+        if reserved::is_reserved(name) {
+            return Ok(None);
+        }
+        self.get_reserved(name).await
     }
 
-    /// The value under `key` as JSON, or `None`.
+    /// The value under `key`, or `None`.
     pub async fn get_value(&self, key: &str) -> Result<Option<serde_json::Value>> {
         self.get::<serde_json::Value>(key).await
     }
 
     /// Sets `key` to `value`.
     ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::ReservedKey`] for a key in keyfob's `keyfob.` namespace
+    /// (nothing is written), [`ErrorKind::Serialize`] when `value` does not
+    /// serialize, and a store error when the session cannot be loaded.
+    ///
     /// ```
     /// # async fn f(session: keyfob::Session) -> Result<(), keyfob::Error> {
     /// session.insert("counter", 1usize).await?;
+    /// // Refused: keyfob's own namespace.
+    /// let err = session.insert("keyfob.user", "mallory").await.unwrap_err();
+    /// assert_eq!(err.kind(), keyfob::ErrorKind::ReservedKey);
     /// # Ok(()) }
     /// ```
     pub async fn insert<T: Serialize>(&self, key: impl AsKey<T>, value: T) -> Result<()> {
-        let raw = serde_json::value::to_raw_value(&value)
-            .map_err(|e| Error::with_source(ErrorKind::Serialize, e))?;
-        let mut st = self.state().await?;
-        st.changes.set(key.key_name(), Some(raw));
-        Ok(())
+        let name = key.key_name();
+        writable(name)?;
+        self.insert_reserved(name, &value).await
     }
 
     /// Removes `key`, returning its value if it held a `T`.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::ReservedKey`] for a key in keyfob's `keyfob.` namespace.
     pub async fn remove<T: DeserializeOwned>(&self, key: impl AsKey<T>) -> Result<Option<T>> {
-        let mut st = self.state().await?;
         let name = key.key_name();
+        writable(name)?;
+        self.remove_reserved(name).await
+    }
+
+    /// Removes `key`, returning its value as JSON.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::ReservedKey`] for a key in keyfob's `keyfob.` namespace.
+    pub async fn remove_value(&self, key: &str) -> Result<Option<serde_json::Value>> {
+        self.remove::<serde_json::Value>(key).await
+    }
+
+    /// [`get`](Self::get) without the namespace check, for keyfob's own modules.
+    pub(crate) async fn get_reserved<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        let st = self.state().await?;
+        Ok(decode(name, st.lookup(name)))
+    }
+
+    /// [`insert`](Self::insert) without the namespace check, for keyfob's own modules.
+    pub(crate) async fn insert_reserved<T: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        value: &T,
+    ) -> Result<()> {
+        let raw = serde_json::value::to_raw_value(value)
+            .map_err(|e| Error::with_source(ErrorKind::Serialize, e))?;
+        let mut st = self.state().await?;
+        st.changes.set(name, Some(raw));
+        Ok(())
+    }
+
+    /// [`remove`](Self::remove) without the namespace check, for keyfob's own modules.
+    pub(crate) async fn remove_reserved<T: DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>> {
+        let mut st = self.state().await?;
         let old = decode(name, st.lookup(name));
         st.changes.set(name, None);
         Ok(old)
     }
 
-    /// Removes `key`, returning its value as JSON.
-    pub async fn remove_value(&self, key: &str) -> Result<Option<serde_json::Value>> {
-        self.remove::<serde_json::Value>(key).await
-    }
-
-    /// Removes every key. The session itself (its ID and owner) stays.
+    /// Removes every key, keyfob's own included: a logged-in user is logged
+    /// out (the session no longer counts among the user's sessions, so
+    /// listing and revoking them no longer reach it) and the CSRF secret is
+    /// dropped. The session itself (its ID) stays.
     pub async fn clear(&self) -> Result<()> {
-        self.state().await?.changes.clear();
+        let mut st = self.state().await?;
+        st.changes.clear();
+        if st.owner().is_some() {
+            st.owner = Some(None);
+        }
         Ok(())
     }
 
@@ -462,7 +535,8 @@ impl Session {
             #[cfg(feature = "cookie-store")]
             if let Some(client) = &self.inner.shared.client {
                 let until = self.retire_until(st.base.as_deref());
-                client.retire(&id, until, self.now()).await?;
+                let owned = st.base.as_ref().is_some_and(|b| b.owner().is_some());
+                client.retire(&id, owned, until, self.now()).await?;
             } else {
                 self.inner.shared.store.delete(&handle).await?;
             }
@@ -570,6 +644,10 @@ impl Session {
     /// tower-sessions' `insert_value`: sets `key` to a JSON value and returns
     /// the value it held before, if any.
     ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::ReservedKey`] for a key in keyfob's `keyfob.` namespace.
+    ///
     /// ```
     /// # async fn f(session: keyfob::Session) -> Result<(), keyfob::Error> {
     /// let old = session.insert_value("theme", serde_json::json!("dark")).await?;
@@ -580,11 +658,9 @@ impl Session {
         key: &str,
         value: serde_json::Value,
     ) -> Result<Option<serde_json::Value>> {
-        let raw = serde_json::value::to_raw_value(&value)
-            .map_err(|e| Error::with_source(ErrorKind::Serialize, e))?;
-        let mut st = self.state().await?;
-        let old = decode(key, st.lookup(key));
-        st.changes.set(key, Some(raw));
+        writable(key)?;
+        let old = self.get_reserved(key).await?;
+        self.insert_reserved(key, &value).await?;
         Ok(old)
     }
 
@@ -664,8 +740,7 @@ impl Session {
         };
         let base_seen = st.base.as_ref().map_or(0, |b| b.last_seen);
         let dirty = st.is_dirty();
-        let touch_due = shared.policy.slides(expiry)
-            && secs(now) - base_seen >= shared.policy.touch_interval.whole_seconds();
+        let touch_due = shared.policy.touch_due(expiry, base_seen, secs(now));
         let reissue = std::mem::take(&mut st.reissue);
         if !dirty && !touch_due && !reissue {
             return Ok(CookieOut::Keep);
@@ -838,10 +913,9 @@ impl Session {
         let expiry = st.expiry();
         let (id, base) = match (st.current.clone(), st.base.clone()) {
             (Some(id), Some(base)) => (id, base),
-            _ => return self.create_sealed(st, client, now),
+            _ => return self.create_sealed(st, client, now).await,
         };
-        let touch_due = shared.policy.slides(expiry)
-            && secs(now) - base.last_seen >= shared.policy.touch_interval.whole_seconds();
+        let touch_due = shared.policy.touch_due(expiry, base.last_seen, secs(now));
         if !st.is_dirty() && !touch_due && !st.reissue {
             return Ok(CookieOut::Keep);
         }
@@ -864,16 +938,17 @@ impl Session {
         };
         let mut record = (*base).clone();
         record.apply(&update);
-        let new_id = match st.rotate_to.take() {
+        let was_owned = base.owner().is_some();
+        let (new_id, new) = match st.rotate_to.take() {
             Some(new_id) => {
-                client
-                    .retire(&id, self.retire_until(Some(&record)), now)
-                    .await?;
-                new_id
+                let until = self.retire_until(Some(&record));
+                client.retire(&id, was_owned, until, now).await?;
+                (new_id, true)
             }
-            None => id,
+            None => (id, false),
         };
-        self.seal_into(st, client, new_id, record, now)
+        self.seal_into(st, client, new_id, record, (new, was_owned), now)
+            .await
     }
 
     /// The last instant a cookie of this session could still open: its
@@ -893,7 +968,7 @@ impl Session {
         }
     }
 
-    fn create_sealed(
+    async fn create_sealed(
         &self,
         st: &mut State,
         client: &CookieStore,
@@ -923,17 +998,21 @@ impl Session {
             Some(id) => id,
             None => SessionId::generate()?,
         };
-        self.seal_into(st, client, id, record, now)
+        self.seal_into(st, client, id, record, (true, false), now)
+            .await
     }
 
-    /// Seals `record`, refusing a cookie past 4096 bytes, and makes it the
+    /// Seals `record`, refusing a cookie past 4096 bytes, brings its entry
+    /// in the revocation store in step (`new`: under a fresh ID; `was_owned`:
+    /// the session had an owner before this request), and makes it the
     /// state's current record.
-    fn seal_into(
+    async fn seal_into(
         &self,
         st: &mut State,
         client: &CookieStore,
         id: SessionId,
         record: Record,
+        (new, was_owned): (bool, bool),
         now: OffsetDateTime,
     ) -> Result<CookieOut> {
         let shared = &*self.inner.shared;
@@ -953,6 +1032,14 @@ impl Session {
                 ),
             ));
         }
+        if !client.sync(&id, &record, new, was_owned, now).await? {
+            // Revoked while this request ran: never re-issue it.
+            *st = State {
+                loaded: true,
+                ..State::default()
+            };
+            return Ok(CookieOut::Remove);
+        }
         tracing::debug!(event = "session.sealed", handle = %id.handle().short(), bytes = line, "keyfob: cookie session sealed");
         *st = State {
             loaded: true,
@@ -970,6 +1057,21 @@ fn cookie_max_age(idle: Option<i64>, absolute: Option<i64>, now: OffsetDateTime)
         (i, a) => i.or(a),
     }?;
     Some((deadline - secs(now)).max(0))
+}
+
+/// Refuses a key of keyfob's own namespace on the public write paths.
+fn writable(key: &str) -> Result<()> {
+    if reserved::is_reserved(key) {
+        return Err(Error::new(
+            ErrorKind::ReservedKey,
+            format!(
+                "session key {key:?} is reserved: keys starting with `{}` belong to keyfob; \
+                 pick another name (and never take key names from the client unchecked)",
+                reserved::PREFIX
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn decode<T: DeserializeOwned>(key: &str, raw: Option<&RawValue>) -> Option<T> {

@@ -6,7 +6,7 @@ use subtle::ConstantTimeEq;
 use super::Reason;
 use crate::{
     error::{Error, ErrorKind, Result},
-    reserved_keys as keys,
+    record::reserved as keys,
     session::Session,
 };
 
@@ -30,7 +30,7 @@ fn decode_secret(text: &str) -> Option<[u8; SECRET_LEN]> {
 
 /// The session's secret, or `None` when it has none (or an unreadable one).
 pub(crate) async fn secret(session: &Session) -> Result<Option<[u8; SECRET_LEN]>> {
-    let stored: Option<String> = session.get(keys::CSRF).await?;
+    let stored: Option<String> = session.get_reserved(keys::CSRF).await?;
     Ok(stored.as_deref().and_then(decode_secret))
 }
 
@@ -41,7 +41,7 @@ async fn secret_or_mint(session: &Session) -> Result<[u8; SECRET_LEN]> {
     }
     let s = random()?;
     session
-        .insert(keys::CSRF, URL_SAFE_NO_PAD.encode(s))
+        .insert_reserved(keys::CSRF, &URL_SAFE_NO_PAD.encode(s))
         .await?;
     Ok(s)
 }

@@ -260,8 +260,9 @@ impl<S: SessionStore> SessionStore for CachedStore<S> {
         &'a self,
         owner: &'a str,
         now: OffsetDateTime,
+        limit: usize,
     ) -> BoxFuture<'a, Result<Vec<OwnedSession>>> {
-        self.inner.list_by_owner(owner, now)
+        self.inner.list_by_owner(owner, now, limit)
     }
 
     fn delete_by_owner<'a>(

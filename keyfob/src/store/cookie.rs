@@ -18,20 +18,54 @@
 //!   `Set-Cookie` is sent, so no truncated or oversized cookie ever leaves;
 //! - logout ([`Session::delete`](crate::Session::delete)) clears the cookie.
 //!
-//! Caveats, stated plainly: **without a revocation store, a cookie session
-//! cannot be revoked.** A copy of the cookie taken before a logout, a
-//! password change or an ID rotation keeps working until its own idle or
-//! absolute deadline. Concurrent requests of one session each carry their own
-//! copy, so the last response wins: two requests writing different keys at the
-//! same time lose one write. The owner index (listing a user's sessions) does
-//! not exist.
+//! Caveats, stated plainly:
+//! - **Without a revocation store, a cookie session cannot be revoked.** A
+//!   copy of the cookie taken before a logout, a password change or an ID
+//!   rotation keeps working until its own idle or absolute deadline, and a
+//!   user's sessions cannot be listed or revoked: [`auth::list_sessions`],
+//!   [`auth::revoke`] (of another session), [`auth::revoke_others`] and
+//!   [`auth::revoke_all`] fail with [`ErrorKind::Unsupported`] rather than
+//!   answer "none" while the sessions go on working.
+//! - **An older copy of the cookie can be replayed to roll the session's data
+//!   back** (a counter goes down, a flag set since comes back unset), until
+//!   that copy's own deadlines pass, with or without a revocation store. A
+//!   per-session version could refuse older copies, but concurrent requests
+//!   of one browser legitimately carry the copy that was current when they
+//!   left, so refusing them would log users out at random. Keep nothing in a
+//!   cookie session whose rollback matters (balances, one-time grants,
+//!   "already used" marks): keep it server-side.
+//! - Concurrent requests of one session each carry their own copy, so the
+//!   last response wins: two requests writing different keys at the same
+//!   time lose one write.
 //!
 //! With a server-side store given to [`CookieStore::with_revocation`]:
-//! logout and ID rotation record the retired session ID (by its hash, until
-//! its deadline), [`CookieStore::revoke_owner`] records "every session of this
-//! owner created up to now is revoked", and every request that uses the
-//! session checks both, one or two small store reads. A request still in
-//! flight when its session is logged out does not re-issue it.
+//! - every session with an owner (a logged-in user, see [`auth::login`]) has
+//!   an entry in that store under its handle: owner, created, last seen and
+//!   deadlines, never the data. The session is live only while the entry is,
+//!   so logout, ID rotation, [`auth::revoke`], [`auth::revoke_others`],
+//!   [`auth::revoke_all`] and [`CookieStore::revoke_owner`] end every copy of
+//!   the cookie, and [`auth::list_sessions`] lists them like any store's. The
+//!   entry is written when the cookie is (a change, or a touch once per touch
+//!   interval), so a logged-in cookie session costs the store what a
+//!   server-side one does, minus the data;
+//! - a session without an owner keeps no entry (anonymous traffic costs the
+//!   store nothing); its logout and rotation leave a small mark under its
+//!   handle until its last possible deadline, which refuses the old copies;
+//! - every request that uses the session reads the store once, and a request
+//!   still in flight when its session is logged out does not re-issue it.
+//!
+//! What the revocation store must be: its entries and marks are what makes a
+//! logged-out cookie stop working, so they must outlive the process and be
+//! shared by every replica that accepts the cookie (SQLite on a persistent
+//! disk for one host; PostgreSQL, MySQL or Redis for several). An in-process
+//! [`MemoryStore`](crate::MemoryStore) forgets them on restart, and each
+//! replica would keep its own: fine for tests, wrong in production.
+//!
+//! [`auth::login`]: crate::auth::login
+//! [`auth::list_sessions`]: crate::auth::list_sessions
+//! [`auth::revoke`]: crate::auth::revoke
+//! [`auth::revoke_others`]: crate::auth::revoke_others
+//! [`auth::revoke_all`]: crate::auth::revoke_all
 //!
 //! ```
 //! use axum::{routing::get, Router};
@@ -52,7 +86,6 @@
 use std::{fmt, sync::Arc};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::{
@@ -154,40 +187,30 @@ impl CookieStore {
         self
     }
 
-    /// Revokes every cookie session of `owner` created at or before `now`
-    /// (a user's "log out everywhere", a password change). Precise to the second.
+    /// Ends every cookie session of `owner` (an administrator disabling an
+    /// account); returns how many ended. [`auth::revoke_all_of`] over
+    /// [`SessionLayer::store`](crate::SessionLayer::store) does the same.
+    ///
+    /// [`auth::revoke_all_of`]: crate::auth::revoke_all_of
     ///
     /// # Errors
-    /// [`ErrorKind::Config`] without a revocation
-    /// store; the store's error when it fails.
+    /// [`ErrorKind::Unsupported`] without a revocation store; the store's
+    /// error when it fails.
     ///
     /// ```
     /// # let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     /// # rt.block_on(async {
     /// use keyfob::{keys::Keyring, CookieStore};
     /// let store = CookieStore::new(Keyring::generate().unwrap());
-    /// let now = time::OffsetDateTime::now_utc();
-    /// // Rejected: nowhere to keep the mark.
-    /// assert!(store.revoke_owner("alice", now).await.is_err());
+    /// // Rejected: nowhere to keep the entries.
+    /// assert!(store.revoke_owner("alice").await.is_err());
     /// // Allowed: with a revocation store.
     /// let store = store.with_revocation(keyfob::MemoryStore::new());
-    /// store.revoke_owner("alice", now).await.unwrap();
+    /// assert_eq!(store.revoke_owner("alice").await.unwrap(), 0);
     /// # });
     /// ```
-    pub async fn revoke_owner(&self, owner: &str, now: OffsetDateTime) -> Result<()> {
-        if !self.revocable {
-            return Err(Error::config(
-                "cookie sessions cannot be revoked without a revocation store: \
-                 add `CookieStore::with_revocation(store)`",
-            ));
-        }
-        let handle = owner_handle(owner);
-        let mark = Record::new(now, None, None);
-        // Replace any earlier mark: the latest instant wins.
-        self.revocation.delete(&handle).await?;
-        match self.revocation.create(&handle, &mark).await? {
-            Created::Stored | Created::Collision => Ok(()),
-        }
+    pub async fn revoke_owner(&self, owner: &str) -> Result<u64> {
+        self.revocation.delete_by_owner(owner, None).await
     }
 
     /// Seals `record` under `id` for the cookie `name`.
@@ -242,7 +265,9 @@ impl CookieStore {
         opened.is_some_and(|o| serde_json::from_slice::<Sealed>(o.value()).is_ok())
     }
 
-    /// True when `id` was retired or its owner revoked after it was created.
+    /// True when the session sealed as `record` under `id` no longer counts:
+    /// an owned session whose entry is gone (logout, rotation, revocation),
+    /// or an anonymous one that was retired.
     pub(crate) async fn is_revoked(
         &self,
         id: &SessionId,
@@ -252,26 +277,29 @@ impl CookieStore {
         if !self.revocable {
             return Ok(false);
         }
-        if self.revocation.load(&id.handle(), now).await?.is_some() {
-            return Ok(true);
-        }
-        if let Some(owner) = record.owner() {
-            if let Some(mark) = self.revocation.load(&owner_handle(owner), now).await? {
-                return Ok(record.created <= mark.created);
-            }
-        }
-        Ok(false)
+        let entry = self.revocation.load(&id.handle(), now).await?;
+        Ok(match record.owner() {
+            Some(owner) => entry.is_none_or(|e| e.owner() != Some(owner)),
+            // An anonymous session keeps no entry: anything there is a retire mark.
+            None => entry.is_some(),
+        })
     }
 
-    /// Records that `id` is retired until `until` (its last possible deadline).
+    /// Ends the session `id` (logout, or the old ID of a rotation): deletes
+    /// the entry of an owned session, or marks an anonymous one as retired
+    /// until `until` (its last possible deadline).
     pub(crate) async fn retire(
         &self,
         id: &SessionId,
+        owned: bool,
         until: Option<i64>,
         now: OffsetDateTime,
     ) -> Result<()> {
         if !self.revocable {
             return Ok(());
+        }
+        if owned {
+            return self.revocation.delete(&id.handle()).await.map(drop);
         }
         // A deadline is always set (the layer refuses a policy without one);
         // fall back to a day so a mark can never live forever.
@@ -279,15 +307,55 @@ impl CookieStore {
         let mark = Record::new(now, None, Some(crate::record::instant(until)));
         self.revocation.create(&id.handle(), &mark).await.map(drop)
     }
-}
 
-/// Where the "revoked before" mark of an owner lives; never a session handle,
-/// since handles are hashes of random IDs and this one hashes a label.
-fn owner_handle(owner: &str) -> Handle {
-    let mut h = Sha256::new();
-    h.update(b"keyfob cookie-store revoked-owner\0");
-    h.update(owner.as_bytes());
-    Handle::from_bytes(h.finalize().into())
+    /// Keeps the entry of session `id` in step with the `record` about to be
+    /// sealed: created for a new owned session, refreshed (last seen, idle
+    /// deadline) for one re-issued, deleted when the session lost its owner
+    /// (`Session::clear`). `false` when the entry of an owned session was
+    /// gone (revoked while this request ran): the cookie must not be issued.
+    pub(crate) async fn sync(
+        &self,
+        id: &SessionId,
+        record: &Record,
+        new: bool,
+        was_owned: bool,
+        now: OffsetDateTime,
+    ) -> Result<bool> {
+        if !self.revocable {
+            return Ok(true);
+        }
+        let handle = id.handle();
+        match (record.owner(), new) {
+            (Some(_), true) => {
+                let entry = Record {
+                    data: crate::record::Data::default(),
+                    expiry: None,
+                    ..record.clone()
+                };
+                match self.revocation.create(&handle, &entry).await? {
+                    Created::Stored => Ok(true),
+                    Created::Collision => Err(Error::store_msg(
+                        "a cookie session's entry already exists under a fresh ID",
+                    )),
+                }
+            }
+            (Some(_), false) => {
+                let update = Update {
+                    changes: crate::record::ChangeSet::default(),
+                    seen: record.last_seen,
+                    idle_deadline: record.idle_deadline,
+                    owner: None,
+                    expiry: None,
+                    rename_to: None,
+                    base: None,
+                };
+                let updated = self.revocation.update(&handle, &update, now).await?;
+                Ok(updated == Updated::Applied)
+            }
+            (None, false) if was_owned => self.revocation.delete(&handle).await.map(|_| true),
+            (None, _) => Ok(true),
+        }
+    }
 }
 
 /// The store of a cookie layer without a revocation store: keeps nothing.
@@ -322,15 +390,16 @@ impl SessionStore for Unrevocable {
         &'a self,
         _: &'a str,
         _: OffsetDateTime,
+        _: usize,
     ) -> BoxFuture<'a, Result<Vec<OwnedSession>>> {
-        Box::pin(async { Ok(Vec::new()) })
+        Box::pin(async { Err(Error::no_owner_index()) })
     }
     fn delete_by_owner<'a>(
         &'a self,
         _: &'a str,
         _: Option<&'a Handle>,
     ) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(async { Ok(0) })
+        Box::pin(async { Err(Error::no_owner_index()) })
     }
 }
 

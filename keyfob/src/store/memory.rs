@@ -312,12 +312,16 @@ impl SessionStore for MemoryStore {
         &'a self,
         owner: &'a str,
         now: OffsetDateTime,
+        limit: usize,
     ) -> BoxFuture<'a, Result<Vec<OwnedSession>>> {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let shard = read(shard);
             if let Some(handles) = shard.owners.get(owner) {
                 for h in handles {
+                    if out.len() >= limit {
+                        break;
+                    }
                     if let Some(r) = shard.records.get(h).filter(|r| !r.is_expired(now)) {
                         out.push(OwnedSession {
                             handle: *h,

@@ -134,11 +134,14 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Deletes up to `batch` expired records; returns how many it deleted.
     fn delete_expired(&self, now: OffsetDateTime, batch: usize) -> BoxFuture<'_, Result<u64>>;
 
-    /// The live sessions recorded for `owner` (see [`crate::auth`] login).
+    /// The live sessions recorded for `owner` (see [`crate::auth`] login),
+    /// at most `limit` of them (which ones, when there are more, is the
+    /// store's choice): a listing never grows with what one user piled up.
     fn list_by_owner<'a>(
         &'a self,
         owner: &'a str,
         now: OffsetDateTime,
+        limit: usize,
     ) -> BoxFuture<'a, Result<Vec<OwnedSession>>>;
 
     /// Deletes every session of `owner` except `keep`; returns how many it deleted.
@@ -207,8 +210,9 @@ impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
         &'a self,
         owner: &'a str,
         now: OffsetDateTime,
+        limit: usize,
     ) -> BoxFuture<'a, Result<Vec<OwnedSession>>> {
-        (**self).list_by_owner(owner, now)
+        (**self).list_by_owner(owner, now, limit)
     }
     fn delete_by_owner<'a>(
         &'a self,

@@ -116,7 +116,7 @@ impl Queries {
             delete_expired: format!(
                 "DELETE FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?"
             ),
-            list: format!("SELECT handle, record FROM {t} WHERE owner = ? AND {live}"),
+            list: format!("SELECT handle, record FROM {t} WHERE owner = ? AND {live} LIMIT ?"),
             delete_owner: format!(
                 "DELETE FROM {t} WHERE owner = ? AND (? IS NULL OR handle <> ?)"
             ),
@@ -419,11 +419,13 @@ impl SessionStore for MySqlStore {
         &'a self,
         owner: &'a str,
         now: OffsetDateTime,
+        limit: usize,
     ) -> BoxFuture<'a, Result<Vec<OwnedSession>>> {
         Box::pin(async move {
             let rows = sqlx::query(&self.q.list)
                 .bind(owner)
                 .bind(secs(now))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
                 .fetch_all(&self.pool)
                 .await
                 .map_err(Error::store)?;

@@ -128,7 +128,9 @@ impl Queries {
                 "DELETE FROM {t} WHERE ctid IN (
                     SELECT ctid FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= $1 LIMIT $2)"
             ),
-            list: format!("SELECT handle, {COLUMNS} FROM {t} WHERE owner = $1 AND {live}"),
+            list: format!(
+                "SELECT handle, {COLUMNS} FROM {t} WHERE owner = $1 AND {live} LIMIT $3"
+            ),
             delete_owner: format!(
                 "DELETE FROM {t} WHERE owner = $1 AND ($2::bytea IS NULL OR handle <> $2)"
             ),
@@ -460,11 +462,13 @@ impl SessionStore for PostgresStore {
         &'a self,
         owner: &'a str,
         now: OffsetDateTime,
+        limit: usize,
     ) -> BoxFuture<'a, Result<Vec<OwnedSession>>> {
         Box::pin(async move {
             let rows = sqlx::query(&self.q.list)
                 .bind(owner)
                 .bind(secs(now))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
                 .fetch_all(&self.pool)
                 .await
                 .map_err(Error::store)?;

@@ -813,7 +813,12 @@ impl RedisStore {
             .map_err(Error::store)
     }
 
-    async fn list_inner(&self, owner: &str, now: OffsetDateTime) -> Result<Vec<OwnedSession>> {
+    async fn list_inner(
+        &self,
+        owner: &str,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<OwnedSession>> {
         // Watermarks are never earlier than their session's deadline, so a
         // member whose watermark has passed is a gone session: pruned at once.
         let mut conn = self.conn.clone();
@@ -827,6 +832,9 @@ impl RedisStore {
         let mut out = Vec::new();
         let mut stale = Vec::new();
         for member in self.members(owner, &secs(now).to_string()).await? {
+            if out.len() >= limit {
+                break;
+            }
             let Ok(handle) = member.parse::<Handle>() else {
                 stale.push(member);
                 continue;
@@ -1109,8 +1117,9 @@ impl SessionStore for RedisStore {
         &'a self,
         owner: &'a str,
         now: OffsetDateTime,
+        limit: usize,
     ) -> BoxFuture<'a, Result<Vec<OwnedSession>>> {
-        Box::pin(self.list_inner(owner, now))
+        Box::pin(self.list_inner(owner, now, limit))
     }
 
     fn delete_by_owner<'a>(

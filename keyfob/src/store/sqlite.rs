@@ -107,7 +107,7 @@ impl Queries {
         let live = "(expires_at IS NULL OR expires_at > ?2)";
         Queries {
             load: format!("SELECT record FROM {t} WHERE handle = ?1 AND {live}"),
-            list: format!("SELECT handle, record FROM {t} WHERE owner = ?1 AND {live}"),
+            list: format!("SELECT handle, record FROM {t} WHERE owner = ?1 AND {live} LIMIT ?3"),
             holds_expired: format!("SELECT 1 FROM {t} WHERE handle = ?1 AND expires_at <= ?2"),
             purge_one: format!(
                 "DELETE FROM {t} WHERE handle = ?1 AND expires_at IS NOT NULL AND expires_at <= ?2"
@@ -522,12 +522,14 @@ impl SessionStore for SqliteStore {
         &'a self,
         owner: &'a str,
         now: OffsetDateTime,
+        limit: usize,
     ) -> BoxFuture<'a, Result<Vec<OwnedSession>>> {
         Box::pin(async move {
             let q = &self.inner.q;
             let rows = sqlx::query(&q.list)
                 .bind(owner)
                 .bind(secs(now))
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
                 .fetch_all(&self.inner.pool)
                 .await
                 .map_err(Error::store)?;

@@ -101,8 +101,9 @@ impl SessionStore for Timed {
         &'a self,
         owner: &'a str,
         now: OffsetDateTime,
+        limit: usize,
     ) -> BoxFuture<'a, Result<Vec<OwnedSession>>> {
-        self.bound("list_by_owner", self.inner.list_by_owner(owner, now))
+        self.bound("list_by_owner", self.inner.list_by_owner(owner, now, limit))
     }
     fn delete_by_owner<'a>(
         &'a self,
@@ -178,8 +179,9 @@ mod tests {
             &'a self,
             owner: &'a str,
             now: OffsetDateTime,
+            limit: usize,
         ) -> BoxFuture<'a, Result<Vec<OwnedSession>>> {
-            self.inner.list_by_owner(owner, now)
+            self.inner.list_by_owner(owner, now, limit)
         }
         fn delete_by_owner<'a>(
             &'a self,

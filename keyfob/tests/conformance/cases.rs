@@ -307,6 +307,68 @@ pub async fn active_session_past_its_absolute_deadline_expires(store: Store) {
     assert_eq!(app.send("GET", "/get/a", Some(&cookie)).await.body, "none");
 }
 
+/// Follows the cookie as a browser does: a response that re-issues it
+/// (cookie sessions re-seal on every touch) replaces it.
+fn follow(cookie: &mut String, r: &crate::support::Reply) {
+    if let Some(c) = r.cookie() {
+        *cookie = c;
+    }
+}
+
+pub async fn short_idle_timeout_is_kept_alive_by_reads_and_ends_after_it(store: Store) {
+    // tower-sessions' README uses a 10-second inactivity expiry; kiosks and
+    // tests use shorter ones. They build, and the touch interval follows.
+    let app = App::with(store, |b| b.with_idle_timeout(Duration::seconds(2)));
+    let mut cookie = app.session_with("a", "1").await;
+    for second in 1..=5 {
+        app.clock.advance(Duration::seconds(1));
+        let r = app.send("GET", "/get/a", Some(&cookie)).await;
+        assert_eq!(r.body, "\"1\"", "read every second: alive at {second} s");
+        assert_eq!(
+            r.max_age(),
+            Some(2),
+            "the cookie's Max-Age follows the idle timeout"
+        );
+        follow(&mut cookie, &r);
+    }
+    app.clock.advance(Duration::seconds(2));
+    assert_eq!(app.send("GET", "/get/a", Some(&cookie)).await.body, "none");
+}
+
+pub async fn short_absolute_timeout_ends_a_session_written_every_second(store: Store) {
+    let app = App::with(store, |b| {
+        b.with_idle_timeout(Duration::seconds(2))
+            .with_absolute_timeout(Some(Duration::seconds(4)))
+    });
+    let mut cookie = app.session_with("a", "1").await;
+    for second in 1..=3 {
+        app.clock.advance(Duration::seconds(1));
+        let r = app
+            .send("POST", &format!("/set/s{second}/x"), Some(&cookie))
+            .await;
+        assert_eq!(r.status, StatusCode::OK);
+        follow(&mut cookie, &r);
+        assert_eq!(app.send("GET", "/get/a", Some(&cookie)).await.body, "\"1\"");
+    }
+    app.clock.advance(Duration::seconds(1));
+    assert_eq!(app.send("GET", "/get/a", Some(&cookie)).await.body, "none");
+}
+
+pub async fn short_per_session_inactivity_expiry_is_kept_alive_by_reads(store: Store) {
+    // The layer's idle timeout is 2 hours; this one session's is 10 s.
+    let app = App::new(store);
+    let r = app.send("POST", "/expiry-secs/10", None).await;
+    let mut cookie = r.cookie().expect("a session");
+    for second in (5..=60).step_by(5) {
+        app.clock.advance(Duration::seconds(5));
+        let r = app.send("GET", "/get/k", Some(&cookie)).await;
+        assert_eq!(r.body, "\"v\"", "read every 5 s: alive at {second} s");
+        follow(&mut cookie, &r);
+    }
+    app.clock.advance(Duration::seconds(10));
+    assert_eq!(app.send("GET", "/get/k", Some(&cookie)).await.body, "none");
+}
+
 pub async fn reads_touch_at_most_once_per_interval(store: Store) {
     let app = App::with(store, |b| {
         b.with_idle_timeout(Duration::minutes(30))
@@ -359,10 +421,7 @@ pub async fn explicit_save_still_sends_the_cookie(store: Store) {
     let r = app.send("POST", "/login-save/u9", Some(&cookie)).await;
     let new = r.cookie().expect("the rotated cookie is sent");
     assert_ne!(new, cookie);
-    assert_eq!(
-        app.send("GET", "/get/keyfob.user", Some(&new)).await.body,
-        "\"u9\""
-    );
+    assert_eq!(app.send("GET", "/user", Some(&new)).await.body, "\"u9\"");
     assert_eq!(app.send("GET", "/get/a", Some(&cookie)).await.body, "none");
 }
 
@@ -380,12 +439,7 @@ pub async fn login_counts_the_absolute_deadline_from_the_login(store: Store) {
     // 14 hours after the anonymous session began, 4 after the login: still in,
     // and the pre-login data came along.
     app.clock.advance(Duration::hours(4));
-    assert_eq!(
-        app.send("GET", "/get/keyfob.user", Some(&cookie))
-            .await
-            .body,
-        "\"u1\""
-    );
+    assert_eq!(app.send("GET", "/user", Some(&cookie)).await.body, "\"u1\"");
     assert_eq!(app.send("GET", "/get/a", Some(&cookie)).await.body, "\"1\"");
     assert_eq!(
         app.send("GET", "/get/a", Some(&anonymous)).await.body,
@@ -512,19 +566,17 @@ pub async fn store_lists_and_deletes_by_owner(store: Store) {
         cookies.push(r.cookie().unwrap());
     }
     let now = keyfob::Clock::now(&app.clock);
-    let listed = store.list_by_owner("u1", now).await.unwrap();
+    let listed = store.list_by_owner("u1", now, 100).await.unwrap();
     assert_eq!(listed.len(), 3);
     let keep = listed[0].handle;
     assert_eq!(store.delete_by_owner("u1", Some(&keep)).await.unwrap(), 2);
-    let listed = store.list_by_owner("u1", now).await.unwrap();
+    let listed = store.list_by_owner("u1", now, 100).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].handle, keep);
-    assert_eq!(store.list_by_owner("u2", now).await.unwrap().len(), 1);
+    assert_eq!(store.list_by_owner("u2", now, 100).await.unwrap().len(), 1);
     assert_eq!(store.delete_by_owner("u2", None).await.unwrap(), 1);
     assert_eq!(
-        app.send("GET", "/get/keyfob.user", Some(&cookies[3]))
-            .await
-            .body,
+        app.send("GET", "/user", Some(&cookies[3])).await.body,
         "none"
     );
 }
@@ -537,12 +589,62 @@ async fn login(app: &App, owner: &str, cookie: Option<&str>) -> String {
     r.cookie().expect("login sets a new cookie")
 }
 
+pub async fn reserved_keys_cannot_be_written_or_read_through_the_public_api(store: Store) {
+    // The harness's `/set/{key}/{value}` stores a client-chosen key name, as
+    // a preferences form might: a visitor must not be able to log in that way.
+    let app = App::new(store);
+    let r = app
+        .send("POST", "/set/keyfob.user/%22mallory%22", None)
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.cookie().is_none(), "nothing was stored");
+    let anon = app.session_with("a", "1").await;
+    for key in ["keyfob.user", "keyfob.csrf", "keyfob.anything"] {
+        let r = app
+            .send("POST", &format!("/set/{key}/x"), Some(&anon))
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{key}");
+    }
+    assert_eq!(user_of(&app, &anon).await, "none");
+    assert_eq!(app.send("GET", "/get/a", Some(&anon)).await.body, "\"1\"");
+    // A logged-in session: its user is not readable or removable by key name.
+    let alice = login(&app, "alice", None).await;
+    assert_eq!(
+        app.send("GET", "/get/keyfob.user", Some(&alice)).await.body,
+        "none"
+    );
+    let r = app.send("POST", "/remove/keyfob.user", Some(&alice)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(user_of(&app, &alice).await, "\"alice\"");
+}
+
+pub async fn clear_logs_out_and_leaves_no_owner_behind(store: Store) {
+    let app = App::new(store);
+    let first = login(&app, "u1", None).await;
+    app.clock.advance(Duration::seconds(1));
+    let second = login(&app, "u1", None).await;
+    let r = app.send("POST", "/clear", Some(&first)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let mut first = first;
+    follow(&mut first, &r);
+    assert_eq!(user_of(&app, &first).await, "none");
+    // The cleared session is nobody's now: not listed, and it cannot revoke.
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_str(&app.send("GET", "/sessions", Some(&second)).await.body).unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        app.send("POST", "/revoke-others", Some(&first)).await.body,
+        "0"
+    );
+    assert_eq!(user_of(&app, &second).await, "\"u1\"");
+}
+
 async fn handle_of(app: &App, cookie: &str) -> String {
     app.send("GET", "/id", Some(cookie)).await.body
 }
 
 async fn user_of(app: &App, cookie: &str) -> String {
-    app.send("GET", "/get/keyfob.user", Some(cookie)).await.body
+    app.send("GET", "/user", Some(cookie)).await.body
 }
 
 pub async fn login_as_another_user_drops_the_previous_users_data(store: Store) {
@@ -574,7 +676,7 @@ pub async fn login_as_another_user_drops_the_previous_users_data(store: Store) {
     let now = keyfob::Clock::now(&app.clock);
     assert!(app
         .store
-        .list_by_owner("alice", now)
+        .list_by_owner("alice", now, 100)
         .await
         .unwrap()
         .is_empty());
@@ -682,6 +784,37 @@ pub async fn revoke_all_ends_every_session_of_the_owner_including_this_one(store
     assert_eq!(user_of(&app, &b).await, "\"u2\"");
 }
 
+pub async fn login_past_the_per_user_cap_ends_the_oldest_sessions(store: Store) {
+    let app = App::with(store, |b| b.with_max_sessions_per_user(Some(3)));
+    let mut mine = Vec::new();
+    for _ in 0..5 {
+        mine.push(login(&app, "u1", None).await);
+        app.clock.advance(Duration::seconds(1));
+    }
+    let theirs = login(&app, "u2", None).await;
+    for (i, cookie) in mine.iter().enumerate() {
+        let want = if i < 2 { "none" } else { "\"u1\"" };
+        assert_eq!(user_of(&app, cookie).await, want, "login {i}");
+    }
+    assert_eq!(user_of(&app, &theirs).await, "\"u2\"");
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_str(&app.send("GET", "/sessions", Some(&mine[4])).await.body).unwrap();
+    assert_eq!(listed.len(), 3);
+}
+
+pub async fn store_lists_at_most_the_limit_of_an_owners_sessions(store: Store) {
+    let app = App::with(store.clone(), |b| b.with_max_sessions_per_user(None));
+    for _ in 0..7 {
+        login(&app, "many", None).await;
+    }
+    let now = keyfob::Clock::now(&app.clock);
+    assert_eq!(store.list_by_owner("many", now, 3).await.unwrap().len(), 3);
+    assert_eq!(
+        store.list_by_owner("many", now, 100).await.unwrap().len(),
+        7
+    );
+}
+
 pub async fn settings_that_cannot_work_are_refused_at_build(store: Store) {
     let refused = [
         keyfob::SessionLayer::builder(store.clone()).with_idle_timeout(Duration::days(365 * 200)),
@@ -689,6 +822,7 @@ pub async fn settings_that_cannot_work_are_refused_at_build(store: Store) {
         keyfob::SessionLayer::builder(store.clone())
             .with_idle_timeout(Duration::minutes(5))
             .with_touch_interval(Duration::minutes(5)),
+        keyfob::SessionLayer::builder(store.clone()).with_max_sessions_per_user(Some(0)),
     ];
     for builder in refused {
         let err = builder.build().unwrap_err();

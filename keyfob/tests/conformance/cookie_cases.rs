@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::http::StatusCode;
-use keyfob::{keys::Keyring, MemoryStore, SessionLayerBuilder};
+use keyfob::{keys::Keyring, MemoryStore, SessionLayerBuilder, SessionStore};
 use time::Duration;
 
 use crate::support::{key, keys, send_raw_cookie, tampered, App, Mode, MODE};
@@ -224,21 +224,79 @@ async fn revoke_owner_ends_every_cookie_session_of_that_owner() {
         let r = app.send("POST", &format!("/login/{owner}"), None).await;
         cookies.push(r.cookie().unwrap());
     }
-    let now = keyfob::Clock::now(&app.clock);
     let store = app.cookie_store.clone().unwrap();
-    store.revoke_owner("u1", now).await.unwrap();
+    assert_eq!(store.revoke_owner("u1").await.unwrap(), 2);
     let user = |c: &String| {
         let c = c.clone();
         let app = &app;
-        async move { app.send("GET", "/get/keyfob.user", Some(&c)).await.body }
+        async move { app.send("GET", "/user", Some(&c)).await.body }
     };
     assert_eq!(user(&cookies[0]).await, "none");
     assert_eq!(user(&cookies[1]).await, "none");
     assert_eq!(user(&cookies[2]).await, "\"u2\"");
-    // A login after the mark is not affected.
+    // A login after the revocation is not affected.
     app.clock.advance(Duration::seconds(1));
     let fresh = app.send("POST", "/login/u1", None).await.cookie().unwrap();
     assert_eq!(user(&fresh).await, "\"u1\"");
+}
+
+#[tokio::test]
+async fn without_a_revocation_store_listing_and_revoking_are_errors_not_empty_answers() {
+    // "Log out everywhere" after a password change must not silently do
+    // nothing while the other cookies keep working.
+    let app = app_with(keys(1), false, |b| b);
+    let a = app.send("POST", "/login/u1", None).await.cookie().unwrap();
+    let b = app.send("POST", "/login/u1", None).await.cookie().unwrap();
+    for (method, uri) in [
+        ("GET", "/sessions".to_owned()),
+        ("POST", "/revoke-others".to_owned()),
+        ("POST", "/revoke-all".to_owned()),
+        (
+            "POST",
+            format!("/revoke/{}", app.send("GET", "/id", Some(&b)).await.body),
+        ),
+    ] {
+        let r = app.send(method, &uri, Some(&a)).await;
+        assert_eq!(
+            r.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{uri}: {}",
+            r.body
+        );
+    }
+    let store = app.cookie_store.clone().unwrap();
+    assert_eq!(
+        store.revoke_owner("u1").await.unwrap_err().kind(),
+        keyfob::ErrorKind::Unsupported
+    );
+}
+
+#[tokio::test]
+async fn revoked_cookie_session_stays_revoked_for_a_new_layer_over_the_same_store() {
+    // A restart (or another replica) builds a new layer over the same mark
+    // store and key: logged-out and revoked cookies stay dead there.
+    let marks: Arc<dyn SessionStore> = Arc::new(keyfob::MemoryStore::new());
+    let first = MODE.sync_scope(Mode::Cookie(keys(1), true), || App::new(marks.clone()));
+    let anon = first.session_with("a", "1").await;
+    let user = first
+        .send("POST", "/login/u1", None)
+        .await
+        .cookie()
+        .unwrap();
+    let other = first
+        .send("POST", "/login/u1", None)
+        .await
+        .cookie()
+        .unwrap();
+    first.send("POST", "/delete", Some(&anon)).await;
+    first.send("POST", "/revoke-others", Some(&other)).await;
+    let second = MODE.sync_scope(Mode::Cookie(keys(1), true), || App::new(marks.clone()));
+    assert_eq!(second.send("GET", "/get/a", Some(&anon)).await.body, "none");
+    assert_eq!(second.send("GET", "/user", Some(&user)).await.body, "none");
+    assert_eq!(
+        second.send("GET", "/user", Some(&other)).await.body,
+        "\"u1\""
+    );
 }
 
 #[tokio::test]

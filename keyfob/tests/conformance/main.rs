@@ -40,6 +40,9 @@ macro_rules! conformance {
                 idle_session_expires,
                 active_session_past_its_absolute_deadline_expires,
                 reads_touch_at_most_once_per_interval,
+                short_idle_timeout_is_kept_alive_by_reads_and_ends_after_it,
+                short_absolute_timeout_ends_a_session_written_every_second,
+                short_per_session_inactivity_expiry_is_kept_alive_by_reads,
                 browser_session_cookie_has_no_max_age,
                 remove_and_clear_persist,
                 explicit_save_still_sends_the_cookie,
@@ -53,10 +56,14 @@ macro_rules! conformance {
                 store_update_of_a_deleted_record_is_gone,
                 store_lists_and_deletes_by_owner,
                 login_as_another_user_drops_the_previous_users_data,
+                reserved_keys_cannot_be_written_or_read_through_the_public_api,
+                clear_logs_out_and_leaves_no_owner_behind,
                 list_sessions_shows_the_owners_sessions_and_marks_the_current_one,
                 revoke_others_ends_every_other_session_of_the_owner_only,
                 revoke_by_handle_ends_only_the_owners_own_sessions,
                 revoke_all_ends_every_session_of_the_owner_including_this_one,
+                login_past_the_per_user_cap_ends_the_oldest_sessions,
+                store_lists_at_most_the_limit_of_an_owners_sessions,
             );
         }
     };
@@ -274,10 +281,22 @@ conformance_in!(memory_signed_ids, crate::stores::memory,
 // - record_is_loaded_at_most_once_per_request: there is no record load; the
 //   revocation store is read on access and again before a write, so a
 //   logout during an in-flight request is never undone;
-// - store-level cases and the owner index: the store only keeps marks.
+// - store-level cases: the store only keeps entries and marks.
+// The owner index (listing and revoking a user's sessions) runs: owned
+// cookie sessions keep an entry in the revocation store.
 #[cfg(feature = "cookie-store")]
 conformance_in!(cookie, crate::stores::memory,
     crate::support::Mode::Cookie(crate::support::keys(1), true);
+    short_idle_timeout_is_kept_alive_by_reads_and_ends_after_it,
+    short_absolute_timeout_ends_a_session_written_every_second,
+    short_per_session_inactivity_expiry_is_kept_alive_by_reads,
+    reserved_keys_cannot_be_written_or_read_through_the_public_api,
+    clear_logs_out_and_leaves_no_owner_behind,
+    list_sessions_shows_the_owners_sessions_and_marks_the_current_one,
+    revoke_others_ends_every_other_session_of_the_owner_only,
+    revoke_by_handle_ends_only_the_owners_own_sessions,
+    revoke_all_ends_every_session_of_the_owner_including_this_one,
+    login_past_the_per_user_cap_ends_the_oldest_sessions,
     handler_that_never_touches_the_session_loads_nothing,
     read_only_request_writes_nothing_and_sends_no_set_cookie,
     empty_session_is_never_stored,

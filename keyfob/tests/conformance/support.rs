@@ -82,8 +82,9 @@ impl SessionStore for Counting {
         &'a self,
         owner: &'a str,
         now: OffsetDateTime,
+        limit: usize,
     ) -> BoxFuture<'a, keyfob::Result<Vec<OwnedSession>>> {
-        self.inner.list_by_owner(owner, now)
+        self.inner.list_by_owner(owner, now, limit)
     }
     fn delete_by_owner<'a>(
         &'a self,
@@ -213,6 +214,21 @@ pub fn router(gate: Gate) -> Router {
     Router::new()
         .route("/nothing", get(|| async { "untouched" }))
         .route("/get/{key}", get(get_key))
+        .route(
+            "/user",
+            get(|s: Session| async move {
+                let user: Option<serde_json::Value> = keyfob::auth::current_user(&s).await?;
+                Ok::<_, keyfob::Error>(user.map_or("none".into(), |u| u.to_string()))
+            }),
+        )
+        .route(
+            "/expiry-secs/{n}",
+            post(|s: Session, Path(n): Path<i64>| async move {
+                s.set_expiry(Some(keyfob::Expiry::OnInactivity(time::Duration::seconds(n))))
+                    .await?;
+                s.insert("k", "v").await.map(|_| "ok")
+            }),
+        )
         .route(
             "/get-number/{key}",
             get(|s: Session, Path(key): Path<String>| async move {
