@@ -1,4 +1,4 @@
-"""Prints scripts/bench's results (bench/target/results.tsv) as markdown tables.
+"""Prints scripts/bench's results (bench/results/STAMP.tsv) as markdown tables.
 
 Medians over the runs, spread as min-max, and each keyfob/tower-sessions ratio
 as the median of the per-run ratios (runs made side by side).
@@ -21,7 +21,8 @@ def fmt_p99(xs):
     return f"{med(xs) / 1000:.2f} ms" if xs else "–"
 
 
-rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+# Lines starting with `#` record how the run was made (command, commit).
+rows = list(csv.DictReader((l for l in open(sys.argv[1]) if not l.startswith("#")), delimiter="\t"))
 cell = defaultdict(dict)  # (store, route, impl) -> run -> row
 for r in rows:
     cell[(r["kind"], r["store"], r["route"], r["impl"])][r["run"]] = r

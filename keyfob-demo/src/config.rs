@@ -17,14 +17,34 @@ pub enum StoreUrl {
     MySql(String),
     /// A Redis server (`redis://…`) or a Redis Cluster seed node (`redis+cluster://…`).
     Redis(String),
-    /// Client-side: each session sealed (AES-256-GCM) inside its cookie.
-    Cookie,
+    /// Client-side: each session sealed (AES-256-GCM) inside its cookie. The
+    /// store named here keeps the logged-in sessions' entries and the
+    /// logout marks, so they survive a restart and replicas share them:
+    /// `cookie` keeps them in `sqlite://keyfob-demo.db`, `cookie+URL` in URL.
+    Cookie(Box<StoreUrl>),
 }
 
+/// Where `cookie` keeps its revocation entries and marks.
+const DEFAULT_COOKIE_MARKS: &str = "sqlite://keyfob-demo.db";
+
 impl StoreUrl {
-    /// Parses `memory`, `cookie`, `sqlite://PATH`, `postgres://…`, `mysql://…`,
-    /// `redis://…`, `redis+cluster://…`.
+    /// Parses `memory`, `cookie`, `cookie+URL`, `sqlite://PATH`,
+    /// `postgres://…`, `mysql://…`, `redis://…`, `redis+cluster://…`.
     pub fn parse(s: &str) -> Result<Self, String> {
+        if s == "cookie" {
+            return Ok(StoreUrl::Cookie(Box::new(StoreUrl::parse(
+                DEFAULT_COOKIE_MARKS,
+            )?)));
+        }
+        if let Some(marks) = s.strip_prefix("cookie+") {
+            return match StoreUrl::parse(marks)? {
+                StoreUrl::Cookie(_) => Err(format!(
+                    "store URL {:?}: cookie sessions keep their marks in a server-side store, not in cookies",
+                    redact(s)
+                )),
+                marks => Ok(StoreUrl::Cookie(Box::new(marks))),
+            };
+        }
         let nonempty = |rest: &str, what: &str| {
             if rest.is_empty() {
                 Err(format!("store URL {s:?} has no {what}"))
@@ -34,8 +54,6 @@ impl StoreUrl {
         };
         if s == "memory" {
             Ok(StoreUrl::Memory)
-        } else if s == "cookie" {
-            Ok(StoreUrl::Cookie)
         } else if let Some(rest) = s.strip_prefix("mysql://") {
             nonempty(rest, "host")?;
             Ok(StoreUrl::MySql(s.to_owned()))
@@ -61,7 +79,7 @@ impl StoreUrl {
             Ok(StoreUrl::Postgres(s.to_owned()))
         } else {
             Err(format!(
-                "unsupported store {:?}: expected memory, cookie, sqlite://PATH, postgres://…, mysql://…, redis://… or redis+cluster://…",
+                "unsupported store {:?}: expected memory, cookie, cookie+URL, sqlite://PATH, postgres://…, mysql://…, redis://… or redis+cluster://…",
                 redact(s)
             ))
         }
@@ -87,7 +105,7 @@ impl std::fmt::Display for StoreUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreUrl::Memory => f.write_str("memory"),
-            StoreUrl::Cookie => f.write_str("cookie"),
+            StoreUrl::Cookie(marks) => write!(f, "cookie (revocation marks in {marks})"),
             StoreUrl::Sqlite(u)
             | StoreUrl::Postgres(u)
             | StoreUrl::MySql(u)

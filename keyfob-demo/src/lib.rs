@@ -77,11 +77,17 @@ pub async fn build(config: &Config) -> Result<Demo, String> {
 }
 
 /// Connects to (and migrates) the store `url` names; for `cookie`, the
-/// in-memory store that keeps cookie sessions' revocation marks.
+/// store that keeps cookie sessions' revocation entries and marks.
 ///
 /// # Errors
 /// A one-line reason when the store cannot be reached.
 pub async fn open_store(url: &StoreUrl) -> Result<Arc<dyn SessionStore>, String> {
+    // Cookie sessions keep only revocation entries and marks on the server,
+    // in a durable store: a logout must outlive a restart.
+    let url = match url {
+        StoreUrl::Cookie(marks) => marks,
+        url => url,
+    };
     let one_line = |e: keyfob::Error| format!("store {url} unavailable: {e}").replace('\n', " ");
     Ok(match url {
         StoreUrl::Memory => Arc::new(keyfob::MemoryStore::new()),
@@ -97,8 +103,11 @@ pub async fn open_store(url: &StoreUrl) -> Result<Arc<dyn SessionStore>, String>
                 .await
                 .map_err(one_line)?,
         ),
-        // Cookie sessions keep only revocation marks (logout) on the server.
-        StoreUrl::Cookie => Arc::new(keyfob::MemoryStore::new()),
+        StoreUrl::Cookie(_) => {
+            return Err(format!(
+                "store {url}: cookie sessions keep their marks in a server-side store"
+            ))
+        }
     })
 }
 
@@ -142,7 +151,7 @@ pub fn app_with_keys(
     config: &Config,
 ) -> Result<Router, String> {
     let builder = match config.store {
-        StoreUrl::Cookie => SessionLayer::cookie_builder(
+        StoreUrl::Cookie(_) => SessionLayer::cookie_builder(
             CookieStore::new(keys.clone()).with_revocation(store.clone()),
         ),
         _ => SessionLayer::builder(store.clone()),
@@ -198,9 +207,27 @@ async fn login(session: Session, request: Request) -> Result<Response, keyfob::E
         }
     };
     let Credentials { username, password } = creds;
+    if password.len() > users::MAX_PASSWORD_BYTES || username.len() > users::MAX_PASSWORD_BYTES {
+        return Ok((
+            StatusCode::BAD_REQUEST,
+            format!(
+                "username or password too long (at most {} bytes)",
+                users::MAX_PASSWORD_BYTES
+            ),
+        )
+            .into_response());
+    }
     // Argon2 is deliberately slow (and needs 19 MiB): off the async workers,
-    // on two long-lived threads.
-    let verified = users::verify_off_thread(username, password).await;
+    // on two long-lived threads. Saturated, they refuse: that is overload
+    // (503, try again), never a wrong password.
+    let Ok(verified) = users::verify_off_thread(username, password).await else {
+        return Ok((
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "too many logins at once, retry shortly",
+        )
+            .into_response());
+    };
     let Some(user) = verified else {
         return Ok(if is_form {
             pages::login_page(

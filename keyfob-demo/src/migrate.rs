@@ -92,7 +92,7 @@ impl Args {
         }
         let from = from.ok_or("migrate needs --from URL (the tower-sessions store)")?;
         let to = to.ok_or("migrate needs --to URL (the keyfob store)")?;
-        if matches!(to, StoreUrl::Memory | StoreUrl::Cookie) {
+        if matches!(to, StoreUrl::Memory | StoreUrl::Cookie(_)) {
             return Err(format!(
                 "--to {to}: sessions copied into this store would vanish when the command ends; \
                  use sqlite://, postgres:// or mysql://"

@@ -102,16 +102,33 @@ pub fn init() {
 
 type Job = (String, String, tokio::sync::oneshot::Sender<Option<User>>);
 
+/// The longest password (in bytes) worth hashing: longer ones are refused
+/// before any work, so a megabyte "password" costs nothing.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// How many password checks may wait for a hashing thread. Past it, a login
+/// is refused as overload ([`Busy`]), never as a wrong password.
+pub const QUEUE: usize = 256;
+
+/// The hashing threads are saturated: the login was not checked at all.
+/// The demo answers `503` with `Retry-After`, never `401`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
 /// [`verify`] on one of two long-lived hashing threads.
 ///
 /// Each Argon2 check works in a 19 MiB buffer. On tokio's blocking pool,
 /// which starts and retires threads as load comes and goes, every new thread
 /// grew its own allocator arena by such a buffer (the soak saw RSS reach
 /// 1.6 GB); two fixed threads keep at most two buffers' worth, reused.
-pub async fn verify_off_thread(username: String, password: String) -> Option<User> {
+///
+/// # Errors
+/// [`Busy`] when [`QUEUE`] checks are already waiting, or the hashing
+/// threads could not be started: the credentials were not checked.
+pub async fn verify_off_thread(username: String, password: String) -> Result<Option<User>, Busy> {
     static POOL: OnceLock<Option<std::sync::mpsc::SyncSender<Job>>> = OnceLock::new();
     let pool = POOL.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(256);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(QUEUE);
         let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
         for i in 0..2 {
             let rx = rx.clone();
@@ -134,8 +151,10 @@ pub async fn verify_off_thread(username: String, password: String) -> Option<Use
         Some(tx)
     });
     let (reply, answer) = tokio::sync::oneshot::channel();
-    let pool = pool.as_ref()?;
-    // `try_send`: a full queue (256 logins waiting) refuses rather than blocks a worker.
-    pool.try_send((username, password, reply)).ok()?;
-    answer.await.ok().flatten()
+    let pool = pool.as_ref().ok_or(Busy)?;
+    // `try_send`: a full queue refuses rather than blocks a worker.
+    pool.try_send((username, password, reply))
+        .map_err(|_| Busy)?;
+    // A hashing thread that died without answering: not checked either.
+    answer.await.map_err(|_| Busy)
 }

@@ -164,8 +164,33 @@ fn attacker(app_port: u16, token: String) -> Router {
 async fn browser_flow_login_counter_transfer_forgery_and_logout() {
     let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
     // Default settings, Secure cookies included: Chromium treats loopback as
-    // a secure context.
-    let app = keyfob_demo::app(store, &Config::default()).unwrap();
+    // a secure context. Outermost, a probe notes whether each POST reached
+    // the server carrying the session cookie, so a forgery test can show the
+    // cookie was there and only the CSRF defences stood in the way.
+    let posts: Arc<std::sync::Mutex<Vec<(String, bool)>>> = Arc::default();
+    let log = posts.clone();
+    let app =
+        keyfob_demo::app(store, &Config::default())
+            .unwrap()
+            .layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    let log = log.clone();
+                    async move {
+                        if req.method() == axum::http::Method::POST {
+                            let with_id = req
+                                .headers()
+                                .get_all("cookie")
+                                .iter()
+                                .filter_map(|v| v.to_str().ok())
+                                .any(|v| v.split(';').any(|c| c.trim().starts_with("id=")));
+                            log.lock()
+                                .unwrap()
+                                .push((req.uri().path().to_owned(), with_id));
+                        }
+                        next.run(req).await
+                    }
+                },
+            ));
     let port = serve(app).await;
     let base = format!("http://127.0.0.1:{port}");
     let b = Browser::start().await;
@@ -300,16 +325,37 @@ async fn browser_flow_login_counter_transfer_forgery_and_logout() {
     c.goto(&format!("{base}/")).await.unwrap();
     assert_eq!(b.text("#transfers").await, "1");
 
-    // A page on another origin auto-submits a transfer: refused, nothing changes.
+    // Pages on other origins auto-submit a transfer with a leaked token:
+    // refused, nothing changes.
     let evil = serve(attacker(port, token)).await;
+    // Cross-site (`localhost` is another site than `127.0.0.1`): SameSite=Lax
+    // already keeps the session cookie home, so this case alone proves little.
+    posts.lock().unwrap().clear();
     c.goto(&format!("http://localhost:{evil}/")).await.unwrap();
     b.wait_for_path("/transfer").await;
     assert_eq!(b.body().await, "CSRF check failed");
+    assert_eq!(
+        *posts.lock().unwrap(),
+        [("/transfer".to_owned(), false)],
+        "a cross-site form post carries no Lax cookie"
+    );
+    // Same-site but cross-origin (another port of the same host): the
+    // browser sends the session cookie, so only the CSRF check stands
+    // between the attacker and the transfer. It must refuse.
+    posts.lock().unwrap().clear();
+    c.goto(&format!("http://127.0.0.1:{evil}/")).await.unwrap();
+    b.wait_for_path("/transfer").await;
+    assert_eq!(b.body().await, "CSRF check failed");
+    assert_eq!(
+        *posts.lock().unwrap(),
+        [("/transfer".to_owned(), true)],
+        "the same-site forgery reached the server with the session cookie"
+    );
     c.goto(&format!("{base}/")).await.unwrap();
     assert_eq!(
         b.text("#transfers").await,
         "1",
-        "the forged transfer changed the user's state"
+        "a forged transfer changed the user's state"
     );
 
     // Log out; then neither the back button nor a reload shows the dashboard.

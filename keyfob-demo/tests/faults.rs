@@ -841,7 +841,7 @@ async fn security_events_are_logged_with_a_short_handle_and_never_a_cookie_value
     // session.tampered: a cookie session with one character changed.
     let keys = Keyring::generate().unwrap();
     let cookie_config = Config {
-        store: StoreUrl::Cookie,
+        store: StoreUrl::Cookie(Box::new(StoreUrl::Memory)),
         ..config.clone()
     };
     let sealed_app =

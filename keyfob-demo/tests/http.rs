@@ -575,7 +575,9 @@ async fn signed_user_cookie_under_a_rotated_key_is_reissued() {
 #[tokio::test]
 async fn cookie_store_runs_login_count_and_logout_without_server_sessions() {
     let config = Config {
-        store: keyfob_demo::config::StoreUrl::Cookie,
+        store: keyfob_demo::config::StoreUrl::Cookie(Box::new(
+            keyfob_demo::config::StoreUrl::Memory,
+        )),
         ..Config::default()
     };
     let server = serve_with(memory(), test_keys(), &config).await;
@@ -787,6 +789,128 @@ async fn two_replicas_share_sessions(store: &str, name: &str) {
     assert_eq!(second.send(req).await.status, StatusCode::NO_CONTENT);
     assert_eq!(first.get("/me").await.status, StatusCode::UNAUTHORIZED);
     assert_eq!(second.get("/me").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn restarted_cookie_demo_keeps_logged_out_cookies_dead() {
+    // `--store cookie` keeps its revocation marks in its SQLite file, so a
+    // cookie copied before logout stays dead after a restart.
+    let dir = scratch_dir("cookie-restart");
+    let mut c;
+    let (logged_out, revoked, kept);
+    {
+        let demo = spawn_demo("cookie", &dir);
+        c = Client::new(&demo.server);
+        c.get("/count").await;
+        c.post("/logout").await;
+        logged_out = c.cookie.clone();
+        let mut other = Client::new(&demo.server);
+        other.login("bob", "battery staple").await;
+        revoked = other.cookie.clone();
+        c.login("bob", "battery staple").await;
+        kept = c.cookie.clone();
+        let token = c.token().await;
+        let req = c
+            .http
+            .post(format!("{}/sessions/revoke-others", c.base))
+            .header("x-csrf-token", token);
+        assert_eq!(c.send(req).await.body, r#"{"revoked":1}"#);
+    }
+    let demo = spawn_demo("cookie", &dir);
+    c.base = demo.server.base.clone();
+    c.cookie = logged_out;
+    let r = c.get("/count").await;
+    assert_eq!(
+        r.body,
+        "You have visited this page 1 time(s) in this session."
+    );
+    c.cookie = revoked;
+    assert_eq!(c.get("/me").await.status, StatusCode::UNAUTHORIZED);
+    c.cookie = kept;
+    assert_eq!(c.get("/me").await.body, r#"{"id":2,"username":"bob"}"#);
+}
+
+#[tokio::test]
+async fn two_replicas_on_one_cookie_key_and_mark_store_share_sessions() {
+    two_replicas_share_sessions("cookie", "cookie-replicas").await;
+}
+
+#[tokio::test]
+async fn login_flood_is_answered_with_503_and_never_refuses_a_right_password() {
+    // Its own process: the flood saturates the process-wide hashing queue.
+    let dir = scratch_dir("login-flood");
+    let demo = spawn_demo("memory", &dir);
+    let http = reqwest::Client::new();
+    let url = format!("{}/login", demo.server.base);
+    let flood = (0..keyfob_demo::users::QUEUE + 150).map(|i| {
+        let (http, url) = (http.clone(), url.clone());
+        // Every tenth login carries the right password.
+        let right = i % 10 == 0;
+        let password = if right { "battery staple" } else { "wrong" };
+        let body = serde_json::json!({ "username": "bob", "password": password }).to_string();
+        async move {
+            let res = http
+                .post(url)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let retry = res.headers().contains_key(header::RETRY_AFTER);
+            (right, res.status(), retry)
+        }
+    });
+    let mut set = tokio::task::JoinSet::new();
+    for login in flood {
+        set.spawn(login);
+    }
+    let mut busy = 0;
+    while let Some(answer) = set.join_next().await {
+        let (right, status, retry) = answer.unwrap();
+        match status {
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(retry, "503 carries Retry-After");
+                busy += 1;
+            }
+            StatusCode::OK => assert!(right, "a wrong password logged in"),
+            StatusCode::UNAUTHORIZED => assert!(!right, "a right password was refused as wrong"),
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(busy > 0, "the flood never reached the queue's bound");
+    // Once the queue drains, the right password logs in again.
+    let mut c = Client::new(&demo.server);
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..200 {
+        status = c.login("bob", "battery staple").await.status;
+        if status != StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn oversized_password_is_refused_before_hashing() {
+    let server = serve(memory()).await;
+    let mut c = Client::new(&server);
+    let long = "x".repeat(keyfob_demo::users::MAX_PASSWORD_BYTES + 1);
+    let r = c.login("alice", &long).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.body.contains("too long"), "{}", r.body);
+    assert!(c.cookie.is_none());
+}
+
+#[tokio::test]
+async fn short_idle_timeouts_are_accepted() {
+    for secs in [2, 10, 60] {
+        let config = Config {
+            idle_timeout: keyfob::time::Duration::seconds(secs),
+            ..Config::default()
+        };
+        assert!(keyfob_demo::app(memory(), &config).is_ok(), "{secs} s");
+    }
 }
 
 #[tokio::test]
