@@ -92,11 +92,20 @@ impl Args {
         }
         let from = from.ok_or("migrate needs --from URL (the tower-sessions store)")?;
         let to = to.ok_or("migrate needs --to URL (the keyfob store)")?;
-        if matches!(to, StoreUrl::Memory | StoreUrl::Cookie(_)) {
-            return Err(format!(
+        match to {
+            StoreUrl::Memory => {
+                return Err(format!(
                 "--to {to}: sessions copied into this store would vanish when the command ends; \
-                 use sqlite://, postgres:// or mysql://"
-            ));
+                     use sqlite://, postgres:// or mysql://"
+            ))
+            }
+            StoreUrl::Cookie(_) => {
+                return Err(format!(
+                    "--to {to}: cookie sessions keep their data in the browser, so there is no \
+                     server-side store to copy into; use sqlite://, postgres:// or mysql://"
+                ))
+            }
+            _ => {}
         }
         Ok(Args {
             from,

@@ -802,8 +802,9 @@ async fn restarted_cookie_demo_keeps_logged_out_cookies_dead() {
         let demo = spawn_demo("cookie", &dir);
         c = Client::new(&demo.server);
         c.get("/count").await;
-        c.post("/logout").await;
         logged_out = c.cookie.clone();
+        assert!(logged_out.is_some());
+        c.post("/logout").await;
         let mut other = Client::new(&demo.server);
         other.login("bob", "battery staple").await;
         revoked = other.cookie.clone();

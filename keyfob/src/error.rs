@@ -43,7 +43,7 @@ pub enum ErrorKind {
     /// name taken from the client.
     ReservedKey,
     /// The store cannot do what was asked (listing or revoking a user's
-    /// cookie sessions without a revocation store). Rendered as `500`:
+    /// cookie sessions without a revocation store). Rendered as `501`:
     /// never reported as an empty answer that looks like success.
     Unsupported,
 }
@@ -127,14 +127,14 @@ impl Error {
     }
 
     /// What listing or revoking a user's sessions answers where no owner
-    /// index exists (cookie sessions without a revocation store): an error,
-    /// never an empty answer the app could take for success.
-    #[cfg_attr(not(any(feature = "auth", feature = "cookie-store")), allow(dead_code))]
+    /// index exists (a store without one; cookie sessions without a
+    /// revocation store): an error, never an empty answer the app could take
+    /// for success.
     pub(crate) fn no_owner_index() -> Self {
         Error::new(
             ErrorKind::Unsupported,
-            "cookie sessions without a revocation store cannot be listed or revoked: \
-             add `CookieStore::with_revocation(store)` with a durable, shared store",
+            "this store keeps no owner index, so a user's sessions cannot be listed or revoked \
+             (cookie sessions: add `CookieStore::with_revocation(store)` with a durable, shared store)",
         )
     }
 
@@ -186,6 +186,43 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(feature = "axum")]
 impl axum_core::response::IntoResponse for Error {
     fn into_response(self) -> axum_core::response::Response {
-        crate::layer::error_response(&self)
+        error_response(&self)
     }
+}
+
+/// The response for an error on a request path: `503` (with `Retry-After`)
+/// for store trouble, `400` for a reserved key, `501` for what the store
+/// cannot do, `500` otherwise. Never a body that leaks more than the kind.
+pub(crate) fn error_response<B: From<&'static str>>(err: &Error) -> http::Response<B> {
+    use http::{
+        header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER},
+        HeaderValue, StatusCode,
+    };
+    let (status, body) = match err.kind() {
+        ErrorKind::Store | ErrorKind::Timeout => {
+            (StatusCode::SERVICE_UNAVAILABLE, "session store unavailable")
+        }
+        ErrorKind::TooLarge => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "session too large to store",
+        ),
+        ErrorKind::ReservedKey => (StatusCode::BAD_REQUEST, "reserved session key"),
+        ErrorKind::Unsupported => (
+            StatusCode::NOT_IMPLEMENTED,
+            "not supported by this session store",
+        ),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "session error"),
+    };
+    let mut response = http::Response::new(B::from(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
 }

@@ -7,8 +7,9 @@
 //!   every request;
 //! - **touch interval**: unless set, a tenth of the session's idle timeout,
 //!   at most one minute (2 h idle: 1 min; 10 s idle: 1 s; 2 s idle: every
-//!   read). A session read at least once per nine tenths of its idle timeout
-//!   therefore never expires while in use, whatever the timeout. An explicit
+//!   read). Deadlines are kept in whole seconds, so a session read at least
+//!   once per nine tenths of its idle timeout, less one second, never expires
+//!   while in use (a 2 s session read every second stays). An explicit
 //!   interval at least as long as the idle timeout is refused when the layer
 //!   is built; for a per-session [`Expiry::OnInactivity`] shorter than it, the
 //!   session falls back to the automatic interval;

@@ -283,9 +283,37 @@ impl Record {
     }
 }
 
-/// What one request changed in a session's data.
+/// What one request changed in a session's data: "clear everything" first,
+/// if asked, then each key set to a JSON value or removed, once per key, in
+/// order. A store that keeps keys apart (a Redis hash, a JSON column) writes
+/// just these; one that keeps the record whole uses [`Record::apply`].
+///
+/// A store outside keyfob applying it to its own map of key to JSON text:
+///
+/// ```
+/// use std::collections::HashMap;
+/// use keyfob::{record::ChangeSet, Update};
+///
+/// fn apply(changes: &ChangeSet, row: &mut HashMap<String, String>) {
+///     if changes.is_cleared() {
+///         row.clear();
+///     }
+///     for (key, value) in changes.ops() {
+///         match value {
+///             Some(json) => { row.insert(key.to_owned(), json.get().to_owned()); }
+///             None => { row.remove(key); }
+///         }
+///     }
+/// }
+///
+/// let mut row = HashMap::from([("theme".to_owned(), "\"dark\"".to_owned())]);
+/// // A touch changes no data.
+/// let touch = Update::touch(time::OffsetDateTime::now_utc(), None);
+/// apply(touch.changes(), &mut row);
+/// assert_eq!(row["theme"], "\"dark\"");
+/// ```
 #[derive(Debug, Clone, Default)]
-pub(crate) struct ChangeSet {
+pub struct ChangeSet {
     clear: bool,
     ops: Vec<(Box<str>, Option<Box<RawValue>>)>,
 }
@@ -301,17 +329,18 @@ impl ChangeSet {
         self.ops.clear();
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
+    /// True when the request changed no data.
+    pub fn is_empty(&self) -> bool {
         !self.clear && self.ops.is_empty()
     }
 
-    pub(crate) fn is_cleared(&self) -> bool {
+    /// True when every key is removed before [`ops`](Self::ops) apply.
+    pub fn is_cleared(&self) -> bool {
         self.clear
     }
 
     /// The keys set (`Some`) or removed (`None`), in order, after any clear.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    pub(crate) fn ops(&self) -> impl Iterator<Item = (&str, Option<&RawValue>)> {
+    pub fn ops(&self) -> impl Iterator<Item = (&str, Option<&RawValue>)> {
         self.ops.iter().map(|(k, v)| (&**k, v.as_deref()))
     }
 
@@ -369,7 +398,6 @@ pub struct Update {
     /// The record this request loaded, when the store asked for it
     /// ([`SessionStore::update_uses_base`](crate::SessionStore::update_uses_base)):
     /// a compare-and-swap store can then write without reading the row again.
-    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
     pub(crate) base: Option<std::sync::Arc<Record>>,
 }
 
@@ -394,6 +422,27 @@ impl Update {
             rename_to: None,
             base: None,
         }
+    }
+
+    /// The keys the request set or removed.
+    pub fn changes(&self) -> &ChangeSet {
+        &self.changes
+    }
+
+    /// The record this request loaded, when the store asked for it with
+    /// [`SessionStore::update_uses_base`](crate::SessionStore::update_uses_base).
+    pub fn base(&self) -> Option<&std::sync::Arc<Record>> {
+        self.base.as_ref()
+    }
+
+    /// When the request used the session (becomes the record's last seen).
+    pub fn seen(&self) -> OffsetDateTime {
+        instant(self.seen)
+    }
+
+    /// The per-session expiry after this update: `Some(new)` when it changes.
+    pub fn expiry_change(&self) -> Option<Option<Expiry>> {
+        self.expiry
     }
 
     /// The new handle when the request rotated the session ID (`cycle_id`, login).

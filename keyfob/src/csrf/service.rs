@@ -283,7 +283,7 @@ impl<B: From<Bytes>> tower_http::csrf::ResponseForProtectionError<B> for Reject 
 }
 
 fn store_error<B: From<Bytes>>(err: &crate::Error) -> Response<B> {
-    let res: Response<Bytes> = crate::layer::error_response(err);
+    let res: Response<Bytes> = crate::error::error_response(err);
     let (parts, body) = res.into_parts();
     Response::from_parts(parts, B::from(body))
 }

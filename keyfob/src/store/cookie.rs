@@ -48,11 +48,12 @@
 //!   entry is written when the cookie is (a change, or a touch once per touch
 //!   interval), so a logged-in cookie session costs the store what a
 //!   server-side one does, minus the data;
-//! - a session without an owner keeps no entry (anonymous traffic costs the
-//!   store nothing); its logout and rotation leave a small mark under its
-//!   handle until its last possible deadline, which refuses the old copies;
-//! - every request that uses the session reads the store once, and a request
-//!   still in flight when its session is logged out does not re-issue it.
+//! - a session without an owner keeps no entry (anonymous traffic writes
+//!   nothing to the store); its logout and rotation leave a small mark under
+//!   its handle until its last possible deadline, which refuses the old copies;
+//! - a request that uses the session reads the store once when it opens the
+//!   cookie and once more before it re-issues it, so a request still in
+//!   flight when its session is logged out or revoked does not re-issue it.
 //!
 //! What the revocation store must be: its entries and marks are what makes a
 //! logged-out cookie stop working, so they must outlive the process and be
@@ -93,7 +94,7 @@ use crate::{
     id::{Handle, SessionId},
     keys::{Keyring, Purpose},
     record::{secs, Record, Update},
-    store::{BoxFuture, Created, OwnedSession, SessionStore, Updated},
+    store::{BoxFuture, Created, SessionStore, Updated},
 };
 
 /// Sessions kept in the cookie itself; give it to
@@ -287,25 +288,29 @@ impl CookieStore {
 
     /// Ends the session `id` (logout, or the old ID of a rotation): deletes
     /// the entry of an owned session, or marks an anonymous one as retired
-    /// until `until` (its last possible deadline).
+    /// until `until` (its last possible deadline). `false` when an owned
+    /// session's entry was already gone: it had been revoked.
     pub(crate) async fn retire(
         &self,
         id: &SessionId,
         owned: bool,
         until: Option<i64>,
         now: OffsetDateTime,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         if !self.revocable {
-            return Ok(());
+            return Ok(true);
         }
         if owned {
-            return self.revocation.delete(&id.handle()).await.map(drop);
+            return self.revocation.delete(&id.handle()).await;
         }
         // A deadline is always set (the layer refuses a policy without one);
         // fall back to a day so a mark can never live forever.
         let until = until.unwrap_or(secs(now) + 86_400).max(secs(now) + 1);
         let mark = Record::new(now, None, Some(crate::record::instant(until)));
-        self.revocation.create(&id.handle(), &mark).await.map(drop)
+        self.revocation
+            .create(&id.handle(), &mark)
+            .await
+            .map(|_| true)
     }
 
     /// Keeps the entry of session `id` in step with the `record` about to be
@@ -386,21 +391,7 @@ impl SessionStore for Unrevocable {
     fn delete_expired(&self, _: OffsetDateTime, _: usize) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async { Ok(0) })
     }
-    fn list_by_owner<'a>(
-        &'a self,
-        _: &'a str,
-        _: OffsetDateTime,
-        _: usize,
-    ) -> BoxFuture<'a, Result<Vec<OwnedSession>>> {
-        Box::pin(async { Err(Error::no_owner_index()) })
-    }
-    fn delete_by_owner<'a>(
-        &'a self,
-        _: &'a str,
-        _: Option<&'a Handle>,
-    ) -> BoxFuture<'a, Result<u64>> {
-        Box::pin(async { Err(Error::no_owner_index()) })
-    }
+    // No owner index: the trait's defaults answer `ErrorKind::Unsupported`.
 }
 
 #[cfg(test)]
@@ -445,6 +436,28 @@ mod tests {
             .seal("id", &id, &record(now))
             .unwrap();
         assert!(CookieStore::signed(keys).open("id", &sealed, now).is_none());
+    }
+
+    #[cfg(feature = "memory")]
+    #[tokio::test]
+    async fn retiring_an_owned_session_whose_entry_is_gone_reports_it_revoked() {
+        // A rotation racing a revocation: the old entry went between the
+        // request's check and its retire, so no new entry may be created.
+        let now = OffsetDateTime::now_utc();
+        let store = CookieStore::new(Keyring::new(key(1)).unwrap())
+            .with_revocation(crate::MemoryStore::new());
+        let id = SessionId::generate().unwrap();
+        let mut owned = record(now);
+        owned.owner = Some("u1".into());
+        assert!(store.sync(&id, &owned, true, false, now).await.unwrap());
+        assert!(!store.is_revoked(&id, &owned, now).await.unwrap());
+        assert_eq!(store.revoke_owner("u1").await.unwrap(), 1);
+        assert!(store.is_revoked(&id, &owned, now).await.unwrap());
+        assert!(!store.retire(&id, true, None, now).await.unwrap());
+        // An anonymous session is retired by a mark, whatever was there.
+        let anon = SessionId::generate().unwrap();
+        assert!(store.retire(&anon, false, None, now).await.unwrap());
+        assert!(store.is_revoked(&anon, &record(now), now).await.unwrap());
     }
 
     #[test]

@@ -83,8 +83,13 @@ pub struct OwnedSession {
 
 /// A backend that keeps session records.
 ///
-/// Few methods, each one atomic on the backend. Implement it for your own
-/// backend with [`Record::apply`] doing the merge; return
+/// Five required methods, each one atomic on the backend: [`load`](Self::load),
+/// [`create`](Self::create), [`update`](Self::update) (apply the change-set
+/// with [`Record::apply`], or write just [`Update::changes`]),
+/// [`delete`](Self::delete) and [`delete_expired`](Self::delete_expired).
+/// The owner index ([`list_by_owner`](Self::list_by_owner),
+/// [`delete_by_owner`](Self::delete_by_owner)), which "your sessions" and
+/// "log out everywhere" need, is optional. Return
 /// [`Error::store`](crate::Error::store) for backend failures.
 ///
 /// ```
@@ -134,29 +139,44 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Deletes up to `batch` expired records; returns how many it deleted.
     fn delete_expired(&self, now: OffsetDateTime, batch: usize) -> BoxFuture<'_, Result<u64>>;
 
-    /// The live sessions recorded for `owner` (see [`crate::auth`] login),
-    /// at most `limit` of them (which ones, when there are more, is the
-    /// store's choice): a listing never grows with what one user piled up.
+    /// The owner index, optional: the live sessions recorded for `owner`
+    /// (see [`crate::auth`] login), at most `limit` of them (which ones,
+    /// when there are more, is the store's choice), so a listing never grows
+    /// with what one user piled up. The default keeps no index and answers
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported): listing and
+    /// revoking a user's sessions then fail loudly instead of finding none.
     fn list_by_owner<'a>(
         &'a self,
         owner: &'a str,
         now: OffsetDateTime,
         limit: usize,
-    ) -> BoxFuture<'a, Result<Vec<OwnedSession>>>;
+    ) -> BoxFuture<'a, Result<Vec<OwnedSession>>> {
+        let _ = (owner, now, limit);
+        Box::pin(std::future::ready(Err(
+            crate::error::Error::no_owner_index(),
+        )))
+    }
 
-    /// Deletes every session of `owner` except `keep`; returns how many it deleted.
+    /// The owner index, optional: deletes every session of `owner` except
+    /// `keep`; returns how many it deleted. The default answers
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported), as
+    /// [`list_by_owner`](Self::list_by_owner) does.
     fn delete_by_owner<'a>(
         &'a self,
         owner: &'a str,
         keep: Option<&'a Handle>,
-    ) -> BoxFuture<'a, Result<u64>>;
+    ) -> BoxFuture<'a, Result<u64>> {
+        let _ = (owner, keep);
+        Box::pin(std::future::ready(Err(
+            crate::error::Error::no_owner_index(),
+        )))
+    }
 
     /// Whether [`update`](Self::update) wants the record the request loaded
-    /// passed along with the change-set. A store that writes by
-    /// compare-and-swap on the record's version (MySQL) then saves in one
-    /// round trip instead of reading the row again. Default `false`, which
-    /// lets the memory store update its record in place.
-    #[doc(hidden)]
+    /// passed along with the change-set ([`Update::base`]). A store that
+    /// writes by compare-and-swap on the record's [version](Record::version)
+    /// (MySQL) then saves in one round trip instead of reading the row again.
+    /// Default `false`, which lets the memory store update its record in place.
     fn update_uses_base(&self) -> bool {
         false
     }

@@ -784,6 +784,32 @@ pub async fn revoke_all_ends_every_session_of_the_owner_including_this_one(store
     assert_eq!(user_of(&app, &b).await, "\"u2\"");
 }
 
+pub async fn rotation_racing_a_revocation_does_not_bring_the_session_back(store: Store) {
+    let app = Arc::new(App::new(store));
+    let victim = login(&app, "u1", None).await;
+    let other = login(&app, "u1", None).await;
+    // The victim's request has loaded its session and is about to rotate it
+    // (a privilege change) when the user logs out everywhere from elsewhere.
+    let in_flight = {
+        let (app, victim) = (app.clone(), victim.clone());
+        tokio::spawn(async move { app.send("POST", "/wait-cycle", Some(&victim)).await })
+    };
+    app.gate.loaded.notified().await;
+    assert_eq!(
+        app.send("POST", "/revoke-all", Some(&other)).await.body,
+        "2"
+    );
+    app.gate.release.notify_one();
+    let r = in_flight.await.unwrap();
+    for cookie in [Some(victim), r.cookie()].into_iter().flatten() {
+        assert_eq!(
+            user_of(&app, &cookie).await,
+            "none",
+            "a revoked session came back"
+        );
+    }
+}
+
 pub async fn login_past_the_per_user_cap_ends_the_oldest_sessions(store: Store) {
     let app = App::with(store, |b| b.with_max_sessions_per_user(Some(3)));
     let mut mine = Vec::new();

@@ -63,6 +63,7 @@ macro_rules! conformance {
                 revoke_by_handle_ends_only_the_owners_own_sessions,
                 revoke_all_ends_every_session_of_the_owner_including_this_one,
                 login_past_the_per_user_cap_ends_the_oldest_sessions,
+                rotation_racing_a_revocation_does_not_bring_the_session_back,
                 store_lists_at_most_the_limit_of_an_owners_sessions,
             );
         }
@@ -297,6 +298,7 @@ conformance_in!(cookie, crate::stores::memory,
     revoke_by_handle_ends_only_the_owners_own_sessions,
     revoke_all_ends_every_session_of_the_owner_including_this_one,
     login_past_the_per_user_cap_ends_the_oldest_sessions,
+    rotation_racing_a_revocation_does_not_bring_the_session_back,
     handler_that_never_touches_the_session_loads_nothing,
     read_only_request_writes_nothing_and_sends_no_set_cookie,
     empty_session_is_never_stored,

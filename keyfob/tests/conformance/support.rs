@@ -251,6 +251,22 @@ pub fn router(gate: Gate) -> Router {
             post(|s: Session| async move { s.cycle_id().await.map(|_| "ok") }),
         )
         .route(
+            "/cycle-set/{key}/{value}",
+            post(|s: Session, Path((k, v)): Path<(String, String)>| async move {
+                s.cycle_id().await?;
+                s.insert(&k, v).await.map(|_| "ok")
+            }),
+        )
+        .route(
+            "/wait-cycle",
+            post(|s: Session, State(gate): State<Gate>| async move {
+                s.load().await?;
+                gate.loaded.notify_one();
+                gate.release.notified().await;
+                s.cycle_id().await.map(|_| "ok")
+            }),
+        )
+        .route(
             "/id",
             get(|s: Session| async move {
                 s.id()

@@ -1,138 +1,22 @@
-//! The tower layer: the only place that reads and writes the session cookie.
-//!
-//! Rules, per request:
-//! 1. read the session cookie (strictly: see [`crate::config`]) and put a
-//!    [`Session`] in the request extensions, *not* loaded;
-//! 2. call the inner service; the handler's first session access loads the record;
-//! 3. afterwards, if the record changed, send the change-set to the store; if
-//!    only the idle deadline is due for a refresh, touch it; else write nothing.
-//!    A `5xx` response saves nothing unless
-//!    [`with_save_on_server_error`](SessionLayerBuilder::with_save_on_server_error) says so;
-//! 4. `Set-Cookie` only when the ID or the cookie's expiry changed (for
-//!    cookie sessions, also when the sealed record changed), with
-//!    `Cache-Control: no-store` unless the handler set its own; `Vary: Cookie`
-//!    on every response that used the session.
-//!
-//! A store failure while saving replaces the response with
-//! `503 session store unavailable` and `Retry-After: 1`; so does a store call
-//! slower than [`with_store_timeout`](SessionLayerBuilder::with_store_timeout)
-//! (default 5 seconds), which bounds every store call the engine makes.
-//!
-//! ```
-//! use axum::{routing::get, Router};
-//! use keyfob::{MemoryStore, SessionLayer};
-//! use time::Duration;
-//!
-//! let layer = SessionLayer::builder(MemoryStore::new())
-//!     .with_idle_timeout(Duration::minutes(30))
-//!     .with_absolute_timeout(Some(Duration::hours(8)))
-//!     .build()
-//!     .expect("valid session configuration");
-//! let app: Router = Router::new().route("/", get(|| async { "hi" })).layer(layer);
-//! ```
+//! [`SessionLayerBuilder`]: every setting, its default, and the checks
+//! `build` makes before any request is served.
 
-use std::{
-    fmt,
-    future::Future,
-    pin::Pin,
-    sync::Arc,
-    task::{ready, Context, Poll},
-    time::Duration as StdDuration,
-};
+use std::{fmt, sync::Arc, time::Duration as StdDuration};
 
-use http::{
-    header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, SET_COOKIE, VARY},
-    HeaderValue, Request, Response, StatusCode,
-};
-use pin_project_lite::pin_project;
 use time::Duration;
-use tower_layer::Layer;
-use tower_service::Service;
 
 #[cfg(feature = "cookie-store")]
 use crate::store::cookie::CookieStore;
 use crate::{
-    config::{Presented, SameSite},
-    error::{Error, ErrorKind, Result},
+    config::SameSite,
+    error::{Error, Result},
     expiry::{Clock, Policy, SystemClock},
-    id::SessionId,
     keys::Keyring,
-    session::{CookieOut, Incoming, Session, Shared},
-    store::{timeout::Timed, BoxFuture, SessionStore},
+    session::Shared,
+    store::{timeout::Timed, SessionStore},
 };
 
-/// Adds a [`Session`] to every request. Cheap to clone.
-///
-/// ```
-/// use keyfob::{MemoryStore, SessionLayer};
-/// let layer = SessionLayer::new(MemoryStore::new());
-/// # let _ = layer;
-/// ```
-#[derive(Clone)]
-pub struct SessionLayer {
-    shared: Arc<Shared>,
-}
-
-impl fmt::Debug for SessionLayer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionLayer")
-            .field("cookie", &self.shared.cookie.name)
-            .finish_non_exhaustive()
-    }
-}
-
-impl SessionLayer {
-    /// A layer with the default settings: cookie `id`, `Secure`, `HttpOnly`,
-    /// `SameSite=Lax`, `Path=/`; idle timeout 2 hours, absolute timeout 12 hours,
-    /// touch interval 1 minute, store calls bounded at 5 seconds.
-    pub fn new(store: impl SessionStore) -> Self {
-        SessionLayer {
-            shared: Arc::new(SessionLayerBuilder::new(Arc::new(store)).into_shared()),
-        }
-    }
-
-    /// A builder to change the defaults; [`SessionLayerBuilder::build`] checks them.
-    pub fn builder(store: impl SessionStore) -> SessionLayerBuilder {
-        SessionLayerBuilder::new(Arc::new(store))
-    }
-
-    /// Cookie sessions: the whole record sealed inside the session cookie
-    /// (see [`crate::store::cookie`]), with the default settings of [`new`](Self::new).
-    ///
-    /// ```
-    /// use keyfob::{keys::Keyring, CookieStore, SessionLayer};
-    /// let layer = SessionLayer::cookie(CookieStore::new(Keyring::generate().unwrap()));
-    /// # let _ = layer;
-    /// ```
-    #[cfg(feature = "cookie-store")]
-    pub fn cookie(store: CookieStore) -> Self {
-        SessionLayer {
-            shared: Arc::new(SessionLayerBuilder::cookie(store).into_shared()),
-        }
-    }
-
-    /// A builder for cookie sessions; [`SessionLayerBuilder::build`] checks it.
-    ///
-    /// ```
-    /// use keyfob::{keys::Keyring, CookieStore, SessionLayer};
-    /// let layer = SessionLayer::cookie_builder(CookieStore::new(Keyring::generate().unwrap()))
-    ///     .with_idle_timeout(time::Duration::minutes(30))
-    ///     .build()
-    ///     .unwrap();
-    /// # let _ = layer;
-    /// ```
-    #[cfg(feature = "cookie-store")]
-    pub fn cookie_builder(store: CookieStore) -> SessionLayerBuilder {
-        SessionLayerBuilder::cookie(store)
-    }
-
-    /// The store this layer uses, for the app's own session management
-    /// (listing and revoking sessions, health checks). For cookie sessions,
-    /// the revocation store (one that keeps nothing when none was given).
-    pub fn store(&self) -> &Arc<dyn SessionStore> {
-        &self.shared.store
-    }
-}
+use super::SessionLayer;
 
 /// Configures a [`SessionLayer`]; every setting is checked by [`build`](Self::build).
 ///
@@ -179,7 +63,7 @@ impl fmt::Debug for SessionLayerBuilder {
 }
 
 impl SessionLayerBuilder {
-    fn new(store: Arc<dyn SessionStore>) -> Self {
+    pub(super) fn new(store: Arc<dyn SessionStore>) -> Self {
         SessionLayerBuilder {
             store,
             cookie: crate::config::CookieConfig::default(),
@@ -197,7 +81,7 @@ impl SessionLayerBuilder {
     }
 
     #[cfg(feature = "cookie-store")]
-    fn cookie(store: CookieStore) -> Self {
+    pub(super) fn cookie(store: CookieStore) -> Self {
         let mut builder = SessionLayerBuilder::new(store.revocation().clone());
         builder.client = Some(store);
         builder
@@ -250,7 +134,8 @@ impl SessionLayerBuilder {
     /// The most live sessions one user may have: a login past it ends that
     /// user's oldest sessions (by creation) first, so one account cannot pile
     /// up sessions without bound, and the "your sessions" list stays short.
-    /// Default [`DEFAULT_MAX_SESSIONS_PER_USER`] (100); `None` for no cap.
+    /// Default [`DEFAULT_MAX_SESSIONS_PER_USER`] (100); `None` for no cap;
+    /// at most `auth::MAX_LISTED` (1000).
     /// Cookie sessions without a revocation store keep no server-side record
     /// to count, so the cap does not apply to them.
     ///
@@ -427,7 +312,7 @@ impl SessionLayerBuilder {
     /// Bounds every store call the layer, the [`Session`] and the app's own
     /// use of [`SessionLayer::store`] make: a call that takes longer is
     /// abandoned and the request gets `503 session store unavailable` with
-    /// `Retry-After: 1` ([`ErrorKind::Timeout`]). `None` for no limit.
+    /// `Retry-After: 1` ([`ErrorKind::Timeout`](crate::ErrorKind::Timeout)). `None` for no limit.
     /// Default [`DEFAULT_STORE_TIMEOUT`] (5 seconds).
     ///
     /// A limit needs the Tokio time driver (`#[tokio::main]`, `#[tokio::test]`
@@ -460,7 +345,7 @@ impl SessionLayerBuilder {
         self
     }
 
-    fn into_shared(self) -> Shared {
+    pub(super) fn into_shared(self) -> Shared {
         Shared {
             store: Arc::new(Timed::new(self.store, self.store_timeout)),
             cookie: self.cookie,
@@ -510,6 +395,17 @@ impl SessionLayerBuilder {
                 "a per-user cap of zero sessions would end every login at once: give at least 1, or None for no cap",
             ));
         }
+        #[cfg(feature = "auth")]
+        if self
+            .max_sessions_per_user
+            .is_some_and(|cap| cap > crate::auth::MAX_LISTED)
+        {
+            return Err(Error::config(format!(
+                "a per-user cap above {} sessions cannot be enforced (a login looks at that many): \
+                 lower it, or use None for no cap",
+                crate::auth::MAX_LISTED
+            )));
+        }
         if self.store_timeout.is_some_and(|t| t.is_zero()) {
             return Err(Error::config(
                 "a zero store timeout would refuse every request: give a positive duration, or None for no limit",
@@ -543,260 +439,4 @@ impl SessionLayerBuilder {
             shared: Arc::new(self.into_shared()),
         })
     }
-}
-
-impl<S> Layer<S> for SessionLayer {
-    type Service = SessionService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        SessionService {
-            inner,
-            shared: self.shared.clone(),
-        }
-    }
-}
-
-/// The service made by [`SessionLayer`].
-#[derive(Clone)]
-pub struct SessionService<S> {
-    inner: S,
-    shared: Arc<Shared>,
-}
-
-impl<S: fmt::Debug> fmt::Debug for SessionService<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionService")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: From<&'static str>,
-{
-    type Response = Response<ResBody>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResBody>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let incoming = match self.shared.cookie.read(req.headers()) {
-            Presented::None => Incoming::None,
-            Presented::Value(value) => incoming(&self.shared, value),
-            Presented::Invalid(reason) => {
-                tracing::info!(
-                    event = "session.malformed",
-                    reason,
-                    "keyfob: session cookie refused"
-                );
-                Incoming::None
-            }
-        };
-        let session = Session::new(self.shared.clone(), incoming);
-        req.extensions_mut().insert(session.clone());
-        ResponseFuture {
-            state: State::Inner {
-                fut: self.inner.call(req),
-                session: Some(session),
-            },
-        }
-    }
-}
-
-pin_project! {
-    /// The response future of [`SessionService`].
-    pub struct ResponseFuture<F, B> {
-        #[pin]
-        state: State<F, B>,
-    }
-}
-
-pin_project! {
-    #[project = StateProj]
-    enum State<F, B> {
-        Inner { #[pin] fut: F, session: Option<Session> },
-        Finishing {
-            fut: BoxFuture<'static, Result<CookieOut>>,
-            response: Option<Response<B>>,
-            session: Session,
-        },
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F, B>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-    B: From<&'static str>,
-{
-    type Output = Result<Response<B>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Inner { fut, session } => {
-                    let response = ready!(fut.poll(cx))?;
-                    let Some(session) = session.take() else {
-                        return Poll::Ready(Ok(response));
-                    };
-                    if !session.was_accessed() {
-                        return Poll::Ready(Ok(response));
-                    }
-                    let server_error = response.status().is_server_error();
-                    let s = session.clone();
-                    let fut: BoxFuture<'static, Result<CookieOut>> =
-                        Box::pin(async move { s.finish(server_error).await });
-                    this.state.set(State::Finishing {
-                        fut,
-                        response: Some(response),
-                        session,
-                    });
-                }
-                StateProj::Finishing {
-                    fut,
-                    response,
-                    session,
-                } => {
-                    if response.is_none() {
-                        // Polled after completion (a caller bug): answer with an
-                        // error rather than poll a finished future and panic.
-                        return Poll::Ready(Ok(error_response(&Error::store_msg(
-                            "response future polled after completion",
-                        ))));
-                    }
-                    let out = ready!(fut.as_mut().poll(cx));
-                    let Some(response) = response.take() else {
-                        return Poll::Ready(Ok(error_response(&Error::store_msg(
-                            "response future polled after completion",
-                        ))));
-                    };
-                    return Poll::Ready(Ok(match out {
-                        Ok(out) => apply_cookie(response, out, session.shared()),
-                        Err(err) => {
-                            tracing::error!(error = %err, "keyfob: saving the session failed");
-                            error_response(&err)
-                        }
-                    }));
-                }
-            }
-        }
-    }
-}
-
-/// What a session cookie value means under this layer's settings; anything
-/// that does not fit is no session.
-fn incoming(shared: &Shared, value: &[u8]) -> Incoming {
-    #[cfg(feature = "cookie-store")]
-    if shared.client.is_some() {
-        return match std::str::from_utf8(value) {
-            Ok(v) => Incoming::Sealed(v.into()),
-            Err(_) => Incoming::None,
-        };
-    }
-    if shared.legacy_ids {
-        if let Some(handle) = crate::id::legacy_handle(value) {
-            return Incoming::Legacy(handle);
-        }
-    }
-    let (id, stale) = match &shared.signed_ids {
-        Some(keys) => match keys.open_id(&shared.cookie.name, value) {
-            Some((id, stale)) => (SessionId::parse(id), stale),
-            None => {
-                tracing::warn!(
-                    event = "session.tampered",
-                    "keyfob: session ID with a bad signature refused (forged, tampered or from another key)"
-                );
-                return Incoming::None;
-            }
-        },
-        None => (SessionId::parse(value), false),
-    };
-    match id {
-        Some(id) => Incoming::Id { id, stale },
-        None => {
-            tracing::info!(
-                event = "session.malformed",
-                reason = "malformed session cookie",
-                "keyfob: session cookie refused"
-            );
-            Incoming::None
-        }
-    }
-}
-
-fn apply_cookie<B: From<&'static str>>(
-    mut response: Response<B>,
-    out: CookieOut,
-    shared: &Shared,
-) -> Response<B> {
-    let cookie = &shared.cookie;
-    let value = match out {
-        CookieOut::Keep => None,
-        CookieOut::Set { id, max_age } => {
-            let value = match &shared.signed_ids {
-                Some(keys) => match keys.tag_id(&cookie.name, &id.encode()) {
-                    Ok(v) => v,
-                    Err(err) => return error_response(&err),
-                },
-                None => id.encode(),
-            };
-            Some(cookie.set_cookie(&value, max_age))
-        }
-        #[cfg(feature = "cookie-store")]
-        CookieOut::Sealed { value, max_age } => Some(cookie.set_cookie(&value, max_age)),
-        CookieOut::Remove => Some(cookie.removal()),
-    };
-    let headers = response.headers_mut();
-    add_vary_cookie(headers);
-    if let Some(value) = value {
-        headers.append(SET_COOKIE, value);
-        if !headers.contains_key(CACHE_CONTROL) {
-            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        }
-    }
-    response
-}
-
-fn add_vary_cookie(headers: &mut http::HeaderMap) {
-    let already = headers.get_all(VARY).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|p| p.trim().eq_ignore_ascii_case("cookie") || p.trim() == "*")
-        })
-    });
-    if !already {
-        headers.append(VARY, HeaderValue::from_static("Cookie"));
-    }
-}
-
-/// The response for an error on a request path: `503` for store trouble.
-pub(crate) fn error_response<B: From<&'static str>>(err: &Error) -> Response<B> {
-    let (status, body) = match err.kind() {
-        ErrorKind::Store | ErrorKind::Timeout => {
-            (StatusCode::SERVICE_UNAVAILABLE, "session store unavailable")
-        }
-        ErrorKind::TooLarge => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "session too large to store",
-        ),
-        ErrorKind::ReservedKey => (StatusCode::BAD_REQUEST, "reserved session key"),
-        _ => (StatusCode::INTERNAL_SERVER_ERROR, "session error"),
-    };
-    let mut response = Response::new(B::from(body));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    response
 }

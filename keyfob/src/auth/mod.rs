@@ -1,0 +1,235 @@
+//! Login, logout, the login guards, and a user's view of their sessions.
+//!
+//! Rules:
+//! - [`login`] starts a new session under a new ID: the pre-login record is
+//!   deleted at once (an ID fixed before login is worthless after it), its
+//!   data is carried over unless a different user was logged in, the created
+//!   time and the absolute deadline count from the login, the owner is
+//!   recorded for the store's owner index, and the CSRF secret is dropped, so
+//!   a token handed out before login is refused after it;
+//! - [`logout`] deletes the session in the store at once;
+//! - [`AuthUser<U>`] extracts the logged-in user or rejects with
+//!   `401 login required` (for APIs); [`RequireLoginLayer`] sends HTML routes
+//!   to the login page with `?next=` set to the page asked for, and
+//!   [`safe_next`] turns a `next` value back into a redirect target only if it
+//!   is a same-origin relative path (anything else becomes `/`);
+//! - [`list_sessions`], [`revoke`], [`revoke_others`], [`revoke_all`] and
+//!   [`revoke_all_of`] let a user see and end their sessions. Sessions are
+//!   named by their public [`Handle`], which can never be used as a cookie;
+//!   [`revoke`] ends a session only if it belongs to the caller's user.
+//!
+//! Caveat: listing and revoking need a store with an owner index (every
+//! server-side store); a revoked session ends at its next request, and a
+//! request already running in it cannot write it back.
+//!
+//! ```
+//! use axum::{body::Body, http::Request, routing::{get, post}, Json, Router};
+//! use keyfob::{auth::{self, AuthUser}, MemoryStore, Session, SessionLayer};
+//! use serde::{Deserialize, Serialize};
+//! use tower::ServiceExt;
+//!
+//! #[derive(Clone, Serialize, Deserialize)]
+//! struct User { id: u64, name: String }
+//!
+//! async fn log_in(session: Session) -> Result<&'static str, keyfob::Error> {
+//!     let user = User { id: 1, name: "alice".into() };
+//!     auth::login(&session, &user.id.to_string(), &user).await?;
+//!     Ok("logged in")
+//! }
+//!
+//! async fn me(AuthUser(user): AuthUser<User>) -> Json<User> {
+//!     Json(user)
+//! }
+//!
+//! let app: Router = Router::new()
+//!     .route("/login", post(log_in))
+//!     .route("/me", get(me))
+//!     .layer(SessionLayer::builder(MemoryStore::new()).with_secure(false).build().unwrap());
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! // Rejected: nobody is logged in.
+//! let res = app.clone().oneshot(Request::get("/me").body(Body::empty()).unwrap()).await.unwrap();
+//! assert_eq!(res.status(), 401);
+//! // Allowed: after login, with the new session cookie.
+//! let res = app.clone().oneshot(Request::post("/login").body(Body::empty()).unwrap()).await.unwrap();
+//! let cookie = res.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+//! let req = Request::get("/me").header("cookie", cookie).body(Body::empty()).unwrap();
+//! assert_eq!(app.oneshot(req).await.unwrap().status(), 200);
+//! # });
+//! ```
+
+use std::{
+    fmt,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{header::LOCATION, HeaderValue, Request, Response, StatusCode};
+use serde::{de::DeserializeOwned, Serialize, Serializer};
+use time::OffsetDateTime;
+use tower_layer::Layer;
+use tower_service::Service;
+
+mod guard;
+mod sessions;
+#[cfg(test)]
+mod tests;
+
+pub use self::{
+    guard::{safe_next, RequireLogin, RequireLoginLayer},
+    sessions::{list_sessions, revoke, revoke_all, revoke_all_of, revoke_others, SessionInfo},
+};
+
+use crate::{
+    error::{Error, Result},
+    id::Handle,
+    record::reserved as keys,
+    session::Session,
+    store::{BoxFuture, SessionStore},
+};
+
+/// Logs `user` in to this session as `owner` (a stable user id).
+///
+/// Starts a new session under a new ID (created now, so the absolute
+/// deadline counts from the login), carries the data over unless another
+/// owner was logged in, records
+/// the owner so the user's sessions can be listed and revoked, and drops the
+/// CSRF secret (the next [`csrf::token`](crate::csrf) mints a new one).
+///
+/// ```
+/// # async fn f(session: keyfob::Session) -> Result<(), keyfob::Error> {
+/// keyfob::auth::login(&session, "42", &"alice").await?;
+/// # Ok(()) }
+/// ```
+pub async fn login<U: Serialize>(session: &Session, owner: &str, user: &U) -> Result<()> {
+    // A new session, not a renamed one: the pre-login ID is deleted now, and
+    // the created time and absolute deadline count from this login.
+    let same_user = session.owner().await?.is_none_or(|o| o == owner);
+    // Room first: a store failure here leaves the pre-login session intact.
+    make_room(session, owner).await?;
+    session.restart(same_user).await?;
+    session.set_owner(Some(owner)).await?;
+    session
+        .remove_reserved::<serde_json::Value>(keys::CSRF)
+        .await?;
+    session.insert_reserved(keys::USER, user).await?;
+    Ok(())
+}
+
+/// The most sessions [`list_sessions`] returns, and the most a login looks at
+/// to enforce the per-user cap, which may not exceed it. The cap keeps a
+/// user's sessions far below this; past it (sessions stored before a cap was
+/// set), which ones are listed is the store's choice.
+pub const MAX_LISTED: usize = 1000;
+
+/// Ends the oldest sessions of `owner` so the login about to be stored keeps
+/// the user within the layer's per-user cap. The session logging in is not
+/// counted: the login replaces it.
+async fn make_room(session: &Session, owner: &str) -> Result<()> {
+    let shared = session.shared();
+    let Some(cap) = shared.max_sessions_per_user else {
+        return Ok(());
+    };
+    if !shared.has_owner_index() {
+        return Ok(());
+    }
+    let now = shared.clock.now();
+    let this = session.id().await?;
+    let mut live = shared.store.list_by_owner(owner, now, MAX_LISTED).await?;
+    live.retain(|s| Some(s.handle) != this);
+    if live.len() < cap {
+        return Ok(());
+    }
+    live.sort_by_key(|s| (s.record.created, s.handle));
+    let excess = live.len() + 1 - cap;
+    for s in live.iter().take(excess) {
+        if shared.store.delete(&s.handle).await? {
+            tracing::info!(
+                event = "session.evicted",
+                handle = %s.handle.short(),
+                cap,
+                "keyfob: oldest session of a user ended by a login past the per-user cap"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Logs out: deletes the session in the store now and removes the cookie.
+///
+/// ```
+/// # async fn f(session: keyfob::Session) -> Result<(), keyfob::Error> {
+/// keyfob::auth::logout(&session).await?;
+/// # Ok(()) }
+/// ```
+pub async fn logout(session: &Session) -> Result<()> {
+    session.delete().await
+}
+
+/// The user logged in to this session, as stored by [`login`].
+///
+/// ```
+/// use keyfob::auth::AuthUser;
+///
+/// async fn profile(AuthUser(name): AuthUser<String>) -> String {
+///     format!("hello {name}")
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct AuthUser<U>(pub U);
+
+impl<U> AuthUser<U> {
+    /// The user.
+    ///
+    /// ```
+    /// assert_eq!(keyfob::auth::AuthUser(7).into_inner(), 7);
+    /// ```
+    pub fn into_inner(self) -> U {
+        self.0
+    }
+}
+
+/// The user logged in to `session`, if any.
+///
+/// ```
+/// # async fn f(session: keyfob::Session) -> Result<(), keyfob::Error> {
+/// let name: Option<String> = keyfob::auth::current_user(&session).await?;
+/// # let _ = name; Ok(()) }
+/// ```
+pub async fn current_user<U: DeserializeOwned>(session: &Session) -> Result<Option<U>> {
+    // Only `login` writes the user, always with the owner: a user value
+    // without one did not come from a login and is not trusted.
+    if session.owner().await?.is_none() {
+        return Ok(None);
+    }
+    session.get_reserved(keys::USER).await
+}
+
+#[cfg(feature = "axum")]
+impl<S, U> axum_core::extract::FromRequestParts<S> for AuthUser<U>
+where
+    S: Send + Sync,
+    U: DeserializeOwned + Send,
+{
+    type Rejection = crate::extract::AuthRejection;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        use crate::extract::AuthRejection;
+        let session =
+            parts
+                .extensions
+                .get::<Session>()
+                .cloned()
+                .ok_or(AuthRejection::SessionMissing(
+                    crate::extract::SessionMissing,
+                ))?;
+        match current_user::<U>(&session).await {
+            Ok(Some(user)) => Ok(AuthUser(user)),
+            Ok(None) => Err(AuthRejection::LoginRequired),
+            Err(e) => Err(AuthRejection::Store(e)),
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! A user's view of their sessions: listing and revoking them.
+
+use super::*;
+
+/// One live session of a user, as [`list_sessions`] shows it. Serializes as
+/// `{"handle","created_at","last_seen","expires_at","current"}` with RFC 3339 times.
+///
+/// ```
+/// # async fn f(session: keyfob::Session) -> Result<(), keyfob::Error> {
+/// for s in keyfob::auth::list_sessions(&session).await? {
+///     println!("{} since {}{}", s.handle.short(), s.created_at, if s.current { " (this one)" } else { "" });
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct SessionInfo {
+    /// The session's public handle: names it, never usable as its cookie.
+    #[serde(serialize_with = "display")]
+    pub handle: Handle,
+    /// When it was created.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When it was last used (precise to the touch interval).
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen: OffsetDateTime,
+    /// When it ends if unused: the earlier of its idle and absolute deadlines.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub expires_at: Option<OffsetDateTime>,
+    /// True for the session of the request that asked.
+    pub current: bool,
+}
+
+fn display<T: fmt::Display, S: Serializer>(v: &T, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+/// The owner and handle of `session` once its pending changes (a login in
+/// this same request) are in the store, or `None` when nobody is logged in.
+async fn owned(session: &Session) -> Result<Option<(String, Option<Handle>)>> {
+    let Some(owner) = session.owner().await? else {
+        return Ok(None);
+    };
+    session.save().await?;
+    Ok(Some((owner, session.id().await?)))
+}
+
+/// The live sessions of the user logged in to `session`, oldest first, at
+/// most [`MAX_LISTED`] of them; empty when nobody is logged in.
+///
+/// # Errors
+/// A store error; [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported)
+/// for cookie sessions without a revocation store, which keep no list.
+///
+/// ```
+/// # async fn f(session: keyfob::Session) -> Result<(), keyfob::Error> {
+/// let n = keyfob::auth::list_sessions(&session).await?.len();
+/// # let _ = n; Ok(()) }
+/// ```
+pub async fn list_sessions(session: &Session) -> Result<Vec<SessionInfo>> {
+    let Some((owner, current)) = owned(session).await? else {
+        return Ok(Vec::new());
+    };
+    let shared = session.shared();
+    let now = shared.clock.now();
+    let mut list: Vec<SessionInfo> = shared
+        .store
+        .list_by_owner(&owner, now, MAX_LISTED)
+        .await?
+        .into_iter()
+        .filter(|s| !s.record.is_expired(now))
+        .map(|s| SessionInfo {
+            current: Some(s.handle) == current,
+            handle: s.handle,
+            created_at: s.record.created(),
+            last_seen: s.record.last_seen(),
+            expires_at: s.record.expires_at(),
+        })
+        .collect();
+    list.sort_by_key(|s| (s.created_at, s.handle));
+    Ok(list)
+}
+
+/// Ends the session named `handle` if it belongs to the user logged in to
+/// `session`; `false` ("not found") otherwise, so a handle of someone
+/// else's session reveals nothing. Revoking the current session logs out.
+///
+/// ```
+/// # async fn f(session: keyfob::Session, handle: keyfob::Handle) -> Result<(), keyfob::Error> {
+/// if !keyfob::auth::revoke(&session, &handle).await? {
+///     // answer 404
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn revoke(session: &Session, handle: &Handle) -> Result<bool> {
+    let Some((owner, current)) = owned(session).await? else {
+        return Ok(false);
+    };
+    if current.as_ref() == Some(handle) {
+        session.delete().await?;
+        return Ok(true);
+    }
+    let shared = session.shared();
+    if !shared.has_owner_index() {
+        return Err(Error::no_owner_index());
+    }
+    let now = shared.clock.now();
+    let mine = shared
+        .store
+        .load(handle, now)
+        .await?
+        .is_some_and(|r| r.owner() == Some(owner.as_str()));
+    if !mine {
+        return Ok(false);
+    }
+    let deleted = shared.store.delete(handle).await?;
+    if deleted {
+        tracing::info!(event = "session.revoked", handle = %handle.short(), "keyfob: session revoked by its owner");
+    }
+    Ok(deleted)
+}
+
+/// Ends every other session of the user logged in to `session` ("log out
+/// everywhere else"); returns how many ended. This session stays.
+///
+/// ```
+/// # async fn f(session: keyfob::Session) -> Result<(), keyfob::Error> {
+/// let revoked = keyfob::auth::revoke_others(&session).await?;
+/// # let _ = revoked; Ok(()) }
+/// ```
+pub async fn revoke_others(session: &Session) -> Result<u64> {
+    let Some((owner, current)) = owned(session).await? else {
+        return Ok(0);
+    };
+    let n = session
+        .shared()
+        .store
+        .delete_by_owner(&owner, current.as_ref())
+        .await?;
+    tracing::info!(
+        event = "session.revoked_others",
+        count = n,
+        "keyfob: other sessions of the user revoked"
+    );
+    Ok(n)
+}
+
+/// Ends every session of the user logged in to `session`, this one
+/// included (after a password change); returns how many ended.
+///
+/// ```
+/// # async fn f(session: keyfob::Session) -> Result<(), keyfob::Error> {
+/// keyfob::auth::revoke_all(&session).await?;
+/// # Ok(()) }
+/// ```
+pub async fn revoke_all(session: &Session) -> Result<u64> {
+    let Some((owner, _)) = owned(session).await? else {
+        return Ok(0);
+    };
+    let n = revoke_all_of(&*session.shared().store, &owner).await?;
+    session.delete().await?;
+    Ok(n)
+}
+
+/// Ends every session of `owner`, with no request at hand (an account
+/// disabled by an administrator); returns how many ended.
+///
+/// ```
+/// # async fn f() -> Result<(), keyfob::Error> {
+/// let store = keyfob::MemoryStore::new();
+/// assert_eq!(keyfob::auth::revoke_all_of(&store, "42").await?, 0);
+/// # Ok(()) }
+/// ```
+pub async fn revoke_all_of(store: &dyn SessionStore, owner: &str) -> Result<u64> {
+    let n = store.delete_by_owner(owner, None).await?;
+    tracing::info!(
+        event = "session.revoked_all",
+        count = n,
+        "keyfob: every session of a user revoked"
+    );
+    Ok(n)
+}
