@@ -271,22 +271,22 @@ async fn build_app(imp: &str, store: &str, url: Option<&str>) -> Router {
     match (imp, store) {
         ("keyfob", "memory") => keyfob_app(keyfob::MemoryStore::new()),
         ("keyfob", "sqlite") => keyfob_app(
-            keyfob::store::sqlite::SqliteStore::connect(url())
+            keyfob::SqliteStore::connect(url())
                 .await
                 .expect("sqlite"),
         ),
         ("keyfob", "postgres") => keyfob_app(
-            keyfob::store::postgres::PostgresStore::connect(url())
+            keyfob::PostgresStore::connect(url())
                 .await
                 .expect("postgres"),
         ),
         ("keyfob", "mysql") => keyfob_app(
-            keyfob::store::mysql::MySqlStore::connect(url())
+            keyfob::MySqlStore::connect(url())
                 .await
                 .expect("mysql"),
         ),
         ("keyfob", "redis") => keyfob_app(
-            keyfob::store::redis::RedisStore::connect(url())
+            keyfob::RedisStore::connect(url())
                 .await
                 .expect("redis"),
         ),
@@ -354,7 +354,7 @@ fn vm_rss_kib() -> u64 {
 
 /// Inserts `n` logged-in sessions straight into a memory store, as `/login`
 /// would leave them, and writes their cookies to `out`.
-fn seed(store: &keyfob::MemoryStore, n: usize, out: &str) -> usize {
+async fn seed(store: &keyfob::MemoryStore, n: usize, out: &str) -> usize {
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let idle = now + 2 * 3600;
     let mut cookies = String::with_capacity(n * 44);
@@ -373,7 +373,10 @@ fn seed(store: &keyfob::MemoryStore, n: usize, out: &str) -> usize {
             r#"{{"d":{{"user":{user}}},"c":{now},"s":{now},"i":{idle},"v":1}}"#
         ))
         .expect("record json");
-        store.insert_record(handle, record);
+        let created = keyfob::SessionStore::create(store, &handle, &record)
+            .await
+            .expect("seed");
+        assert_eq!(created, keyfob::store::Created::Stored, "seed");
         cookies.push_str(&URL_SAFE_NO_PAD.encode(id));
         cookies.push('\n');
     }
@@ -485,8 +488,9 @@ fn main() {
             let n: usize = arg(&args, "--n").unwrap_or("1000").parse().expect("n");
             let out = arg(&args, "--out").expect("--out");
             let store = keyfob::MemoryStore::new();
+            let rt = rt();
             let before = vm_rss_kib();
-            let data = seed(&store, n, out);
+            let data = rt.block_on(seed(&store, n, out));
             let after = vm_rss_kib();
             let per = (after.saturating_sub(before) * 1024) as f64 / n as f64;
             let data_per = data as f64 / n as f64;
@@ -494,7 +498,7 @@ fn main() {
                 "SEED n={n} rss_before_kib={before} rss_after_kib={after} bytes_per_session={per:.0} data_bytes_per_session={data_per:.0} overhead_per_session={:.0}",
                 per - data_per
             );
-            rt().block_on(serve(keyfob_app(store), port));
+            rt.block_on(serve(keyfob_app(store), port));
         }
         _ => {
             eprintln!("usage: keyfob-bench serve|login|seed ... (see the source's header)");

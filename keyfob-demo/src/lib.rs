@@ -91,18 +91,12 @@ pub async fn open_store(url: &StoreUrl) -> Result<Arc<dyn SessionStore>, String>
     let one_line = |e: keyfob::Error| format!("store {url} unavailable: {e}").replace('\n', " ");
     Ok(match url {
         StoreUrl::Memory => Arc::new(keyfob::MemoryStore::new()),
-        StoreUrl::Sqlite(url) => Arc::new(
-            keyfob::store::sqlite::SqliteStore::connect(url)
-                .await
-                .map_err(one_line)?,
-        ),
+        StoreUrl::Sqlite(url) => {
+            Arc::new(keyfob::SqliteStore::connect(url).await.map_err(one_line)?)
+        }
         StoreUrl::Postgres(url) => Arc::new(connect_postgres(url).await.map_err(one_line)?),
         StoreUrl::MySql(url) => Arc::new(connect_mysql(url).await.map_err(one_line)?),
-        StoreUrl::Redis(url) => Arc::new(
-            keyfob::store::redis::RedisStore::connect(url)
-                .await
-                .map_err(one_line)?,
-        ),
+        StoreUrl::Redis(url) => Arc::new(keyfob::RedisStore::connect(url).await.map_err(one_line)?),
         StoreUrl::Cookie(_) => {
             return Err(format!(
                 "store {url}: cookie sessions keep their marks in a server-side store"
@@ -111,20 +105,20 @@ pub async fn open_store(url: &StoreUrl) -> Result<Arc<dyn SessionStore>, String>
     })
 }
 
-async fn connect_postgres(url: &str) -> keyfob::Result<keyfob::store::postgres::PostgresStore> {
+async fn connect_postgres(url: &str) -> keyfob::Result<keyfob::PostgresStore> {
     // Fail fast at start-up instead of waiting out a long connect timeout.
     tokio::time::timeout(
         std::time::Duration::from_secs(10),
-        keyfob::store::postgres::PostgresStore::connect(url),
+        keyfob::PostgresStore::connect(url),
     )
     .await
     .unwrap_or_else(|_| Err(keyfob::Error::store_msg("connection timed out")))
 }
 
-async fn connect_mysql(url: &str) -> keyfob::Result<keyfob::store::mysql::MySqlStore> {
+async fn connect_mysql(url: &str) -> keyfob::Result<keyfob::MySqlStore> {
     tokio::time::timeout(
         std::time::Duration::from_secs(10),
-        keyfob::store::mysql::MySqlStore::connect(url),
+        keyfob::MySqlStore::connect(url),
     )
     .await
     .unwrap_or_else(|_| Err(keyfob::Error::store_msg("connection timed out")))

@@ -1,31 +1,7 @@
 //! Cookie settings, checked when the layer is built, and the one reader and
-//! writer of the session cookie.
 //!
-//! Rules:
-//! - the name must be an RFC 6265 token, and matches byte for byte;
-//! - `__Host-` names need `Secure`, `Path=/` and no `Domain`; `__Secure-`
-//!   names need `Secure`; `SameSite=None` and `Partitioned` need `Secure`.
-//!   A configuration that breaks a rule is refused by
-//!   [`SessionLayerBuilder::build`](crate::SessionLayerBuilder::build) with a
-//!   message that says what to change;
-//! - the removal cookie carries exactly the attributes of the cookie it
-//!   removes, or browsers would keep the original;
-//! - reading is strict: a request with the name twice, or a value that is not
-//!   a canonical session ID, has no session.
-//!
-//! ```
-//! use keyfob::{MemoryStore, SessionLayer, SameSite};
-//!
-//! // Allowed:
-//! SessionLayer::builder(MemoryStore::new()).with_name("__Host-sid").build().unwrap();
-//! // Refused: SameSite=None without Secure.
-//! let err = SessionLayer::builder(MemoryStore::new())
-//!     .with_secure(false)
-//!     .with_same_site(SameSite::None)
-//!     .build()
-//!     .unwrap_err();
-//! assert!(err.to_string().contains("Secure"));
-//! ```
+//! (The rules, caveats and examples are on the public type below,
+//! where docs.rs shows them: this module is private.)
 
 use std::fmt::Write as _;
 
@@ -43,6 +19,34 @@ pub(crate) const MAX_SET_COOKIE: usize = 4096;
 ///
 /// ```
 /// assert_ne!(keyfob::SameSite::Lax, keyfob::SameSite::Strict);
+/// ```
+///
+/// writer of the session cookie.
+///
+/// Rules:
+/// - the name must be an RFC 6265 token, and matches byte for byte;
+/// - `__Host-` names need `Secure`, `Path=/` and no `Domain`; `__Secure-`
+///   names need `Secure`; `SameSite=None` and `Partitioned` need `Secure`.
+///   A configuration that breaks a rule is refused by
+///   [`SessionLayerBuilder::build`](crate::SessionLayerBuilder::build) with a
+///   message that says what to change;
+/// - the removal cookie carries exactly the attributes of the cookie it
+///   removes, or browsers would keep the original;
+/// - reading is strict: a request with the name twice, or a value that is not
+///   a canonical session ID, has no session.
+///
+/// ```
+/// use keyfob::{MemoryStore, SessionLayer, SameSite};
+///
+/// // Allowed:
+/// SessionLayer::builder(MemoryStore::new()).with_name("__Host-sid").build().unwrap();
+/// // Refused: SameSite=None without Secure.
+/// let err = SessionLayer::builder(MemoryStore::new())
+///     .with_secure(false)
+///     .with_same_site(SameSite::None)
+///     .build()
+///     .unwrap_err();
+/// assert!(err.to_string().contains("Secure"));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SameSite {

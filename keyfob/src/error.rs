@@ -1,22 +1,7 @@
 //! The one error type of keyfob.
 //!
-//! Every fallible operation returns [`Error`], which carries an [`ErrorKind`]
-//! saying what went wrong and, where there is one, the underlying cause as its
-//! [`source`](std::error::Error::source). Backend errors are never flattened
-//! into strings.
-//!
-//! On a request path an [`ErrorKind::Store`] error renders as
-//! `503 session store unavailable` with `Retry-After: 1` (with the `axum`
-//! feature, `Error` implements `IntoResponse`), so a store outage never turns
-//! into an empty session or a bare `500`.
-//!
-//! ```
-//! use keyfob::{Error, ErrorKind};
-//!
-//! let err = Error::store(std::io::Error::other("connection refused"));
-//! assert_eq!(err.kind(), ErrorKind::Store);
-//! assert!(std::error::Error::source(&err).is_some());
-//! ```
+//! (The rules, caveats and examples are on the public type below,
+//! where docs.rs shows them: this module is private.)
 
 use std::{error::Error as StdError, fmt};
 
@@ -76,6 +61,24 @@ impl ErrorKind {
 ///     .unwrap_err();
 /// assert_eq!(err.kind(), ErrorKind::Config);
 /// assert!(err.to_string().contains("Domain"));
+/// ```
+///
+/// Every fallible operation returns [`Error`], which carries an [`ErrorKind`]
+/// saying what went wrong and, where there is one, the underlying cause as its
+/// [`source`](std::error::Error::source). Backend errors are never flattened
+/// into strings.
+///
+/// On a request path an [`ErrorKind::Store`] error renders as
+/// `503 session store unavailable` with `Retry-After: 1` (with the `axum`
+/// feature, `Error` implements `IntoResponse`), so a store outage never turns
+/// into an empty session or a bare `500`.
+///
+/// ```
+/// use keyfob::{Error, ErrorKind};
+///
+/// let err = Error::store(std::io::Error::other("connection refused"));
+/// assert_eq!(err.kind(), ErrorKind::Store);
+/// assert!(std::error::Error::source(&err).is_some());
 /// ```
 pub struct Error {
     kind: ErrorKind,

@@ -1,40 +1,7 @@
 //! When sessions end: idle and absolute deadlines, and the clock that drives them.
 //!
-//! Rules:
-//! - **idle timeout**: a session unused for this long is gone. Reads count as
-//!   activity, but the store is touched (only the deadline is written) at
-//!   most once per *touch interval*, so a read-heavy app does not write on
-//!   every request;
-//! - **touch interval**: unless set, a tenth of the session's idle timeout,
-//!   at most one minute (2 h idle: 1 min; 10 s idle: 1 s; 2 s idle: every
-//!   read). Deadlines are kept in whole seconds, so a session read at least
-//!   once per nine tenths of its idle timeout, less one second, never expires
-//!   while in use (a 2 s session read every second stays). An explicit
-//!   interval at least as long as the idle timeout is refused when the layer
-//!   is built; for a per-session [`Expiry::OnInactivity`] shorter than it, the
-//!   session falls back to the automatic interval;
-//! - **absolute timeout**: a hard cap set when the session is created and
-//!   never extended, not by activity and not by [`Session::cycle_id`];
-//! - the server checks both on every load, whatever the cookie says;
-//! - a per-session [`Expiry`] (the tower-sessions enum) overrides the idle
-//!   policy of one session; the absolute cap still applies.
-//!
-//! Caveat: a record's `last_seen` is precise to the touch interval only.
-//!
-//! Time comes from a [`Clock`]; tests inject a [`ManualClock`] and move time
-//! without sleeping.
-//!
-//! ```
-//! use keyfob::{ManualClock, Clock};
-//! use time::Duration;
-//!
-//! let clock = ManualClock::new();
-//! let t0 = clock.now();
-//! clock.advance(Duration::hours(3));
-//! assert_eq!(clock.now() - t0, Duration::hours(3));
-//! ```
-//!
-//! [`Session::cycle_id`]: crate::Session::cycle_id
+//! (The rules, caveats and examples are on the public type below,
+//! where docs.rs shows them: this module is private.)
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -50,6 +17,42 @@ use time::{Duration, OffsetDateTime};
 /// let e = Expiry::OnInactivity(Duration::minutes(30));
 /// assert_ne!(e, Expiry::OnSessionEnd);
 /// ```
+///
+/// Rules:
+/// - **idle timeout**: a session unused for this long is gone. Reads count as
+///   activity, but the store is touched (only the deadline is written) at
+///   most once per *touch interval*, so a read-heavy app does not write on
+///   every request;
+/// - **touch interval**: unless set, a tenth of the session's idle timeout,
+///   at most one minute (2 h idle: 1 min; 10 s idle: 1 s; 2 s idle: every
+///   read). Deadlines are kept in whole seconds, so a session read at least
+///   once per nine tenths of its idle timeout, less one second, never expires
+///   while in use (a 2 s session read every second stays). An explicit
+///   interval at least as long as the idle timeout is refused when the layer
+///   is built; for a per-session [`Expiry::OnInactivity`] shorter than it, the
+///   session falls back to the automatic interval;
+/// - **absolute timeout**: a hard cap set when the session is created and
+///   never extended, not by activity and not by [`Session::cycle_id`];
+/// - the server checks both on every load, whatever the cookie says;
+/// - a per-session [`Expiry`] (the tower-sessions enum) overrides the idle
+///   policy of one session; the absolute cap still applies.
+///
+/// Caveat: a record's `last_seen` is precise to the touch interval only.
+///
+/// Time comes from a [`Clock`]; tests inject a [`ManualClock`] and move time
+/// without sleeping.
+///
+/// ```
+/// use keyfob::{ManualClock, Clock};
+/// use time::Duration;
+///
+/// let clock = ManualClock::new();
+/// let t0 = clock.now();
+/// clock.advance(Duration::hours(3));
+/// assert_eq!(clock.now() - t0, Duration::hours(3));
+/// ```
+///
+/// [`Session::cycle_id`]: crate::Session::cycle_id
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Expiry {
     /// A browser-session cookie (no `Max-Age`): the browser drops it when it
@@ -132,6 +135,15 @@ impl Clock for ManualClock {
     fn now(&self) -> OffsetDateTime {
         *self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Seconds since the Unix epoch: the resolution of every stored instant.
+pub(crate) fn secs(t: OffsetDateTime) -> i64 {
+    t.unix_timestamp()
+}
+
+pub(crate) fn instant(secs: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 /// `now + d`, saturating at the last representable instant instead of

@@ -1,27 +1,7 @@
 //! Session IDs and their public handles.
 //!
-//! Rules:
-//! - an ID is 256 bits from the operating system's CSPRNG, written in the
-//!   cookie as 43 characters of unpadded base64url;
-//! - a cookie value is accepted only in that exact canonical form: anything
-//!   else (other length, padding, other alphabet, non-canonical trailing bits)
-//!   is "no session";
-//! - stores never see the ID. They key records by its SHA-256, the
-//!   [`Handle`], so a leaked store or log holds nothing that works as a cookie.
-//!   The handle is also what the app shows a user to name a session (the
-//!   session list, revoke buttons): 64 hex digits, which never parse as a
-//!   cookie value.
-//!
-//! A raw ID cannot be constructed, printed or read through the public API.
-//!
-//! ```
-//! use keyfob::Handle;
-//!
-//! let handle: Handle = "00".repeat(32).parse().unwrap();
-//! assert_eq!(handle.to_string(), "00".repeat(32));
-//! // Anything else is refused.
-//! assert!("not-a-handle".parse::<Handle>().is_err());
-//! ```
+//! (The rules, caveats and examples are on the public type below,
+//! where docs.rs shows them: this module is private.)
 
 use std::{fmt, str::FromStr};
 
@@ -33,15 +13,22 @@ use crate::error::{Error, ErrorKind};
 const ID_LEN: usize = 32;
 const ENCODED_LEN: usize = 43;
 
+/// `N` bytes from the operating system's CSPRNG: the one source of every
+/// secret keyfob makes (session IDs, keys, nonces, CSRF secrets). A failure
+/// is [`ErrorKind::Random`] with the OS error as its source.
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], Error> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).map_err(|e| Error::with_source(ErrorKind::Random, e))?;
+    Ok(bytes)
+}
+
 /// A session ID: the secret that the cookie carries. Crate-private by design.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct SessionId([u8; ID_LEN]);
 
 impl SessionId {
     pub(crate) fn generate() -> Result<Self, Error> {
-        let mut bytes = [0u8; ID_LEN];
-        getrandom::fill(&mut bytes).map_err(|e| Error::new(ErrorKind::Random, e.to_string()))?;
-        Ok(SessionId(bytes))
+        Ok(SessionId(random_bytes()?))
     }
 
     /// Parses a cookie value; `None` unless it is exactly a canonical ID.
@@ -106,6 +93,29 @@ pub(crate) fn legacy_handle(value: &[u8]) -> Option<Handle> {
 /// let text = h.to_string();
 /// assert_eq!(text.len(), 64);
 /// assert_eq!(text.parse::<Handle>().unwrap(), h);
+/// ```
+///
+/// Rules:
+/// - an ID is 256 bits from the operating system's CSPRNG, written in the
+///   cookie as 43 characters of unpadded base64url;
+/// - a cookie value is accepted only in that exact canonical form: anything
+///   else (other length, padding, other alphabet, non-canonical trailing bits)
+///   is "no session";
+/// - stores never see the ID. They key records by its SHA-256, the
+///   [`Handle`], so a leaked store or log holds nothing that works as a cookie.
+///   The handle is also what the app shows a user to name a session (the
+///   session list, revoke buttons): 64 hex digits, which never parse as a
+///   cookie value.
+///
+/// A raw ID cannot be constructed, printed or read through the public API.
+///
+/// ```
+/// use keyfob::Handle;
+///
+/// let handle: Handle = "00".repeat(32).parse().unwrap();
+/// assert_eq!(handle.to_string(), "00".repeat(32));
+/// // Anything else is refused.
+/// assert!("not-a-handle".parse::<Handle>().is_err());
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Handle([u8; 32]);

@@ -80,8 +80,8 @@ use time::OffsetDateTime;
 
 use crate::{
     config::MAX_SET_COOKIE,
+    expiry::secs,
     keys::{Keyring, Opened, Purpose},
-    record::secs,
 };
 
 /// The most cookies a request may carry before the jars read none of them;

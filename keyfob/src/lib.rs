@@ -44,7 +44,7 @@
 //! | `cache` | no | `CachedStore` (`store::cached`), an in-process cache in front of any store |
 //! | `cookie-store` | no | `CookieStore`: the whole session sealed (or signed) in its cookie |
 //! | `auth` | yes | [`auth`]: `login`/`logout`, `AuthUser`, `RequireLoginLayer`, `safe_next`, listing and revoking a user's sessions |
-//! | `migrate` | no | [`migrate`](crate::migrate): copy live tower-sessions sessions (SQL tables with `sqlite`/`postgres`/`mysql`, or rows you read, e.g. from Redis) into a keyfob store; pair with [`SessionLayerBuilder::with_legacy_ids`] |
+//! | `migrate` | no | [`migrate`]: copy live tower-sessions sessions (SQL tables with `sqlite`/`postgres`/`mysql`, or rows you read, e.g. from Redis) into a keyfob store; pair with [`SessionLayerBuilder::with_legacy_ids`] |
 //! | `migrate-redis` | no | `migrate::Source::redis`: the keys of tower-sessions-redis-store (on the `redis` crate) |
 //! | `csrf` | yes | [`csrf`]: `CsrfLayer` (tower-http's origin check plus keyfob's stricter origin rule and session-bound masked tokens), `CsrfToken` |
 //!
@@ -53,43 +53,49 @@
 //! [`SessionLayerBuilder::with_signed_ids`]); with `axum`, `jar`
 //! (`SignedCookieJar` and `PrivateCookieJar` extractors).
 //!
-//! Module map (one home per concept): [`session`] the handle and change
-//! tracking, [`record`] what stores keep, [`id`] IDs and handles, [`expiry`]
-//! deadlines and clocks, [`config`] cookie rules, [`layer`] the middleware,
-//! [`store`] the store trait and stores, [`auth`] login and the login guard,
-//! [`keys`] master keys and signed/encrypted values, `jar` (with `axum`)
-//! signed and private cookie jars,
-//! [`csrf`] cross-site request forgery protection.
+//! Every item has one path. The core (the [`Session`] handle, the
+//! [`SessionLayer`] and its builder, [`Record`] and [`Update`], [`Handle`],
+//! [`Expiry`] and clocks, [`Error`], [`SessionStore`] and every store) is at
+//! the crate root. Modules that are a concept of their own are namespaces:
+//! [`auth`] login, the login guard and a user's sessions; [`csrf`]
+//! cross-site request forgery protection; [`keys`] master keys and signed or
+//! encrypted values; `jar` (with `axum`) signed and private cookie jars;
+//! `extract` (with `axum`) the extractors' rejections; [`store`] what a store
+//! implementation needs beyond the trait, and the cleanup task; `migrate`
+//! (with its feature) moving sessions over from tower-sessions.
 
 #![deny(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "auth")]
 pub mod auth;
-pub mod config;
+mod config;
 #[cfg(feature = "csrf")]
 pub mod csrf;
-pub mod error;
-pub mod expiry;
+mod error;
+mod expiry;
 #[cfg(feature = "axum")]
 pub mod extract;
-pub mod id;
+mod id;
 #[cfg(feature = "axum")]
 pub mod jar;
 pub mod keys;
-pub mod layer;
+mod layer;
 #[cfg(feature = "migrate")]
 pub mod migrate;
-pub mod record;
-pub mod session;
+mod record;
+mod session;
 pub mod store;
 
 pub use config::SameSite;
 pub use error::{Error, ErrorKind, Result};
 pub use expiry::{Clock, Expiry, ManualClock, SystemClock};
-pub use id::Handle;
-pub use layer::{SessionLayer, SessionLayerBuilder};
-pub use record::{Record, Update};
+pub use id::{Handle, ParseHandleError};
+pub use layer::{
+    ResponseFuture, SessionLayer, SessionLayerBuilder, SessionService,
+    DEFAULT_MAX_SESSIONS_PER_USER, DEFAULT_STORE_TIMEOUT,
+};
+pub use record::{ChangeSet, Record, Update};
 pub use session::{AsKey, Key, Session};
 #[cfg(feature = "cache")]
 pub use store::cached::CachedStore;
@@ -97,9 +103,15 @@ pub use store::cached::CachedStore;
 pub use store::cookie::CookieStore;
 #[cfg(feature = "memory")]
 pub use store::memory::MemoryStore;
+#[cfg(feature = "mysql")]
+pub use store::mysql::MySqlStore;
+#[cfg(feature = "postgres")]
+pub use store::postgres::PostgresStore;
 #[cfg(feature = "redis")]
 pub use store::redis::RedisStore;
-pub use store::SessionStore;
+pub use store::session_store::SessionStore;
+#[cfg(feature = "sqlite")]
+pub use store::sqlite::SqliteStore;
 
 // Re-exported so users name the same `time` version keyfob uses.
 pub use time;

@@ -1,31 +1,7 @@
 //! What a store keeps for one session, and the change-sets applied to it.
 //!
-//! Rules:
-//! - a [`Record`] holds the session's data (each value kept as its JSON
-//!   text, so untouched values are never re-serialized), when it was created
-//!   and last seen, its idle and absolute deadlines, its owner (for "list and
-//!   revoke this user's sessions") and a version that every write bumps;
-//! - a request never writes its copy of the record back. It sends an
-//!   [`Update`]: the keys it set or removed (or "clear"), the new idle
-//!   deadline, and optionally a new owner, expiry or handle. The store applies
-//!   it to the record it holds *now*, so two requests that write different
-//!   keys both persist, and an update to a record that is gone is dropped
-//!   instead of bringing a logged-out session back;
-//! - a record whose idle or absolute deadline has passed is expired and must
-//!   never be returned by a store.
-//!
-//! Stores outside keyfob implement [`SessionStore`](crate::SessionStore) with
-//! [`Record::apply`] and the serde implementations of [`Record`].
-//!
-//! ```
-//! use keyfob::Record;
-//! use time::{Duration, OffsetDateTime};
-//!
-//! let now = OffsetDateTime::now_utc();
-//! let record = Record::new(now, Some(now + Duration::hours(1)), None);
-//! assert!(!record.is_expired(now));
-//! assert!(record.is_expired(now + Duration::hours(2)));
-//! ```
+//! (The rules, caveats and examples are on the public type below,
+//! where docs.rs shows them: this module is private.)
 
 use std::fmt;
 
@@ -37,7 +13,10 @@ use serde::{
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
-use crate::{expiry::Expiry, id::Handle};
+use crate::{
+    expiry::{instant, secs, Expiry},
+    id::Handle,
+};
 
 /// Session keys keyfob's own modules use, in a namespace the public
 /// [`Session`](crate::Session) API refuses to write (and reads as absent):
@@ -60,15 +39,6 @@ pub(crate) mod reserved {
     pub(crate) fn is_reserved(key: &str) -> bool {
         key.starts_with(PREFIX)
     }
-}
-
-/// Seconds since the Unix epoch: the resolution of every stored instant.
-pub(crate) fn secs(t: OffsetDateTime) -> i64 {
-    t.unix_timestamp()
-}
-
-pub(crate) fn instant(secs: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 /// The key/value data of a session. Values are JSON text.
@@ -174,6 +144,33 @@ impl<'de> Deserialize<'de> for Data {
 /// let json = serde_json::to_string(&record).unwrap();
 /// let back: Record = serde_json::from_str(&json).unwrap();
 /// assert_eq!(back.created(), record.created());
+/// ```
+///
+/// Rules:
+/// - a [`Record`] holds the session's data (each value kept as its JSON
+///   text, so untouched values are never re-serialized), when it was created
+///   and last seen, its idle and absolute deadlines, its owner (for "list and
+///   revoke this user's sessions") and a version that every write bumps;
+/// - a request never writes its copy of the record back. It sends an
+///   [`Update`]: the keys it set or removed (or "clear"), the new idle
+///   deadline, and optionally a new owner, expiry or handle. The store applies
+///   it to the record it holds *now*, so two requests that write different
+///   keys both persist, and an update to a record that is gone is dropped
+///   instead of bringing a logged-out session back;
+/// - a record whose idle or absolute deadline has passed is expired and must
+///   never be returned by a store.
+///
+/// Stores outside keyfob implement [`SessionStore`](crate::SessionStore) with
+/// [`Record::apply`] and the serde implementations of [`Record`].
+///
+/// ```
+/// use keyfob::Record;
+/// use time::{Duration, OffsetDateTime};
+///
+/// let now = OffsetDateTime::now_utc();
+/// let record = Record::new(now, Some(now + Duration::hours(1)), None);
+/// assert!(!record.is_expired(now));
+/// assert!(record.is_expired(now + Duration::hours(2)));
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -292,7 +289,7 @@ impl Record {
 ///
 /// ```
 /// use std::collections::HashMap;
-/// use keyfob::{record::ChangeSet, Update};
+/// use keyfob::{ChangeSet, Update};
 ///
 /// fn apply(changes: &ChangeSet, row: &mut HashMap<String, String>) {
 ///     if changes.is_cleared() {

@@ -97,16 +97,16 @@ async fn stores() -> Vec<(&'static str, Arc<dyn SessionStore>)> {
         vec![("memory", Arc::new(MemoryStore::new()))];
     let db = std::env::temp_dir().join(format!("keyfob-store-loop-{}.db", std::process::id()));
     let _ = std::fs::remove_file(&db);
-    let sqlite = keyfob::store::sqlite::SqliteStore::connect(&format!("sqlite://{}", db.display()))
+    let sqlite = keyfob::SqliteStore::connect(&format!("sqlite://{}", db.display()))
         .await
         .unwrap();
     out.push(("sqlite", Arc::new(sqlite)));
     if let Some(url) = env("KEYFOB_TEST_POSTGRES_URL") {
-        let s = keyfob::store::postgres::PostgresStore::connect(&url).await.unwrap();
+        let s = keyfob::PostgresStore::connect(&url).await.unwrap();
         out.push(("postgres", Arc::new(s)));
     }
     if let Some(url) = env("KEYFOB_TEST_MYSQL_URL") {
-        let s = keyfob::store::mysql::MySqlStore::connect(&url).await.unwrap();
+        let s = keyfob::MySqlStore::connect(&url).await.unwrap();
         out.push(("mysql", Arc::new(s)));
     }
     let redis = |u: String| async move {

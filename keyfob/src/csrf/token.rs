@@ -4,20 +4,14 @@ use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use subtle::ConstantTimeEq;
 
 use super::Reason;
-use crate::{
-    error::{Error, ErrorKind, Result},
-    record::reserved as keys,
-    session::Session,
-};
+use crate::{error::Result, record::reserved as keys, session::Session};
 
 const SECRET_LEN: usize = 32;
 /// mask || (mask XOR secret), base64url without padding.
 pub(crate) const MASKED_LEN: usize = 86;
 
 fn random() -> Result<[u8; SECRET_LEN]> {
-    let mut bytes = [0u8; SECRET_LEN];
-    getrandom::fill(&mut bytes).map_err(|e| Error::new(ErrorKind::Random, e.to_string()))?;
-    Ok(bytes)
+    crate::id::random_bytes()
 }
 
 fn decode_secret(text: &str) -> Option<[u8; SECRET_LEN]> {

@@ -23,7 +23,7 @@
 //!   another keyring all read as absent (`None`), never as an error;
 //! - master keys shorter than 32 bytes, or obviously not random (few distinct
 //!   bytes, an arithmetic sequence), are refused with
-//!   [`ErrorKind::Config`] and a message that says
+//!   [`ErrorKind::Config`](crate::ErrorKind::Config) and a message that says
 //!   how to make a good one.
 //!
 //! Caveats: a signed value is readable by the client (base64url, not
@@ -61,9 +61,8 @@ use sha2::Sha256;
 use time::OffsetDateTime;
 
 use crate::{
-    error::{Error, ErrorKind, Result},
-    expiry::{Clock, SystemClock},
-    record::{instant, secs},
+    error::{Error, Result},
+    expiry::{instant, secs, Clock, SystemClock},
 };
 
 /// The shortest master key accepted, in bytes.
@@ -182,7 +181,7 @@ impl Keyring {
     /// A keyring of one master key.
     ///
     /// # Errors
-    /// [`ErrorKind::Config`] when the key is shorter
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the key is shorter
     /// than 32 bytes or obviously not random.
     ///
     /// ```
@@ -196,7 +195,7 @@ impl Keyring {
     /// A keyring of several master keys, the current one first.
     ///
     /// # Errors
-    /// [`ErrorKind::Config`] for no key at all, or a
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for no key at all, or a
     /// key that [`new`](Self::new) would refuse (the message says which).
     ///
     /// ```
@@ -232,7 +231,7 @@ impl Keyring {
     /// whose cookies need not outlive the process.
     ///
     /// # Errors
-    /// [`ErrorKind::Random`] when the OS RNG fails.
+    /// [`ErrorKind::Random`](crate::ErrorKind::Random) when the OS RNG fails.
     ///
     /// ```
     /// let a = keyfob::keys::Keyring::generate().unwrap();
@@ -248,7 +247,7 @@ impl Keyring {
     /// separated by commas or whitespace, the current one first.
     ///
     /// # Errors
-    /// [`ErrorKind::Config`] for text that is not
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for text that is not
     /// base64 or a key that is refused.
     ///
     /// ```
@@ -282,7 +281,7 @@ impl Keyring {
     /// [`from_base64`](Self::from_base64)).
     ///
     /// # Errors
-    /// [`ErrorKind::Config`] when the variable is
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the variable is
     /// unset, not Unicode, or holds a refused key.
     ///
     /// ```
@@ -304,7 +303,7 @@ impl Keyring {
     /// one first (the format [`load_or_create`](Self::load_or_create) writes).
     ///
     /// # Errors
-    /// [`ErrorKind::Config`] when the file cannot be
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the file cannot be
     /// read or holds a refused key; the message names the file.
     ///
     /// ```
@@ -335,7 +334,7 @@ impl Keyring {
     /// every cookie valid.
     ///
     /// # Errors
-    /// [`ErrorKind::Config`] when the file exists but
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the file exists but
     /// is malformed, or cannot be created.
     ///
     /// ```
@@ -413,7 +412,7 @@ impl Keyring {
     /// sealing `expires_at` into it. The result is base64url.
     ///
     /// # Errors
-    /// [`ErrorKind::Random`] when the OS RNG fails.
+    /// [`ErrorKind::Random`](crate::ErrorKind::Random) when the OS RNG fails.
     ///
     /// ```
     /// let keys = keyfob::keys::Keyring::generate().unwrap();
@@ -486,8 +485,7 @@ impl Keyring {
         value: &[u8],
         expires_at: Option<i64>,
     ) -> Result<String> {
-        let mut nonce = [0u8; NONCE_LEN];
-        getrandom::fill(&mut nonce).map_err(|e| Error::new(ErrorKind::Random, e.to_string()))?;
+        let nonce: [u8; NONCE_LEN] = crate::id::random_bytes()?;
         let cipher = cipher(self.current(), purpose, name)?;
         let sealed = cipher
             .encrypt(
@@ -628,9 +626,7 @@ fn cipher(master: &[u8], purpose: Purpose, name: &str) -> Result<Aes256Gcm> {
 }
 
 fn random_key() -> Result<[u8; GENERATED_KEY_LEN]> {
-    let mut key = [0u8; GENERATED_KEY_LEN];
-    getrandom::fill(&mut key).map_err(|e| Error::new(ErrorKind::Random, e.to_string()))?;
-    Ok(key)
+    crate::id::random_bytes()
 }
 
 /// Why a master key is refused, if it is.

@@ -1,7 +1,7 @@
 //! Unit tests of the keyring, and helpers other modules' tests share.
 
 use super::*;
-use crate::ManualClock;
+use crate::{ErrorKind, ManualClock};
 use time::Duration;
 
 pub(crate) fn key(seed: u8) -> Vec<u8> {

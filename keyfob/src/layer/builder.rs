@@ -309,7 +309,7 @@ impl SessionLayerBuilder {
         self
     }
 
-    /// Bounds every store call the layer, the [`Session`] and the app's own
+    /// Bounds every store call the layer, the [`Session`](crate::Session) and the app's own
     /// use of [`SessionLayer::store`] make: a call that takes longer is
     /// abandoned and the request gets `503 session store unavailable` with
     /// `Retry-After: 1` ([`ErrorKind::Timeout`](crate::ErrorKind::Timeout)). `None` for no limit.

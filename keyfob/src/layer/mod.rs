@@ -1,35 +1,7 @@
 //! The tower layer: the only place that reads and writes the session cookie.
 //!
-//! Rules, per request:
-//! 1. read the session cookie (strictly: see [`crate::config`]) and put a
-//!    [`Session`] in the request extensions, *not* loaded;
-//! 2. call the inner service; the handler's first session access loads the record;
-//! 3. afterwards, if the record changed, send the change-set to the store; if
-//!    only the idle deadline is due for a refresh, touch it; else write nothing.
-//!    A `5xx` response saves nothing unless
-//!    [`with_save_on_server_error`](SessionLayerBuilder::with_save_on_server_error) says so;
-//! 4. `Set-Cookie` only when the ID or the cookie's expiry changed (for
-//!    cookie sessions, also when the sealed record changed), with
-//!    `Cache-Control: no-store` unless the handler set its own; `Vary: Cookie`
-//!    on every response that used the session.
-//!
-//! A store failure while saving replaces the response with
-//! `503 session store unavailable` and `Retry-After: 1`; so does a store call
-//! slower than [`with_store_timeout`](SessionLayerBuilder::with_store_timeout)
-//! (default 5 seconds), which bounds every store call the engine makes.
-//!
-//! ```
-//! use axum::{routing::get, Router};
-//! use keyfob::{MemoryStore, SessionLayer};
-//! use time::Duration;
-//!
-//! let layer = SessionLayer::builder(MemoryStore::new())
-//!     .with_idle_timeout(Duration::minutes(30))
-//!     .with_absolute_timeout(Some(Duration::hours(8)))
-//!     .build()
-//!     .expect("valid session configuration");
-//! let app: Router = Router::new().route("/", get(|| async { "hi" })).layer(layer);
-//! ```
+//! (The rules, caveats and examples are on the public type below,
+//! where docs.rs shows them: this module is private.)
 
 mod builder;
 mod future;
@@ -49,12 +21,43 @@ pub use self::{
     service::SessionService,
 };
 
-/// Adds a [`Session`] to every request. Cheap to clone.
+/// Adds a [`Session`](crate::Session) to every request. Cheap to clone.
 ///
 /// ```
 /// use keyfob::{MemoryStore, SessionLayer};
 /// let layer = SessionLayer::new(MemoryStore::new());
 /// # let _ = layer;
+/// ```
+///
+/// Rules, per request:
+/// 1. read the session cookie (strictly: one cookie of that name, in canonical form, see [`SameSite`](crate::SameSite) for the cookie rules) and put a
+///    [`Session`](crate::Session) in the request extensions, *not* loaded;
+/// 2. call the inner service; the handler's first session access loads the record;
+/// 3. afterwards, if the record changed, send the change-set to the store; if
+///    only the idle deadline is due for a refresh, touch it; else write nothing.
+///    A `5xx` response saves nothing unless
+///    [`with_save_on_server_error`](SessionLayerBuilder::with_save_on_server_error) says so;
+/// 4. `Set-Cookie` only when the ID or the cookie's expiry changed (for
+///    cookie sessions, also when the sealed record changed), with
+///    `Cache-Control: no-store` unless the handler set its own; `Vary: Cookie`
+///    on every response that used the session.
+///
+/// A store failure while saving replaces the response with
+/// `503 session store unavailable` and `Retry-After: 1`; so does a store call
+/// slower than [`with_store_timeout`](SessionLayerBuilder::with_store_timeout)
+/// (default 5 seconds), which bounds every store call the engine makes.
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use keyfob::{MemoryStore, SessionLayer};
+/// use time::Duration;
+///
+/// let layer = SessionLayer::builder(MemoryStore::new())
+///     .with_idle_timeout(Duration::minutes(30))
+///     .with_absolute_timeout(Some(Duration::hours(8)))
+///     .build()
+///     .expect("valid session configuration");
+/// let app: Router = Router::new().route("/", get(|| async { "hi" })).layer(layer);
 /// ```
 #[derive(Clone)]
 pub struct SessionLayer {
@@ -85,7 +88,7 @@ impl SessionLayer {
     }
 
     /// Cookie sessions: the whole record sealed inside the session cookie
-    /// (see [`crate::store::cookie`]), with the default settings of [`new`](Self::new).
+    /// (see [`CookieStore`](crate::CookieStore)), with the default settings of [`new`](Self::new).
     ///
     /// ```
     /// use keyfob::{keys::Keyring, CookieStore, SessionLayer};

@@ -18,7 +18,7 @@ use crate::{
 
 use super::future::ResponseFuture;
 
-/// The service made by [`SessionLayer`].
+/// The service made by [`SessionLayer`](crate::SessionLayer).
 #[derive(Clone)]
 pub struct SessionService<S> {
     pub(super) inner: S,

@@ -69,19 +69,11 @@ impl fmt::Debug for Source {
     }
 }
 
-/// Letters, digits and `_`, not starting with a digit: what is safe to splice into SQL.
+/// A tower-sessions table or schema name, checked by the one SQL-name check
+/// (`store::sql`); PostgreSQL's 63-byte limit is the bound here, since these
+/// are names tower-sessions chose.
 fn identifier(name: &str) -> Result<&str> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        && !name.as_bytes()[0].is_ascii_digit();
-    if ok {
-        Ok(name)
-    } else {
-        Err(Error::config(format!(
-            "{name:?} is not a plain SQL identifier (letters, digits, `_`)"
-        )))
-    }
+    crate::store::sql::identifier(name, 63).map(|()| name)
 }
 
 impl Source {

@@ -13,10 +13,11 @@ use crate::store::cookie::CookieStore;
 use crate::{
     config::CookieConfig,
     error::{Error, Result},
+    expiry::secs,
     expiry::{Clock, Policy},
     id::{Handle, SessionId},
     keys::Keyring,
-    record::{reserved, secs, ChangeSet, Data, Record, Update},
+    record::{reserved, ChangeSet, Data, Record, Update},
     store::{Created, SessionStore, Updated},
 };
 

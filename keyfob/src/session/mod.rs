@@ -1,39 +1,7 @@
 //! The [`Session`] handle and its change tracking.
 //!
-//! Rules:
-//! - method names follow tower-sessions (`get`, `insert`, `remove`, `clear`,
-//!   `delete`, `cycle_id`, `flush`, `id`, `expiry`, `set_expiry`, `save`,
-//!   `load`), so migrating is mostly a change of `use` lines;
-//! - the record is loaded lazily, at most once per request, on first use;
-//! - the handle records what the request changes (set key, remove key,
-//!   clear) and the layer sends only that change-set to the store, which
-//!   applies it to the record it holds now;
-//! - [`Key<T>`] constants carry the value type, so `session.get(USER)` cannot
-//!   be read as the wrong type;
-//! - a stored value that no longer deserializes into the requested type
-//!   reads as absent, with a warning, instead of failing the request.
-//!
-//! Caveats: [`Session::delete`] deletes in the store at once (so a logout is
-//! effective even if the response never completes); [`Session::id`] returns
-//! the public [`Handle`], never the secret ID.
-//!
-//! ```
-//! use axum::{routing::get, Router};
-//! use keyfob::{Key, MemoryStore, Session, SessionLayer};
-//!
-//! const COUNTER: Key<usize> = Key::new("counter");
-//!
-//! async fn count(session: Session) -> Result<String, keyfob::Error> {
-//!     let n = session.get(COUNTER).await?.unwrap_or(0) + 1;
-//!     session.insert(COUNTER, n).await?;
-//!     // session.insert(COUNTER, "three").await?; // does not compile: COUNTER holds a usize
-//!     Ok(format!("{n}"))
-//! }
-//!
-//! let app: Router = Router::new()
-//!     .route("/count", get(count))
-//!     .layer(SessionLayer::new(MemoryStore::new()));
-//! ```
+//! (The rules, caveats and examples are on the public type below,
+//! where docs.rs shows them: this module is private.)
 
 use std::{
     fmt,
@@ -146,6 +114,41 @@ struct Inner {
 ///     let g: Option<String> = session.get("greeting").await?;
 ///     Ok(g.unwrap_or_default())
 /// }
+/// ```
+///
+/// Rules:
+/// - method names follow tower-sessions (`get`, `insert`, `remove`, `clear`,
+///   `delete`, `cycle_id`, `flush`, `id`, `expiry`, `set_expiry`, `save`,
+///   `load`), so migrating is mostly a change of `use` lines;
+/// - the record is loaded lazily, at most once per request, on first use;
+/// - the handle records what the request changes (set key, remove key,
+///   clear) and the layer sends only that change-set to the store, which
+///   applies it to the record it holds now;
+/// - [`Key<T>`] constants carry the value type, so `session.get(USER)` cannot
+///   be read as the wrong type;
+/// - a stored value that no longer deserializes into the requested type
+///   reads as absent, with a warning, instead of failing the request.
+///
+/// Caveats: [`Session::delete`] deletes in the store at once (so a logout is
+/// effective even if the response never completes); [`Session::id`] returns
+/// the public [`Handle`], never the secret ID.
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use keyfob::{Key, MemoryStore, Session, SessionLayer};
+///
+/// const COUNTER: Key<usize> = Key::new("counter");
+///
+/// async fn count(session: Session) -> Result<String, keyfob::Error> {
+///     let n = session.get(COUNTER).await?.unwrap_or(0) + 1;
+///     session.insert(COUNTER, n).await?;
+///     // session.insert(COUNTER, "three").await?; // does not compile: COUNTER holds a usize
+///     Ok(format!("{n}"))
+/// }
+///
+/// let app: Router = Router::new()
+///     .route("/count", get(count))
+///     .layer(SessionLayer::new(MemoryStore::new()));
 /// ```
 #[derive(Clone)]
 pub struct Session {

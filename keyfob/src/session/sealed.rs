@@ -9,8 +9,9 @@ use time::OffsetDateTime;
 use crate::{
     config::MAX_SET_COOKIE,
     error::{Error, ErrorKind, Result},
+    expiry::secs,
     id::SessionId,
-    record::{secs, Record, Update},
+    record::{Record, Update},
     store::cookie::CookieStore,
 };
 

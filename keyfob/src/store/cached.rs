@@ -1,39 +1,7 @@
 //! The cache tier: a bounded in-process cache in front of any store.
 //!
-//! Rules:
-//! - [`load`](SessionStore::load) answers from the cache when it holds the
-//!   record and the record is live at the caller's clock; otherwise it asks
-//!   the inner store and caches what that returns (misses are not cached);
-//! - every write and delete made through this store (create, update, a
-//!   rotation's old and new handle, delete, delete-by-owner) goes to
-//!   the inner store first and then drops the affected entries, so this
-//!   process reads its own writes;
-//! - a load that raced a write of the same session never leaves its
-//!   (possibly older) copy in the cache: writes bump a per-shard generation,
-//!   and a load re-checks it after caching and drops its entry if it moved;
-//! - the cache holds at most [`with_capacity`](CachedStore::with_capacity)
-//!   sessions (default 10 000) for at most [`with_ttl`](CachedStore::with_ttl)
-//!   (default 5 s) each.
-//!
-//! Caveat, plainly: writes made by **another process** (another replica, an
-//! admin tool) are seen here only once the cached entry's TTL runs out. That
-//! includes a logout or a "revoke all sessions" done through another
-//! replica: the revoked session keeps working *on this replica* for up to
-//! the TTL. Keep the TTL short (seconds), or don't cache when that matters.
-//! Data written here by two replicas still merges correctly (writes always
-//! go to the inner store, which applies change-sets to its current record);
-//! only reads may be stale.
-//!
-//! ```
-//! use std::time::Duration;
-//! use keyfob::{CachedStore, MemoryStore, SessionLayer};
-//!
-//! let store = CachedStore::new(MemoryStore::new())
-//!     .with_ttl(Duration::from_secs(2))
-//!     .with_capacity(50_000);
-//! let layer = SessionLayer::new(store);
-//! # let _ = layer;
-//! ```
+//! (The rules, caveats and examples are on the public type below,
+//! where docs.rs shows them: this module is private.)
 
 use std::{
     fmt,
@@ -65,6 +33,41 @@ const DEFAULT_CAPACITY: u64 = 10_000;
 ///
 /// let store = CachedStore::new(MemoryStore::new());
 /// assert_eq!(store.ttl(), std::time::Duration::from_secs(5));
+/// ```
+///
+/// Rules:
+/// - [`load`](SessionStore::load) answers from the cache when it holds the
+///   record and the record is live at the caller's clock; otherwise it asks
+///   the inner store and caches what that returns (misses are not cached);
+/// - every write and delete made through this store (create, update, a
+///   rotation's old and new handle, delete, delete-by-owner) goes to
+///   the inner store first and then drops the affected entries, so this
+///   process reads its own writes;
+/// - a load that raced a write of the same session never leaves its
+///   (possibly older) copy in the cache: writes bump a per-shard generation,
+///   and a load re-checks it after caching and drops its entry if it moved;
+/// - the cache holds at most [`with_capacity`](CachedStore::with_capacity)
+///   sessions (default 10 000) for at most [`with_ttl`](CachedStore::with_ttl)
+///   (default 5 s) each.
+///
+/// Caveat, plainly: writes made by **another process** (another replica, an
+/// admin tool) are seen here only once the cached entry's TTL runs out. That
+/// includes a logout or a "revoke all sessions" done through another
+/// replica: the revoked session keeps working *on this replica* for up to
+/// the TTL. Keep the TTL short (seconds), or don't cache when that matters.
+/// Data written here by two replicas still merges correctly (writes always
+/// go to the inner store, which applies change-sets to its current record);
+/// only reads may be stale.
+///
+/// ```
+/// use std::time::Duration;
+/// use keyfob::{CachedStore, MemoryStore, SessionLayer};
+///
+/// let store = CachedStore::new(MemoryStore::new())
+///     .with_ttl(Duration::from_secs(2))
+///     .with_capacity(50_000);
+/// let layer = SessionLayer::new(store);
+/// # let _ = layer;
 /// ```
 pub struct CachedStore<S> {
     inner: S,

@@ -1,88 +1,7 @@
 //! Client-side sessions: the whole record sealed inside the session cookie.
 //!
-//! Rules:
-//! - the cookie carries the session ID and its [`Record`],
-//!   encrypted with AES-256-GCM under a key derived from the
-//!   [`Keyring`] for this purpose and cookie name, with a fresh random nonce on
-//!   every write ([`CookieStore::new`]); or only signed with HMAC-SHA256, so
-//!   the client can read but not change it ([`CookieStore::signed`]);
-//! - the idle and absolute deadlines live inside the sealed value and the
-//!   server checks them on every request: replaying an old cookie byte for
-//!   byte fails once its deadline has passed, whatever its `Max-Age` said;
-//! - every change re-issues the cookie, and so does a read once the touch
-//!   interval has passed (the idle deadline slides) or when the cookie was
-//!   sealed under an old key of the ring (rotation);
-//! - a record whose `Set-Cookie` line would exceed 4096 bytes is an
-//!   [`ErrorKind::TooLarge`] error when it is
-//!   saved: the response is `500 session too large to store` and no
-//!   `Set-Cookie` is sent, so no truncated or oversized cookie ever leaves;
-//! - logout ([`Session::delete`](crate::Session::delete)) clears the cookie.
-//!
-//! Caveats, stated plainly:
-//! - **Without a revocation store, a cookie session cannot be revoked.** A
-//!   copy of the cookie taken before a logout, a password change or an ID
-//!   rotation keeps working until its own idle or absolute deadline, and a
-//!   user's sessions cannot be listed or revoked: [`auth::list_sessions`],
-//!   [`auth::revoke`] (of another session), [`auth::revoke_others`] and
-//!   [`auth::revoke_all`] fail with [`ErrorKind::Unsupported`] rather than
-//!   answer "none" while the sessions go on working.
-//! - **An older copy of the cookie can be replayed to roll the session's data
-//!   back** (a counter goes down, a flag set since comes back unset), until
-//!   that copy's own deadlines pass, with or without a revocation store. A
-//!   per-session version could refuse older copies, but concurrent requests
-//!   of one browser legitimately carry the copy that was current when they
-//!   left, so refusing them would log users out at random. Keep nothing in a
-//!   cookie session whose rollback matters (balances, one-time grants,
-//!   "already used" marks): keep it server-side.
-//! - Concurrent requests of one session each carry their own copy, so the
-//!   last response wins: two requests writing different keys at the same
-//!   time lose one write.
-//!
-//! With a server-side store given to [`CookieStore::with_revocation`]:
-//! - every session with an owner (a logged-in user, see [`auth::login`]) has
-//!   an entry in that store under its handle: owner, created, last seen and
-//!   deadlines, never the data. The session is live only while the entry is,
-//!   so logout, ID rotation, [`auth::revoke`], [`auth::revoke_others`],
-//!   [`auth::revoke_all`] and [`CookieStore::revoke_owner`] end every copy of
-//!   the cookie, and [`auth::list_sessions`] lists them like any store's. The
-//!   entry is written when the cookie is (a change, or a touch once per touch
-//!   interval), so a logged-in cookie session costs the store what a
-//!   server-side one does, minus the data;
-//! - a session without an owner keeps no entry (anonymous traffic writes
-//!   nothing to the store); its logout and rotation leave a small mark under
-//!   its handle until its last possible deadline, which refuses the old copies;
-//! - a request that uses the session reads the store once when it opens the
-//!   cookie and once more before it re-issues it, so a request still in
-//!   flight when its session is logged out or revoked does not re-issue it.
-//!
-//! What the revocation store must be: its entries and marks are what makes a
-//! logged-out cookie stop working, so they must outlive the process and be
-//! shared by every replica that accepts the cookie (SQLite on a persistent
-//! disk for one host; PostgreSQL, MySQL or Redis for several). An in-process
-//! [`MemoryStore`](crate::MemoryStore) forgets them on restart, and each
-//! replica would keep its own: fine for tests, wrong in production.
-//!
-//! [`auth::login`]: crate::auth::login
-//! [`auth::list_sessions`]: crate::auth::list_sessions
-//! [`auth::revoke`]: crate::auth::revoke
-//! [`auth::revoke_others`]: crate::auth::revoke_others
-//! [`auth::revoke_all`]: crate::auth::revoke_all
-//!
-//! ```
-//! use axum::{routing::get, Router};
-//! use keyfob::{keys::Keyring, CookieStore, Session, SessionLayer};
-//!
-//! let keys = Keyring::generate().unwrap();
-//! let layer = SessionLayer::cookie(CookieStore::new(keys));
-//! let app: Router = Router::new()
-//!     .route("/", get(|s: Session| async move {
-//!         s.insert("theme", "dark").await.map(|_| "ok")
-//!     }))
-//!     .layer(layer);
-//!
-//! // Rejected: a key too short to seal anything.
-//! assert!(Keyring::new(b"short").is_err());
-//! ```
+//! (The rules, caveats and examples are on the public type below,
+//! where docs.rs shows them: this module is private.)
 
 use std::{fmt, sync::Arc};
 
@@ -91,9 +10,10 @@ use time::OffsetDateTime;
 
 use crate::{
     error::{Error, ErrorKind, Result},
+    expiry::secs,
     id::{Handle, SessionId},
     keys::{Keyring, Purpose},
-    record::{secs, Record, Update},
+    record::{Record, Update},
     store::{BoxFuture, Created, SessionStore, Updated},
 };
 
@@ -107,6 +27,90 @@ use crate::{
 /// let store = CookieStore::new(Keyring::generate().unwrap())
 ///     .with_revocation(MemoryStore::new());
 /// assert!(store.is_revocable());
+/// ```
+///
+/// Rules:
+/// - the cookie carries the session ID and its [`Record`],
+///   encrypted with AES-256-GCM under a key derived from the
+///   [`Keyring`] for this purpose and cookie name, with a fresh random nonce on
+///   every write ([`CookieStore::new`]); or only signed with HMAC-SHA256, so
+///   the client can read but not change it ([`CookieStore::signed`]);
+/// - the idle and absolute deadlines live inside the sealed value and the
+///   server checks them on every request: replaying an old cookie byte for
+///   byte fails once its deadline has passed, whatever its `Max-Age` said;
+/// - every change re-issues the cookie, and so does a read once the touch
+///   interval has passed (the idle deadline slides) or when the cookie was
+///   sealed under an old key of the ring (rotation);
+/// - a record whose `Set-Cookie` line would exceed 4096 bytes is an
+///   [`ErrorKind::TooLarge`] error when it is
+///   saved: the response is `500 session too large to store` and no
+///   `Set-Cookie` is sent, so no truncated or oversized cookie ever leaves;
+/// - logout ([`Session::delete`](crate::Session::delete)) clears the cookie.
+///
+/// Caveats, stated plainly:
+/// - **Without a revocation store, a cookie session cannot be revoked.** A
+///   copy of the cookie taken before a logout, a password change or an ID
+///   rotation keeps working until its own idle or absolute deadline, and a
+///   user's sessions cannot be listed or revoked: [`auth::list_sessions`],
+///   [`auth::revoke`] (of another session), [`auth::revoke_others`] and
+///   [`auth::revoke_all`] fail with [`ErrorKind::Unsupported`] rather than
+///   answer "none" while the sessions go on working.
+/// - **An older copy of the cookie can be replayed to roll the session's data
+///   back** (a counter goes down, a flag set since comes back unset), until
+///   that copy's own deadlines pass, with or without a revocation store. A
+///   per-session version could refuse older copies, but concurrent requests
+///   of one browser legitimately carry the copy that was current when they
+///   left, so refusing them would log users out at random. Keep nothing in a
+///   cookie session whose rollback matters (balances, one-time grants,
+///   "already used" marks): keep it server-side.
+/// - Concurrent requests of one session each carry their own copy, so the
+///   last response wins: two requests writing different keys at the same
+///   time lose one write.
+///
+/// With a server-side store given to [`CookieStore::with_revocation`]:
+/// - every session with an owner (a logged-in user, see [`auth::login`]) has
+///   an entry in that store under its handle: owner, created, last seen and
+///   deadlines, never the data. The session is live only while the entry is,
+///   so logout, ID rotation, [`auth::revoke`], [`auth::revoke_others`],
+///   [`auth::revoke_all`] and [`CookieStore::revoke_owner`] end every copy of
+///   the cookie, and [`auth::list_sessions`] lists them like any store's. The
+///   entry is written when the cookie is (a change, or a touch once per touch
+///   interval), so a logged-in cookie session costs the store what a
+///   server-side one does, minus the data;
+/// - a session without an owner keeps no entry (anonymous traffic writes
+///   nothing to the store); its logout and rotation leave a small mark under
+///   its handle until its last possible deadline, which refuses the old copies;
+/// - a request that uses the session reads the store once when it opens the
+///   cookie and once more before it re-issues it, so a request still in
+///   flight when its session is logged out or revoked does not re-issue it.
+///
+/// What the revocation store must be: its entries and marks are what makes a
+/// logged-out cookie stop working, so they must outlive the process and be
+/// shared by every replica that accepts the cookie (SQLite on a persistent
+/// disk for one host; PostgreSQL, MySQL or Redis for several). An in-process
+/// [`MemoryStore`](crate::MemoryStore) forgets them on restart, and each
+/// replica would keep its own: fine for tests, wrong in production.
+///
+/// [`auth::login`]: crate::auth::login
+/// [`auth::list_sessions`]: crate::auth::list_sessions
+/// [`auth::revoke`]: crate::auth::revoke
+/// [`auth::revoke_others`]: crate::auth::revoke_others
+/// [`auth::revoke_all`]: crate::auth::revoke_all
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use keyfob::{keys::Keyring, CookieStore, Session, SessionLayer};
+///
+/// let keys = Keyring::generate().unwrap();
+/// let layer = SessionLayer::cookie(CookieStore::new(keys));
+/// let app: Router = Router::new()
+///     .route("/", get(|s: Session| async move {
+///         s.insert("theme", "dark").await.map(|_| "ok")
+///     }))
+///     .layer(layer);
+///
+/// // Rejected: a key too short to seal anything.
+/// assert!(Keyring::new(b"short").is_err());
 /// ```
 #[derive(Clone)]
 pub struct CookieStore {
@@ -306,7 +310,7 @@ impl CookieStore {
         // A deadline is always set (the layer refuses a policy without one);
         // fall back to a day so a mark can never live forever.
         let until = until.unwrap_or(secs(now) + 86_400).max(secs(now) + 1);
-        let mark = Record::new(now, None, Some(crate::record::instant(until)));
+        let mark = Record::new(now, None, Some(crate::expiry::instant(until)));
         self.revocation
             .create(&id.handle(), &mark)
             .await

@@ -1,25 +1,7 @@
 //! The in-process memory store: sharded, no global lock on the hot path.
 //!
-//! Rules:
-//! - records live in 64 shards chosen by handle bits, each behind its own
-//!   `RwLock`; a load takes one shard's read lock and clones an `Arc`, never
-//!   the record;
-//! - expired records are invisible at once and removed in bounded passes:
-//!   every 256th create sweeps one shard, and [`SessionStore::delete_expired`]
-//!   (run by [`cleanup`](crate::store::cleanup)) sweeps in batches, so memory
-//!   cannot grow without bound even when no cleanup task runs;
-//! - a rotation (`rename_to`) moves the record between shards under both
-//!   shard locks, taken in index order, so it is atomic.
-//!
-//! Caveat: sessions live as long as the process; use a persistent store to
-//! keep them across restarts or share them between replicas.
-//!
-//! ```
-//! use keyfob::{MemoryStore, SessionLayer};
-//!
-//! let layer = SessionLayer::new(MemoryStore::new());
-//! # let _ = layer;
-//! ```
+//! (The rules, caveats and examples are on the public type below,
+//! where docs.rs shows them: this module is private.)
 
 use std::{
     collections::HashMap,
@@ -35,8 +17,9 @@ use time::OffsetDateTime;
 use super::{BoxFuture, Created, OwnedSession, SessionStore, Updated};
 use crate::{
     error::Result,
+    expiry::secs,
     id::Handle,
-    record::{secs, Record, Update},
+    record::{Record, Update},
 };
 
 const SHARDS: usize = 64;
@@ -119,6 +102,27 @@ impl Shard {
 /// let store = MemoryStore::new();
 /// assert_eq!(store.len(), 0);
 /// ```
+///
+/// Rules:
+/// - records live in 64 shards chosen by handle bits, each behind its own
+///   `RwLock`; a load takes one shard's read lock and clones an `Arc`, never
+///   the record;
+/// - expired records are invisible at once and removed in bounded passes:
+///   every 256th create sweeps one shard, and [`SessionStore::delete_expired`]
+///   (run by [`cleanup`](crate::store::cleanup)) sweeps in batches, so memory
+///   cannot grow without bound even when no cleanup task runs;
+/// - a rotation (`rename_to`) moves the record between shards under both
+///   shard locks, taken in index order, so it is atomic.
+///
+/// Caveat: sessions live as long as the process; use a persistent store to
+/// keep them across restarts or share them between replicas.
+///
+/// ```
+/// use keyfob::{MemoryStore, SessionLayer};
+///
+/// let layer = SessionLayer::new(MemoryStore::new());
+/// # let _ = layer;
+/// ```
 pub struct MemoryStore {
     shards: Box<[RwLock<Shard>]>,
     creates: AtomicUsize,
@@ -164,8 +168,9 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    /// Inserts a record directly, bypassing HTTP: for seeding benchmarks and tests.
-    pub fn insert_record(&self, handle: Handle, record: Record) {
+    /// Inserts a record directly, whatever the store holds under the handle.
+    #[cfg(test)]
+    pub(crate) fn insert_record(&self, handle: Handle, record: Record) {
         let mut shard = write(&self.shards[shard_of(&handle)]);
         shard.remove(&handle);
         shard.index_add(record.owner(), handle);

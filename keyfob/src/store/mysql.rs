@@ -1,38 +1,7 @@
 //! The MySQL / MariaDB store (feature `mysql`).
 //!
-//! Rules:
-//! - built from the app's own `MySqlPool` ([`MySqlStore::new`]) or a URL
-//!   ([`MySqlStore::connect`]); the table name is configurable and checked to
-//!   be a plain identifier;
-//! - [`MySqlStore::migrate`] holds `GET_LOCK('keyfob:<table>')` on one
-//!   connection while it creates the schema, so replicas starting at once
-//!   serialize (DDL commits implicitly in MySQL, so a transaction could not);
-//! - a change-set is applied by compare-and-swap on a `version` column: read
-//!   the current record, apply the change-set in Rust, `UPDATE … WHERE
-//!   version = read_version`, and retry when another writer got there first.
-//!   The layer passes the record the request loaded (with its version), so
-//!   the usual save is that one `UPDATE`; the read comes only after a lost race;
-//!   Concurrent writers of different keys all persist; a row that vanished
-//!   (logout, revocation, expiry) makes the update report it gone, so it is
-//!   never written back;
-//! - records are keyed by the 32-byte handle, never the ID; a row that does
-//!   not decode reads as no session, with a warning.
-//!
-//! MySQL 8 and MariaDB (10.11+) differ in their JSON types and functions;
-//! this store avoids both by keeping the record as JSON text in a
-//! `MEDIUMTEXT` column and doing all JSON work in Rust, so the same SQL runs
-//! unchanged on either server.
-//!
-//! ```no_run
-//! use keyfob::{SessionLayer, store::mysql::MySqlStore};
-//!
-//! # async fn f() -> Result<(), keyfob::Error> {
-//! let store = MySqlStore::connect("mysql://app:secret@localhost/app").await?; // migrates
-//! let layer = SessionLayer::new(store);
-//! let pool = sqlx::MySqlPool::connect_lazy("mysql://localhost/app").map_err(keyfob::Error::store)?;
-//! assert!(MySqlStore::new(pool).with_table_name("bad name").is_err());
-//! # let _ = layer; Ok(()) }
-//! ```
+//! (The rules, caveats and examples are on the public type below,
+//! where docs.rs shows them: this module is private.)
 
 use std::{str::FromStr, sync::Arc, time::Duration as StdDuration};
 
@@ -48,8 +17,9 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
+    expiry::secs,
     id::Handle,
-    record::{secs, Record, Update},
+    record::{Record, Update},
 };
 
 /// How often an update retries when other writers keep winning the race.
@@ -59,9 +29,43 @@ const MAX_TRIES: usize = 1000;
 ///
 /// ```no_run
 /// # async fn f(pool: sqlx::MySqlPool) -> Result<(), keyfob::Error> {
-/// let store = keyfob::store::mysql::MySqlStore::new(pool).with_table_name("sessions")?;
+/// let store = keyfob::MySqlStore::new(pool).with_table_name("sessions")?;
 /// store.migrate().await?;
 /// # Ok(()) }
+/// ```
+///
+/// Rules:
+/// - built from the app's own `MySqlPool` ([`MySqlStore::new`]) or a URL
+///   ([`MySqlStore::connect`]); the table name is configurable and checked to
+///   be a plain identifier;
+/// - [`MySqlStore::migrate`] holds `GET_LOCK('keyfob:<table>')` on one
+///   connection while it creates the schema, so replicas starting at once
+///   serialize (DDL commits implicitly in MySQL, so a transaction could not);
+/// - a change-set is applied by compare-and-swap on a `version` column: read
+///   the current record, apply the change-set in Rust, `UPDATE … WHERE
+///   version = read_version`, and retry when another writer got there first.
+///   The layer passes the record the request loaded (with its version), so
+///   the usual save is that one `UPDATE`; the read comes only after a lost race;
+///   Concurrent writers of different keys all persist; a row that vanished
+///   (logout, revocation, expiry) makes the update report it gone, so it is
+///   never written back;
+/// - records are keyed by the 32-byte handle, never the ID; a row that does
+///   not decode reads as no session, with a warning.
+///
+/// MySQL 8 and MariaDB (10.11+) differ in their JSON types and functions;
+/// this store avoids both by keeping the record as JSON text in a
+/// `MEDIUMTEXT` column and doing all JSON work in Rust, so the same SQL runs
+/// unchanged on either server.
+///
+/// ```no_run
+/// use keyfob::{SessionLayer, MySqlStore};
+///
+/// # async fn f() -> Result<(), keyfob::Error> {
+/// let store = MySqlStore::connect("mysql://app:secret@localhost/app").await?; // migrates
+/// let layer = SessionLayer::new(store);
+/// let pool = sqlx::MySqlPool::connect_lazy("mysql://localhost/app").map_err(keyfob::Error::store)?;
+/// assert!(MySqlStore::new(pool).with_table_name("bad name").is_err());
+/// # let _ = layer; Ok(()) }
 /// ```
 #[derive(Clone)]
 pub struct MySqlStore {

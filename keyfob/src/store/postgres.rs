@@ -1,34 +1,7 @@
 //! The PostgreSQL store (feature `postgres`).
 //!
-//! Rules:
-//! - built from the app's own `PgPool` ([`PostgresStore::new`]) or a URL
-//!   ([`PostgresStore::connect`]); schema and table names are configurable
-//!   and checked to be plain identifiers;
-//! - [`PostgresStore::migrate`] runs under a transaction-scoped advisory
-//!   lock, so replicas starting at once serialize and the later ones find the
-//!   work done;
-//! - the session data is a `jsonb` column and a change-set is applied by **one
-//!   `UPDATE` statement** (`(data - removed) || set`, metadata, version, and
-//!   the handle itself on rotation) guarded by `expires_at > now`: atomic,
-//!   one round trip, no lost update between concurrent writers of different
-//!   keys, and a deleted or expired row is never written back;
-//! - records are keyed by the 32-byte handle, never the ID; a row whose
-//!   values do not decode reads as no session, with a warning.
-//!
-//! Caveat: `jsonb` normalises JSON (key order, whitespace), so a value reads
-//! back equal but not necessarily byte-identical.
-//!
-//! ```no_run
-//! use keyfob::{SessionLayer, store::postgres::PostgresStore};
-//!
-//! # async fn f() -> Result<(), keyfob::Error> {
-//! let store = PostgresStore::connect("postgres://app@localhost/app").await?; // migrates
-//! let layer = SessionLayer::new(store);
-//! // Names that are not plain identifiers are refused:
-//! let pool = sqlx::PgPool::connect_lazy("postgres://localhost/app").map_err(keyfob::Error::store)?;
-//! assert!(PostgresStore::new(pool).with_schema("public; --").is_err());
-//! # let _ = layer; Ok(()) }
-//! ```
+//! (The rules, caveats and examples are on the public type below,
+//! where docs.rs shows them: this module is private.)
 
 use std::{str::FromStr, sync::Arc, time::Duration as StdDuration};
 
@@ -45,20 +18,51 @@ use super::{
 };
 use crate::{
     error::{Error, ErrorKind, Result},
+    expiry::secs,
     expiry::Expiry,
     id::Handle,
-    record::{secs, Data, Record, Update},
+    record::{Data, Record, Update},
 };
 
 /// Sessions in a PostgreSQL table.
 ///
 /// ```no_run
 /// # async fn f(pool: sqlx::PgPool) -> Result<(), keyfob::Error> {
-/// let store = keyfob::store::postgres::PostgresStore::new(pool)
+/// let store = keyfob::PostgresStore::new(pool)
 ///     .with_schema("auth")?
 ///     .with_table_name("sessions")?;
 /// store.migrate().await?;
 /// # Ok(()) }
+/// ```
+///
+/// Rules:
+/// - built from the app's own `PgPool` ([`PostgresStore::new`]) or a URL
+///   ([`PostgresStore::connect`]); schema and table names are configurable
+///   and checked to be plain identifiers;
+/// - [`PostgresStore::migrate`] runs under a transaction-scoped advisory
+///   lock, so replicas starting at once serialize and the later ones find the
+///   work done;
+/// - the session data is a `jsonb` column and a change-set is applied by **one
+///   `UPDATE` statement** (`(data - removed) || set`, metadata, version, and
+///   the handle itself on rotation) guarded by `expires_at > now`: atomic,
+///   one round trip, no lost update between concurrent writers of different
+///   keys, and a deleted or expired row is never written back;
+/// - records are keyed by the 32-byte handle, never the ID; a row whose
+///   values do not decode reads as no session, with a warning.
+///
+/// Caveat: `jsonb` normalises JSON (key order, whitespace), so a value reads
+/// back equal but not necessarily byte-identical.
+///
+/// ```no_run
+/// use keyfob::{SessionLayer, PostgresStore};
+///
+/// # async fn f() -> Result<(), keyfob::Error> {
+/// let store = PostgresStore::connect("postgres://app@localhost/app").await?; // migrates
+/// let layer = SessionLayer::new(store);
+/// // Names that are not plain identifiers are refused:
+/// let pool = sqlx::PgPool::connect_lazy("postgres://localhost/app").map_err(keyfob::Error::store)?;
+/// assert!(PostgresStore::new(pool).with_schema("public; --").is_err());
+/// # let _ = layer; Ok(()) }
 /// ```
 #[derive(Clone)]
 pub struct PostgresStore {

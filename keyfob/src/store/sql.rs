@@ -1,24 +1,36 @@
 //! Helpers shared by the SQL stores.
 
+use crate::error::{Error, Result};
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+use crate::id::Handle;
 #[cfg(any(feature = "sqlite", feature = "mysql"))]
 use crate::record::Record;
-use crate::{
-    error::{Error, Result},
-    id::Handle,
-};
 
-pub(crate) fn valid_identifier(name: &str) -> Result<()> {
+/// The longest name keyfob gives its own tables and schemas: room for the
+/// suffixes of its indexes within PostgreSQL's 63-byte limit.
+const OWN_MAX: usize = 48;
+
+/// The one check of a name spliced into SQL (a table or a schema): 1 to
+/// `max` letters, digits and `_`, not starting with a digit. Nothing else can
+/// close a quote or start a statement.
+pub(crate) fn identifier(name: &str, max: usize) -> Result<()> {
     let ok = !name.is_empty()
-        && name.len() <= 48
+        && name.len() <= max
         && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     if ok {
         Ok(())
     } else {
         Err(Error::config(format!(
-            "table name {name:?} must be 1-48 characters (room for keyfob's suffixes within PostgreSQL's 63-byte limit) of letters, digits and `_`, not starting with a digit"
+            "SQL name {name:?} must be 1-{max} characters of letters, digits and `_`, not starting with a digit"
         )))
     }
+}
+
+/// [`identifier`] for the tables and schemas keyfob creates.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+pub(crate) fn valid_identifier(name: &str) -> Result<()> {
+    identifier(name, OWN_MAX)
 }
 
 #[cfg(any(feature = "sqlite", feature = "mysql"))]
@@ -36,6 +48,7 @@ pub(crate) fn decode_record(handle: &Handle, text: &str) -> Option<Record> {
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 pub(crate) fn handle_from(bytes: &[u8]) -> Option<Handle> {
     <[u8; 32]>::try_from(bytes).ok().map(Handle::from_bytes)
 }

@@ -1,38 +1,7 @@
 //! The SQLite store (feature `sqlite`): the embedded default.
 //!
-//! Rules:
-//! - built from the app's own `SqlitePool` ([`SqliteStore::new`]) or from a
-//!   URL ([`SqliteStore::connect`], which sets WAL, `synchronous=FULL` and a
-//!   5 s busy timeout, and creates the file if missing);
-//! - [`SqliteStore::migrate`] owns the schema: a table keyed by the 32-byte
-//!   handle (never the ID), an index on the expiry column and one on the
-//!   owner. It runs inside `BEGIN IMMEDIATE`, so two processes starting at
-//!   once serialize on SQLite's write lock and the second finds the work done;
-//! - every write of this process goes through one writer task that drains
-//!   the queue into **one transaction per batch** (group commit): concurrent
-//!   saves share a single fsync, and no caller is answered before the
-//!   transaction holding its write has committed. Inside the batch each
-//!   update reads the current record and applies the change-set, so
-//!   concurrent requests writing different keys both persist, and a deleted
-//!   session is never written back;
-//! - a row that does not decode reads as no session, with a warning.
-//!
-//! Caveats: with a pool you built yourself, set `busy_timeout` and WAL in its
-//! connect options (`migrate` switches the file to WAL, but the busy timeout
-//! is per connection). If a batch fails, its jobs are retried one by one so
-//! one bad write cannot fail the others.
-//!
-//! ```no_run
-//! use keyfob::{SessionLayer, store::sqlite::SqliteStore};
-//!
-//! # async fn f() -> Result<(), keyfob::Error> {
-//! let store = SqliteStore::connect("sqlite://sessions.db").await?; // migrates
-//! let layer = SessionLayer::new(store);
-//! // A table name that is not a plain identifier is refused:
-//! let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.map_err(keyfob::Error::store)?;
-//! assert!(SqliteStore::new(pool).with_table_name("x; DROP TABLE y").is_err());
-//! # let _ = layer; Ok(()) }
-//! ```
+//! (The rules, caveats and examples are on the public type below,
+//! where docs.rs shows them: this module is private.)
 
 use std::{
     str::FromStr,
@@ -53,8 +22,9 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
+    expiry::secs,
     id::Handle,
-    record::{secs, Record, Update},
+    record::{Record, Update},
 };
 
 const BATCH: usize = 128;
@@ -63,9 +33,43 @@ const BATCH: usize = 128;
 ///
 /// ```no_run
 /// # async fn f(pool: sqlx::SqlitePool) -> Result<(), keyfob::Error> {
-/// let store = keyfob::store::sqlite::SqliteStore::new(pool);
+/// let store = keyfob::SqliteStore::new(pool);
 /// store.migrate().await?;
 /// # Ok(()) }
+/// ```
+///
+/// Rules:
+/// - built from the app's own `SqlitePool` ([`SqliteStore::new`]) or from a
+///   URL ([`SqliteStore::connect`], which sets WAL, `synchronous=FULL` and a
+///   5 s busy timeout, and creates the file if missing);
+/// - [`SqliteStore::migrate`] owns the schema: a table keyed by the 32-byte
+///   handle (never the ID), an index on the expiry column and one on the
+///   owner. It runs inside `BEGIN IMMEDIATE`, so two processes starting at
+///   once serialize on SQLite's write lock and the second finds the work done;
+/// - every write of this process goes through one writer task that drains
+///   the queue into **one transaction per batch** (group commit): concurrent
+///   saves share a single fsync, and no caller is answered before the
+///   transaction holding its write has committed. Inside the batch each
+///   update reads the current record and applies the change-set, so
+///   concurrent requests writing different keys both persist, and a deleted
+///   session is never written back;
+/// - a row that does not decode reads as no session, with a warning.
+///
+/// Caveats: with a pool you built yourself, set `busy_timeout` and WAL in its
+/// connect options (`migrate` switches the file to WAL, but the busy timeout
+/// is per connection). If a batch fails, its jobs are retried one by one so
+/// one bad write cannot fail the others.
+///
+/// ```no_run
+/// use keyfob::{SessionLayer, SqliteStore};
+///
+/// # async fn f() -> Result<(), keyfob::Error> {
+/// let store = SqliteStore::connect("sqlite://sessions.db").await?; // migrates
+/// let layer = SessionLayer::new(store);
+/// // A table name that is not a plain identifier is refused:
+/// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.map_err(keyfob::Error::store)?;
+/// assert!(SqliteStore::new(pool).with_table_name("x; DROP TABLE y").is_err());
+/// # let _ = layer; Ok(()) }
 /// ```
 #[derive(Clone)]
 pub struct SqliteStore {

@@ -125,12 +125,12 @@ mod stores {
     }
 
     #[cfg(feature = "sqlite")]
-    pub async fn sqlite_store() -> keyfob::store::sqlite::SqliteStore {
+    pub async fn sqlite_store() -> keyfob::SqliteStore {
         let dir = std::env::temp_dir().join("keyfob-conformance");
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(format!("{}.db", unique("sqlite")));
         let _ = std::fs::remove_file(&path);
-        keyfob::store::sqlite::SqliteStore::connect(&format!("sqlite://{}", path.display()))
+        keyfob::SqliteStore::connect(&format!("sqlite://{}", path.display()))
             .await
             .unwrap()
     }
@@ -141,14 +141,14 @@ mod stores {
     }
 
     #[cfg(feature = "postgres")]
-    pub async fn postgres_store() -> keyfob::store::postgres::PostgresStore {
+    pub async fn postgres_store() -> keyfob::PostgresStore {
         let url = server_url("KEYFOB_TEST_POSTGRES_URL");
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(8)
             .connect(&url)
             .await
             .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url}: {e}"));
-        let store = keyfob::store::postgres::PostgresStore::new(pool)
+        let store = keyfob::PostgresStore::new(pool)
             .with_table_name(&unique("sessions"))
             .unwrap();
         store.migrate().await.unwrap();
@@ -161,14 +161,14 @@ mod stores {
     }
 
     #[cfg(feature = "mysql")]
-    pub async fn mysql_store() -> keyfob::store::mysql::MySqlStore {
+    pub async fn mysql_store() -> keyfob::MySqlStore {
         let url = server_url("KEYFOB_TEST_MYSQL_URL");
         let pool = sqlx::mysql::MySqlPoolOptions::new()
             .max_connections(8)
             .connect(&url)
             .await
             .unwrap_or_else(|e| panic!("cannot reach MySQL/MariaDB at {url}: {e}"));
-        let store = keyfob::store::mysql::MySqlStore::new(pool)
+        let store = keyfob::MySqlStore::new(pool)
             .with_table_name(&unique("sessions"))
             .unwrap();
         store.migrate().await.unwrap();

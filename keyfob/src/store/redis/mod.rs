@@ -1,93 +1,7 @@
 //! The Redis store: one hash per session, change-sets applied by a Lua
-//! script, on a single server or a Redis Cluster.
 //!
-//! Rules:
-//! - a session is one hash, `<prefix>:s:<handle>`, with one field per
-//!   metadata item (`v` version, `c` created, `s` last seen, `i`/`a` idle and
-//!   absolute deadlines, `o` owner, `e` per-session expiry) and one field
-//!   `d:<key>` per data key holding the value's JSON text. The change-set maps
-//!   one to one onto `HSET`/`HDEL`, so the script never parses JSON (Lua's
-//!   `cjson` would rewrite values: big integers, escapes, key order) and a
-//!   write costs the size of what changed, not of the whole session;
-//! - every update runs as one script on that one key: it checks the record is
-//!   live *at the caller's clock*, applies the change-set to the hash as it is
-//!   now, bumps the version and sets `EXPIREAT` to the record's deadline, so
-//!   concurrent writers of different keys all persist, an update of a
-//!   deleted or expired record writes nothing, and Redis drops expired
-//!   sessions by itself;
-//! - every script touches exactly one key, so every operation works
-//!   unchanged on Redis Cluster. A session is one key, so it needs no hash
-//!   tag; the only move between keys is a rotation ([`Update::rename_to`]),
-//!   and no tag can help there: the new key is named by the SHA-256 of a
-//!   fresh random ID, so it lands in an unpredictable slot (a tag shared with
-//!   the old key would have to be found again from the new cookie alone).
-//!   A rotation is therefore three steps (see below);
-//! - the owner index is a sorted set per owner, `<prefix>:o:<owner>`: each
-//!   handle is scored with a *watermark* never earlier than its session's
-//!   deadline (pushed forward as the session is refreshed, an hour at a
-//!   time), and the key expires with its longest-lived member. A handle is
-//!   filed *before* its session becomes visible under the owner, so
-//!   [`delete_by_owner`](SessionStore::delete_by_owner) never misses one;
-//!   [`list_by_owner`](SessionStore::list_by_owner) prunes members whose
-//!   watermark has passed or whose record expired, and deletes unfile theirs.
-//!   (A plain set could not tell "already gone" from "being written right
-//!   now"; the score can);
-//! - a hash that cannot be decoded reads as "no session" with a
-//!   `tracing::warn!`, and a Redis failure is an [`Error`] of kind
-//!   [`Store`](crate::ErrorKind::Store), never a panic.
-//!
-//! Rotation on Cluster. The old and new keys live in different slots and no
-//! script may touch both, so the move is:
-//! 1. one script on the old key applies the update, reads the result and
-//!    replaces the hash with a *tombstone* (`moved` = new handle, 60 s TTL);
-//!    from here on the old handle loads nothing and updates of it are gone;
-//! 2. the new hash is created from that result, and indexed under its owner;
-//! 3. a guard checks the tombstone is still there. `delete_by_owner`
-//!    deletes a tombstone *and the session it points to*, so a "revoke all"
-//!    that raced the rotation either removes the new hash itself or removes
-//!    the tombstone, and then step 3 deletes the new hash and reports
-//!    [`Updated::Gone`]. A revocation never misses a rotating session.
-//!
-//! The rotation takes effect at step 1, atomically for every writer of the
-//! old handle; until step 2 the session exists under neither handle, which
-//! no client can observe (the new ID has not been sent yet). A crash between
-//! steps 1 and 2 loses the session: it fails closed, the user logs in again.
-//! The same three steps run on a single server, so one code path is tested.
-//!
-//! Caveats:
-//! - [`delete_expired`](SessionStore::delete_expired) is mostly index
-//!   hygiene: Redis drops expired hashes itself (`EXPIREAT`). The purge
-//!   walks an index of creation-time deadlines (16 sorted sets
-//!   `<prefix>:x:<hex digit>`, by handle, so they spread over a Cluster),
-//!   deleting records that are expired at the caller's clock and re-filing
-//!   those that were extended. Without a cleanup task the index still stays
-//!   bounded: every 64th create drops the entries of one set that are
-//!   overdue by more than a day;
-//! - the key prefix should not contain `{`…`}`: a hash tag in the prefix
-//!   would put every keyfob key in one Cluster slot (still correct, but one
-//!   node would serve all sessions);
-//! - deadlines are whole seconds and `EXPIREAT` uses the Redis server's
-//!   clock: keep the app servers' and Redis's clocks in sync (NTP);
-//! - a key at a session's name that is not a hash (another app writing into
-//!   this prefix) is a store error, not "no session": it is loud on purpose;
-//! - `rediss://` needs one of the `redis` crate's TLS features enabled in
-//!   the app; the `redis` crate's timeouts apply (500 ms per response and
-//!   1 s to connect by default on a single server).
-//!
-//! ```no_run
-//! use keyfob::{store::redis::RedisStore, SessionLayer};
-//!
-//! # async fn run() -> keyfob::Result<()> {
-//! // A single server, or `redis+cluster://host:port` for a Cluster seed node.
-//! let store = RedisStore::connect("redis://127.0.0.1:6379")
-//!     .await?
-//!     .with_key_prefix("myapp:sessions");
-//! let layer = SessionLayer::new(store);
-//! # let _ = layer;
-//! // A URL of another scheme is refused when the store is built.
-//! assert!(RedisStore::connect("http://127.0.0.1").await.is_err());
-//! # Ok(()) }
-//! ```
+//! (The rules, caveats and examples are on the public type below,
+//! where docs.rs shows them: this module is private.)
 
 use std::{
     fmt,
@@ -104,9 +18,10 @@ use time::OffsetDateTime;
 use super::{BoxFuture, Created, OwnedSession, SessionStore, Updated};
 use crate::{
     error::{Error, Result},
+    expiry::secs,
     expiry::Expiry,
     id::Handle,
-    record::{secs, Data, Record, Update},
+    record::{Data, Record, Update},
 };
 
 mod codec;
@@ -147,13 +62,103 @@ const DEFAULT_PREFIX: &str = "keyfob";
 /// [`RedisStore::cluster`]) or from a URL ([`RedisStore::connect`]).
 ///
 /// ```no_run
-/// use keyfob::store::redis::RedisStore;
+/// use keyfob::RedisStore;
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let client = redis::Client::open("redis://127.0.0.1:6379")?;
 /// let conn = redis::aio::ConnectionManager::new(client).await?;
 /// let store = RedisStore::new(conn);
 /// # let _ = store;
+/// # Ok(()) }
+/// ```
+///
+/// script, on a single server or a Redis Cluster.
+///
+/// Rules:
+/// - a session is one hash, `<prefix>:s:<handle>`, with one field per
+///   metadata item (`v` version, `c` created, `s` last seen, `i`/`a` idle and
+///   absolute deadlines, `o` owner, `e` per-session expiry) and one field
+///   `d:<key>` per data key holding the value's JSON text. The change-set maps
+///   one to one onto `HSET`/`HDEL`, so the script never parses JSON (Lua's
+///   `cjson` would rewrite values: big integers, escapes, key order) and a
+///   write costs the size of what changed, not of the whole session;
+/// - every update runs as one script on that one key: it checks the record is
+///   live *at the caller's clock*, applies the change-set to the hash as it is
+///   now, bumps the version and sets `EXPIREAT` to the record's deadline, so
+///   concurrent writers of different keys all persist, an update of a
+///   deleted or expired record writes nothing, and Redis drops expired
+///   sessions by itself;
+/// - every script touches exactly one key, so every operation works
+///   unchanged on Redis Cluster. A session is one key, so it needs no hash
+///   tag; the only move between keys is a rotation ([`Update::rename_to`]),
+///   and no tag can help there: the new key is named by the SHA-256 of a
+///   fresh random ID, so it lands in an unpredictable slot (a tag shared with
+///   the old key would have to be found again from the new cookie alone).
+///   A rotation is therefore three steps (see below);
+/// - the owner index is a sorted set per owner, `<prefix>:o:<owner>`: each
+///   handle is scored with a *watermark* never earlier than its session's
+///   deadline (pushed forward as the session is refreshed, an hour at a
+///   time), and the key expires with its longest-lived member. A handle is
+///   filed *before* its session becomes visible under the owner, so
+///   [`delete_by_owner`](SessionStore::delete_by_owner) never misses one;
+///   [`list_by_owner`](SessionStore::list_by_owner) prunes members whose
+///   watermark has passed or whose record expired, and deletes unfile theirs.
+///   (A plain set could not tell "already gone" from "being written right
+///   now"; the score can);
+/// - a hash that cannot be decoded reads as "no session" with a
+///   `tracing::warn!`, and a Redis failure is an [`Error`] of kind
+///   [`Store`](crate::ErrorKind::Store), never a panic.
+///
+/// Rotation on Cluster. The old and new keys live in different slots and no
+/// script may touch both, so the move is:
+/// 1. one script on the old key applies the update, reads the result and
+///    replaces the hash with a *tombstone* (`moved` = new handle, 60 s TTL);
+///    from here on the old handle loads nothing and updates of it are gone;
+/// 2. the new hash is created from that result, and indexed under its owner;
+/// 3. a guard checks the tombstone is still there. `delete_by_owner`
+///    deletes a tombstone *and the session it points to*, so a "revoke all"
+///    that raced the rotation either removes the new hash itself or removes
+///    the tombstone, and then step 3 deletes the new hash and reports
+///    [`Updated::Gone`]. A revocation never misses a rotating session.
+///
+/// The rotation takes effect at step 1, atomically for every writer of the
+/// old handle; until step 2 the session exists under neither handle, which
+/// no client can observe (the new ID has not been sent yet). A crash between
+/// steps 1 and 2 loses the session: it fails closed, the user logs in again.
+/// The same three steps run on a single server, so one code path is tested.
+///
+/// Caveats:
+/// - [`delete_expired`](SessionStore::delete_expired) is mostly index
+///   hygiene: Redis drops expired hashes itself (`EXPIREAT`). The purge
+///   walks an index of creation-time deadlines (16 sorted sets
+///   `<prefix>:x:<hex digit>`, by handle, so they spread over a Cluster),
+///   deleting records that are expired at the caller's clock and re-filing
+///   those that were extended. Without a cleanup task the index still stays
+///   bounded: every 64th create drops the entries of one set that are
+///   overdue by more than a day;
+/// - the key prefix should not contain `{`…`}`: a hash tag in the prefix
+///   would put every keyfob key in one Cluster slot (still correct, but one
+///   node would serve all sessions);
+/// - deadlines are whole seconds and `EXPIREAT` uses the Redis server's
+///   clock: keep the app servers' and Redis's clocks in sync (NTP);
+/// - a key at a session's name that is not a hash (another app writing into
+///   this prefix) is a store error, not "no session": it is loud on purpose;
+/// - `rediss://` needs one of the `redis` crate's TLS features enabled in
+///   the app; the `redis` crate's timeouts apply (500 ms per response and
+///   1 s to connect by default on a single server).
+///
+/// ```no_run
+/// use keyfob::{RedisStore, SessionLayer};
+///
+/// # async fn run() -> keyfob::Result<()> {
+/// // A single server, or `redis+cluster://host:port` for a Cluster seed node.
+/// let store = RedisStore::connect("redis://127.0.0.1:6379")
+///     .await?
+///     .with_key_prefix("myapp:sessions");
+/// let layer = SessionLayer::new(store);
+/// # let _ = layer;
+/// // A URL of another scheme is refused when the store is built.
+/// assert!(RedisStore::connect("http://127.0.0.1").await.is_err());
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -196,7 +201,7 @@ impl RedisStore {
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = redis::Client::open("redis://127.0.0.1:6379")?;
     /// let conn = redis::aio::ConnectionManager::new(client).await?;
-    /// let store = keyfob::store::redis::RedisStore::new(conn);
+    /// let store = keyfob::RedisStore::new(conn);
     /// # let _ = store;
     /// # Ok(()) }
     /// ```
@@ -210,7 +215,7 @@ impl RedisStore {
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let client = redis::cluster::ClusterClient::new(vec!["redis://127.0.0.1:7000"])?;
     /// let conn = client.get_async_connection().await?;
-    /// let store = keyfob::store::redis::RedisStore::cluster(conn);
+    /// let store = keyfob::RedisStore::cluster(conn);
     /// # let _ = store;
     /// # Ok(()) }
     /// ```
@@ -227,7 +232,7 @@ impl RedisStore {
     ///
     /// ```no_run
     /// # async fn run() -> keyfob::Result<()> {
-    /// let store = keyfob::store::redis::RedisStore::connect("redis+cluster://127.0.0.1:7000").await?;
+    /// let store = keyfob::RedisStore::connect("redis+cluster://127.0.0.1:7000").await?;
     /// # let _ = store;
     /// # Ok(()) }
     /// ```
@@ -296,7 +301,7 @@ impl RedisStore {
     ///
     /// ```no_run
     /// # async fn run() -> keyfob::Result<()> {
-    /// let store = keyfob::store::redis::RedisStore::connect("redis://127.0.0.1:6379")
+    /// let store = keyfob::RedisStore::connect("redis://127.0.0.1:6379")
     ///     .await?
     ///     .with_key_prefix("shop:sessions");
     /// # let _ = store;
