@@ -79,7 +79,7 @@ use http::{header, request::Parts, HeaderMap, HeaderValue};
 use time::OffsetDateTime;
 
 use crate::{
-    config::MAX_SET_COOKIE,
+    cookie::MAX_SET_COOKIE,
     expiry::secs,
     keys::{Keyring, Opened, Purpose},
 };
@@ -135,19 +135,23 @@ impl Jar {
     fn from_headers(mode: Mode, headers: &HeaderMap, keyring: Keyring) -> Self {
         let mut jar = Jar::new(mode, keyring);
         let mut pairs: Vec<(String, String)> = Vec::new();
-        for value in headers.get_all(header::COOKIE) {
-            let Ok(value) = value.to_str() else { continue };
-            for cookie in Cookie::split_parse(value).flatten() {
-                pairs.push((cookie.name().to_owned(), cookie.value().to_owned()));
-                if pairs.len() > MAX_COOKIES {
-                    // No browser sends this many; verifying them all is work
-                    // an attacker could make us do per request.
-                    tracing::info!(
-                        event = "cookie.flood",
-                        "keyfob: more than {MAX_COOKIES} cookies in one request; reading none"
-                    );
-                    return jar;
-                }
+        for (name, value) in crate::cookie::pairs(headers) {
+            let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value))
+            else {
+                continue;
+            };
+            if name.is_empty() {
+                continue;
+            }
+            pairs.push((name.to_owned(), value.to_owned()));
+            if pairs.len() > MAX_COOKIES {
+                // No browser sends this many; verifying them all is work
+                // an attacker could make us do per request.
+                tracing::info!(
+                    event = "cookie.flood",
+                    "keyfob: more than {MAX_COOKIES} cookies in one request; reading none"
+                );
+                return jar;
             }
         }
         let mut seen: std::collections::HashMap<&str, usize> =

@@ -69,7 +69,7 @@
 
 #[cfg(feature = "auth")]
 pub mod auth;
-mod config;
+mod cookie;
 #[cfg(feature = "csrf")]
 pub mod csrf;
 mod error;
@@ -87,7 +87,7 @@ mod record;
 mod session;
 pub mod store;
 
-pub use config::SameSite;
+pub use crate::cookie::SameSite;
 pub use error::{Error, ErrorKind, Result};
 pub use expiry::{Clock, Expiry, ManualClock, SystemClock};
 pub use id::{Handle, ParseHandleError};

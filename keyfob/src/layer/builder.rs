@@ -8,7 +8,7 @@ use time::Duration;
 #[cfg(feature = "cookie-store")]
 use crate::store::cookie::CookieStore;
 use crate::{
-    config::SameSite,
+    cookie::SameSite,
     error::{Error, Result},
     expiry::{Clock, Policy, SystemClock},
     keys::Keyring,
@@ -33,7 +33,7 @@ use super::SessionLayer;
 #[must_use]
 pub struct SessionLayerBuilder {
     store: Arc<dyn SessionStore>,
-    cookie: crate::config::CookieConfig,
+    cookie: crate::cookie::CookieConfig,
     policy: Policy,
     clock: Arc<dyn Clock>,
     save_on_server_error: bool,
@@ -66,7 +66,7 @@ impl SessionLayerBuilder {
     pub(super) fn new(store: Arc<dyn SessionStore>) -> Self {
         SessionLayerBuilder {
             store,
-            cookie: crate::config::CookieConfig::default(),
+            cookie: crate::cookie::CookieConfig::default(),
             policy: Policy::default(),
             clock: Arc::new(SystemClock),
             save_on_server_error: false,

@@ -11,7 +11,7 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use crate::{
-    config::Presented,
+    cookie::Presented,
     id::SessionId,
     session::{Incoming, Session, Shared},
 };

@@ -11,7 +11,7 @@ use tokio::sync::MutexGuard;
 #[cfg(feature = "cookie-store")]
 use crate::store::cookie::CookieStore;
 use crate::{
-    config::CookieConfig,
+    cookie::CookieConfig,
     error::{Error, Result},
     expiry::secs,
     expiry::{Clock, Policy},

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 
 use crate::{
-    config::MAX_SET_COOKIE,
+    cookie::MAX_SET_COOKIE,
     error::{Error, ErrorKind, Result},
     expiry::secs,
     id::SessionId,
@@ -159,7 +159,7 @@ impl Session {
         } else {
             cookie_max_age(record.idle_deadline, record.absolute_deadline, now)
         };
-        let line = shared.cookie.set_cookie(&value, max_age).len();
+        let line = shared.cookie.set_cookie_len(value.len(), max_age);
         if line > MAX_SET_COOKIE {
             return Err(Error::new(
                 ErrorKind::TooLarge,

@@ -178,6 +178,32 @@ impl CookieConfig {
         }
     }
 
+    /// The length of [`set_cookie`](Self::set_cookie)'s line for a value of
+    /// `value_len` bytes, without building it: a cookie session checks its
+    /// size against the browsers' limit before anything is written.
+    pub(crate) fn set_cookie_len(&self, value_len: usize, max_age: Option<i64>) -> usize {
+        let digits = |n: i64| n.max(0).checked_ilog10().map_or(1, |d| d as usize + 1);
+        let mut len = self.name.len() + 1 + value_len;
+        if let Some(age) = max_age {
+            len += "; Max-Age=".len() + digits(age);
+        }
+        len += "; Path=".len() + self.path.len();
+        if let Some(d) = &self.domain {
+            len += "; Domain=".len() + d.len();
+        }
+        if self.secure {
+            len += "; Secure".len();
+        }
+        if self.http_only {
+            len += "; HttpOnly".len();
+        }
+        len += "; SameSite=".len() + self.same_site.as_str().len();
+        if self.partitioned {
+            len += "; Partitioned".len();
+        }
+        len
+    }
+
     /// `Set-Cookie` for a session ID; `max_age` `None` makes a browser-session cookie.
     pub(crate) fn set_cookie(&self, value: &str, max_age: Option<i64>) -> HeaderValue {
         let mut s = String::with_capacity(self.name.len() + value.len() + 80);
@@ -206,27 +232,36 @@ impl CookieConfig {
     pub(crate) fn read<'h>(&self, headers: &'h HeaderMap) -> Presented<'h> {
         let name = self.name.as_bytes();
         let mut found: Option<&[u8]> = None;
-        for header in headers.get_all(COOKIE) {
-            for pair in header.as_bytes().split(|&b| b == b';') {
-                let pair = trim(pair);
-                let (k, v) = match pair.iter().position(|&b| b == b'=') {
-                    Some(i) => (&pair[..i], &pair[i + 1..]),
-                    None => continue,
-                };
-                if trim(k) != name {
-                    continue;
-                }
-                if found.is_some() {
-                    return Presented::Invalid("duplicated session cookie");
-                }
-                found = Some(trim(v));
+        for (k, v) in pairs(headers) {
+            if k != name {
+                continue;
             }
+            if found.is_some() {
+                return Presented::Invalid("duplicated session cookie");
+            }
+            found = Some(v);
         }
         match found {
             None => Presented::None,
             Some(v) => Presented::Value(v),
         }
     }
+}
+
+/// Every `name=value` pair of a request's `Cookie` headers, trimmed, in the
+/// order sent; pieces without `=` are skipped. The one parser of the
+/// `Cookie` header: the session cookie and the signed and private jars both
+/// read through it, so they cannot disagree about what a request carries.
+pub(crate) fn pairs(headers: &HeaderMap) -> impl Iterator<Item = (&[u8], &[u8])> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .flat_map(|h| h.as_bytes().split(|&b| b == b';'))
+        .filter_map(|pair| {
+            let pair = trim(pair);
+            let i = pair.iter().position(|&b| b == b'=')?;
+            Some((trim(&pair[..i]), trim(&pair[i + 1..])))
+        })
 }
 
 fn trim(b: &[u8]) -> &[u8] {
@@ -270,6 +305,41 @@ mod tests {
             h.append(COOKIE, HeaderValue::from_bytes(v).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn set_cookie_len_is_the_length_of_the_line_it_would_write() {
+        let mut configs = vec![cfg()];
+        let mut c = cfg();
+        c.domain = Some("example.com".into());
+        c.partitioned = true;
+        c.same_site = SameSite::None;
+        c.path = "/app".into();
+        configs.push(c);
+        let mut c = cfg();
+        c.secure = false;
+        c.http_only = false;
+        c.same_site = SameSite::Strict;
+        configs.push(c);
+        for c in &configs {
+            for value in ["", "v", &"x".repeat(4000)] {
+                for age in [
+                    None,
+                    Some(0),
+                    Some(-5),
+                    Some(9),
+                    Some(10),
+                    Some(7200),
+                    Some(i64::MAX),
+                ] {
+                    assert_eq!(
+                        c.set_cookie_len(value.len(), age),
+                        c.set_cookie(value, age).len(),
+                        "{value:?} {age:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
