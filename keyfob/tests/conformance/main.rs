@@ -16,34 +16,58 @@ mod signed_id_cases;
 mod support;
 mod tower_sessions_routes;
 
-/// Expands every case as a test in a module named after the store.
-/// `$make` is an async fn returning a fresh `Arc<dyn SessionStore>`.
-macro_rules! conformance {
-    ($name:ident, $make:path) => {
-        mod $name {
-            conformance!(@cases $make;
+/// The one list of shared cases (`cases.rs`). Every case stands in exactly
+/// one group, and the group says which engines run it, so a new case cannot
+/// silently not run where it applies:
+/// - `everywhere`: every server-side store, signed IDs, and cookie sessions;
+/// - `server_side`: every server-side store and signed IDs. Cookie sessions
+///   leave these out: store-level cases (their store only keeps entries and
+///   marks), cases that replay an older cookie after a write and expect the
+///   write (with client-side state the newest cookie holds the data, so
+///   `cookie_cases` runs those following the cookie as a browser does),
+///   concurrent writers of one session (each request carries its own copy:
+///   a documented caveat), and the record-load count (a cookie session reads
+///   its revocation store instead);
+/// - `unsigned`: every server-side store without signed IDs (the plain
+///   43-character cookie).
+///
+/// `$then!(args; everywhere: [...] server_side: [...] unsigned: [...])` is
+/// called with the list.
+macro_rules! with_cases {
+    ($then:ident!($($args:tt)*)) => {
+        $then!($($args)*;
+            everywhere: [
                 handler_that_never_touches_the_session_loads_nothing,
                 read_only_request_writes_nothing_and_sends_no_set_cookie,
-                record_is_loaded_at_most_once_per_request,
-                new_session_sets_cookie_with_all_attributes,
                 empty_session_is_never_stored,
                 unknown_session_id_is_not_adopted,
                 malformed_and_duplicated_cookies_are_no_session,
                 hostile_cookie_headers_never_give_a_server_error,
-                value_of_another_type_reads_as_absent_not_a_server_error,
                 cycle_id_keeps_data_and_retires_the_old_id,
                 delete_removes_server_side_and_sends_a_matching_removal_cookie,
-                hundred_concurrent_writers_of_different_keys_lose_none,
                 logout_during_an_in_flight_request_is_not_resurrected,
                 server_error_response_saves_nothing,
+                browser_session_cookie_has_no_max_age,
+                short_idle_timeout_is_kept_alive_by_reads_and_ends_after_it,
+                short_absolute_timeout_ends_a_session_written_every_second,
+                short_per_session_inactivity_expiry_is_kept_alive_by_reads,
+                reserved_keys_cannot_be_written_or_read_through_the_public_api,
+                clear_logs_out_and_leaves_no_owner_behind,
+                list_sessions_shows_the_owners_sessions_and_marks_the_current_one,
+                revoke_others_ends_every_other_session_of_the_owner_only,
+                revoke_by_handle_ends_only_the_owners_own_sessions,
+                revoke_all_ends_every_session_of_the_owner_including_this_one,
+                login_past_the_per_user_cap_ends_the_oldest_sessions,
+                rotation_racing_a_revocation_does_not_bring_the_session_back,
+            ]
+            server_side: [
+                record_is_loaded_at_most_once_per_request,
+                value_of_another_type_reads_as_absent_not_a_server_error,
+                hundred_concurrent_writers_of_different_keys_lose_none,
                 server_error_response_saves_when_configured,
                 idle_session_expires,
                 active_session_past_its_absolute_deadline_expires,
                 reads_touch_at_most_once_per_interval,
-                short_idle_timeout_is_kept_alive_by_reads_and_ends_after_it,
-                short_absolute_timeout_ends_a_session_written_every_second,
-                short_per_session_inactivity_expiry_is_kept_alive_by_reads,
-                browser_session_cookie_has_no_max_age,
                 remove_and_clear_persist,
                 explicit_save_still_sends_the_cookie,
                 login_counts_the_absolute_deadline_from_the_login,
@@ -55,41 +79,74 @@ macro_rules! conformance {
                 store_purges_expired_records_in_batches,
                 store_update_of_a_deleted_record_is_gone,
                 store_lists_and_deletes_by_owner,
-                login_as_another_user_drops_the_previous_users_data,
-                reserved_keys_cannot_be_written_or_read_through_the_public_api,
-                clear_logs_out_and_leaves_no_owner_behind,
-                list_sessions_shows_the_owners_sessions_and_marks_the_current_one,
-                revoke_others_ends_every_other_session_of_the_owner_only,
-                revoke_by_handle_ends_only_the_owners_own_sessions,
-                revoke_all_ends_every_session_of_the_owner_including_this_one,
-                login_past_the_per_user_cap_ends_the_oldest_sessions,
-                rotation_racing_a_revocation_does_not_bring_the_session_back,
                 store_lists_at_most_the_limit_of_an_owners_sessions,
-            );
-        }
+                login_as_another_user_drops_the_previous_users_data,
+            ]
+            unsigned: [
+                new_session_sets_cookie_with_all_attributes,
+            ]
+        );
     };
-    (@cases $make:path; $($case:ident,)*) => {
+}
+
+/// One test per case, in a module named after the store; `$make` is an
+/// async fn returning a fresh `Arc<dyn SessionStore>`. `$mode` is `None` for
+/// the plain harness or `Some(support::Mode)` for another engine.
+macro_rules! case_tests {
+    ($make:path, $mode:expr; $($case:ident,)*) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                crate::cases::$case($make().await).await
+                let store = $make().await;
+                match $mode {
+                    None => crate::cases::$case(store).await,
+                    Some(mode) => {
+                        crate::support::MODE
+                            .scope(mode, crate::cases::$case(store))
+                            .await
+                    }
+                }
             }
         )*
     };
 }
 
-/// Expands the listed shared cases with the harness in `$mode` (see
-/// `support::Mode`): the same case bodies, another engine.
-macro_rules! conformance_in {
-    ($name:ident, $make:path, $mode:expr; $($case:ident,)*) => {
+/// A server-side store: every group.
+macro_rules! conformance {
+    ($name:ident, $make:path) => {
+        with_cases!(conformance!(@expand $name, $make));
+    };
+    (@expand $name:ident, $make:path;
+        everywhere: [$($a:ident,)*] server_side: [$($b:ident,)*] unsigned: [$($c:ident,)*]) => {
         mod $name {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let mode = $mode;
-                    crate::support::MODE.scope(mode, crate::cases::$case($make().await)).await
-                }
-            )*
+            case_tests!($make, None::<crate::support::Mode>; $($a,)* $($b,)* $($c,)*);
+        }
+    };
+}
+
+/// A server-side store with signed session IDs: all but `unsigned`.
+macro_rules! conformance_signed {
+    ($name:ident, $make:path, $mode:expr) => {
+        with_cases!(conformance_signed!(@expand $name, $make, $mode));
+    };
+    (@expand $name:ident, $make:path, $mode:expr;
+        everywhere: [$($a:ident,)*] server_side: [$($b:ident,)*] unsigned: [$($c:ident,)*]) => {
+        mod $name {
+            case_tests!($make, Some($mode); $($a,)* $($b,)*);
+        }
+    };
+}
+
+/// Cookie sessions, the case's store keeping the revocation entries: `everywhere`.
+#[cfg(feature = "cookie-store")]
+macro_rules! conformance_cookie {
+    ($name:ident, $make:path, $mode:expr) => {
+        with_cases!(conformance_cookie!(@expand $name, $make, $mode));
+    };
+    (@expand $name:ident, $make:path, $mode:expr;
+        everywhere: [$($a:ident,)*] server_side: [$($b:ident,)*] unsigned: [$($c:ident,)*]) => {
+        mod $name {
+            case_tests!($make, Some($mode); $($a,)*);
         }
     };
 }
@@ -245,71 +302,16 @@ mod redis_only;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 mod sql;
 
-// Signed session IDs over the memory store: every HTTP-level case except the
-// one that pins the unsigned cookie's 43-character length.
-conformance_in!(memory_signed_ids, crate::stores::memory,
-    crate::support::Mode::SignedIds(crate::support::keys(1));
-    handler_that_never_touches_the_session_loads_nothing,
-    read_only_request_writes_nothing_and_sends_no_set_cookie,
-    record_is_loaded_at_most_once_per_request,
-    empty_session_is_never_stored,
-    unknown_session_id_is_not_adopted,
-    malformed_and_duplicated_cookies_are_no_session,
-    hostile_cookie_headers_never_give_a_server_error,
-    cycle_id_keeps_data_and_retires_the_old_id,
-    delete_removes_server_side_and_sends_a_matching_removal_cookie,
-    hundred_concurrent_writers_of_different_keys_lose_none,
-    logout_during_an_in_flight_request_is_not_resurrected,
-    server_error_response_saves_nothing,
-    server_error_response_saves_when_configured,
-    idle_session_expires,
-    active_session_past_its_absolute_deadline_expires,
-    reads_touch_at_most_once_per_interval,
-    browser_session_cookie_has_no_max_age,
-    remove_and_clear_persist,
-    store_lists_and_deletes_by_owner,
+conformance_signed!(
+    memory_signed_ids,
+    crate::stores::memory,
+    crate::support::Mode::SignedIds(crate::support::keys(1))
 );
-
-// Cookie sessions with a memory store for revocation marks: every shared case
-// that applies to a client-side store. Left out, and why:
-// - the cookie is not 43 characters (new_session_sets_cookie_with_all_attributes);
-// - cases that replay an older cookie after a write and expect the write
-//   (idle/absolute expiry, touch, remove/clear, save on server error): with
-//   client-side state the newest cookie holds the data, so `cookie_cases`
-//   runs them following the cookie as a browser does;
-// - concurrent writers of one session: each request carries its own copy,
-//   the last response wins (a documented caveat of cookie sessions);
-// - record_is_loaded_at_most_once_per_request: there is no record load; the
-//   revocation store is read on access and again before a write, so a
-//   logout during an in-flight request is never undone;
-// - store-level cases: the store only keeps entries and marks.
-// The owner index (listing and revoking a user's sessions) runs: owned
-// cookie sessions keep an entry in the revocation store.
 #[cfg(feature = "cookie-store")]
-conformance_in!(cookie, crate::stores::memory,
-    crate::support::Mode::Cookie(crate::support::keys(1), true);
-    short_idle_timeout_is_kept_alive_by_reads_and_ends_after_it,
-    short_absolute_timeout_ends_a_session_written_every_second,
-    short_per_session_inactivity_expiry_is_kept_alive_by_reads,
-    reserved_keys_cannot_be_written_or_read_through_the_public_api,
-    clear_logs_out_and_leaves_no_owner_behind,
-    list_sessions_shows_the_owners_sessions_and_marks_the_current_one,
-    revoke_others_ends_every_other_session_of_the_owner_only,
-    revoke_by_handle_ends_only_the_owners_own_sessions,
-    revoke_all_ends_every_session_of_the_owner_including_this_one,
-    login_past_the_per_user_cap_ends_the_oldest_sessions,
-    rotation_racing_a_revocation_does_not_bring_the_session_back,
-    handler_that_never_touches_the_session_loads_nothing,
-    read_only_request_writes_nothing_and_sends_no_set_cookie,
-    empty_session_is_never_stored,
-    unknown_session_id_is_not_adopted,
-    malformed_and_duplicated_cookies_are_no_session,
-    hostile_cookie_headers_never_give_a_server_error,
-    cycle_id_keeps_data_and_retires_the_old_id,
-    delete_removes_server_side_and_sends_a_matching_removal_cookie,
-    logout_during_an_in_flight_request_is_not_resurrected,
-    server_error_response_saves_nothing,
-    browser_session_cookie_has_no_max_age,
+conformance_cookie!(
+    cookie,
+    crate::stores::memory,
+    crate::support::Mode::Cookie(crate::support::keys(1), true)
 );
 
 /// tower-sessions' route tests, restated for keyfob (see `tower_sessions_routes`),
