@@ -9,64 +9,18 @@
 )]
 
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use reqwest::{header, redirect::Policy, StatusCode};
+use reqwest::{header, StatusCode};
 
-/// A demo process started from the real binary; killed on drop.
-struct Demo {
-    child: std::process::Child,
-    base: String,
-}
+#[path = "common/mod.rs"]
+mod common;
 
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Demo {
-    fn spawn(store: &str, dir: &Path) -> Demo {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_keyfob-demo"))
-            .args(["--addr", "127.0.0.1:0", "--store", store])
-            .arg("--key-file")
-            .arg(dir.join("demo.key"))
-            .current_dir(dir)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no address in start-up line {line:?}"));
-        Demo {
-            base: format!("http://{addr}"),
-            child,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Still running (no panic took it down)?
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
+use common::{scratch_dir, Client, Demo};
 
 /// Resident memory (kB) and open file descriptors of a process.
 fn rss_and_fds(pid: u32) -> (u64, usize) {
@@ -81,93 +35,6 @@ fn rss_and_fds(pid: u32) -> (u64, usize) {
         .unwrap()
         .count();
     (rss, fds)
-}
-
-/// A client that keeps the `id` cookie, as a browser would.
-#[derive(Clone)]
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    cookie: Option<String>,
-}
-
-struct Reply {
-    status: StatusCode,
-    retry_after: Option<String>,
-    set_cookie: Option<String>,
-    body: String,
-}
-
-impl Client {
-    fn new(base: &str) -> Self {
-        Client {
-            http: reqwest::Client::builder()
-                .redirect(Policy::none())
-                .timeout(Duration::from_secs(20))
-                .build()
-                .unwrap(),
-            base: base.to_owned(),
-            cookie: None,
-        }
-    }
-
-    async fn send(&mut self, req: reqwest::RequestBuilder) -> Reply {
-        let req = match &self.cookie {
-            Some(c) => req.header(header::COOKIE, format!("id={c}")),
-            None => req,
-        };
-        let res = req.send().await.unwrap();
-        let set_cookie = res
-            .headers()
-            .get_all(header::SET_COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find(|v| v.starts_with("id="))
-            .map(|v| {
-                v.split(';')
-                    .next()
-                    .unwrap()
-                    .trim_start_matches("id=")
-                    .to_owned()
-            });
-        let retry_after = res
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let reply = Reply {
-            status: res.status(),
-            retry_after,
-            set_cookie,
-            body: res.text().await.unwrap(),
-        };
-        if let Some(value) = &reply.set_cookie {
-            self.cookie = (!value.is_empty()).then(|| value.clone());
-        }
-        reply
-    }
-
-    async fn get(&mut self, path: &str) -> Reply {
-        let req = self.http.get(format!("{}{path}", self.base));
-        self.send(req).await
-    }
-
-    async fn login(&mut self, user: &str, password: &str) -> Reply {
-        let body = serde_json::json!({ "username": user, "password": password }).to_string();
-        let req = self
-            .http
-            .post(format!("{}/login", self.base))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(body);
-        self.send(req).await
-    }
-}
-
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("keyfob-faults-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn free_port() -> u16 {
@@ -288,8 +155,8 @@ async fn load(
                     sent,
                     done: Instant::now(),
                     status: r.status,
-                    retry_after: r.retry_after,
-                    set_cookie: r.set_cookie,
+                    retry_after: r.retry_after().map(str::to_owned),
+                    set_cookie: r.cookie_value(),
                     cookie,
                     body: r.body,
                 });
@@ -413,7 +280,7 @@ async fn outage_under_load(name: &str, store: &str, server: Arc<dyn Outage>) {
 
     // Warm up: the pool fills and the logins' Argon2 buffers are in place,
     // so the leak check compares like with like.
-    let logged_in = log_in(&demo.base, clients).await;
+    let logged_in = log_in(&demo.server.base, clients).await;
     let logged_in = load(
         logged_in,
         Instant::now() + Duration::from_secs(1),
@@ -440,7 +307,7 @@ async fn outage_under_load(name: &str, store: &str, server: Arc<dyn Outage>) {
     // Longer than the store timeout (5 s), so a store that hangs rather than
     // refuses is seen failing closed too.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let mut probe = Client::new(&demo.base);
+    let mut probe = Client::new(&demo.server.base);
     assert_eq!(
         probe.get("/healthz").await.status,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -504,7 +371,7 @@ async fn outage_under_load(name: &str, store: &str, server: Arc<dyn Outage>) {
         rss_after < rss_before + 64 * 1024,
         "RSS grew {rss_before} -> {rss_after} kB"
     );
-    let mut c = Client::new(&demo.base);
+    let mut c = Client::new(&demo.server.base);
     assert_eq!(c.get("/healthz").await.status, StatusCode::OK);
 }
 
@@ -643,7 +510,7 @@ async fn sigkill_mid_write_stream_loses_no_acknowledged_count_on_sqlite() {
     let db = dir.join("demo.db");
     let url = format!("sqlite://{}", db.display());
     let mut demo = Demo::spawn(&url, &dir);
-    let mut c = Client::new(&demo.base);
+    let mut c = Client::new(&demo.server.base);
     assert_eq!(c.get("/count").await.status, StatusCode::OK);
     let mut acked = 1;
     for round in 0..3u64 {
@@ -681,7 +548,7 @@ async fn sigkill_mid_write_stream_loses_no_acknowledged_count_on_sqlite() {
 
         assert_eq!(integrity_check(&db).await, "ok", "round {round}");
         demo = Demo::spawn(&url, &dir);
-        c.base = demo.base.clone();
+        c.base = demo.server.base.clone();
         let after = c.try_count().await.unwrap();
         // Every acknowledged write survived; at most the writes in flight at
         // the kill (never acknowledged) may have landed as well.

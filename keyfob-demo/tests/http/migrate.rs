@@ -14,7 +14,7 @@ use tower_sessions::{
 };
 use tower_sessions_sqlx_store::SqliteStore;
 
-use super::{scratch_dir, Client, Server};
+use crate::common::{scratch_dir, Client, Server};
 
 /// An app on tower-sessions: `/visit` counts visits under the same key the
 /// demo's `/count` uses, and keeps a name beside it.
@@ -221,7 +221,7 @@ async fn serve_keyfob(
     store: Arc<dyn keyfob::SessionStore>,
     config: &keyfob_demo::config::Config,
 ) -> Server {
-    super::serve_with(store, keyfob::keys::Keyring::generate().unwrap(), config).await
+    crate::common::serve_with(store, keyfob::keys::Keyring::generate().unwrap(), config).await
 }
 
 /// A bulk fixture (rows as tower-sessions-sqlx-store's `create` writes
@@ -344,7 +344,7 @@ async fn migrate_from_a_server(
 
 #[tokio::test]
 async fn live_sessions_move_from_a_tower_sessions_postgres_table() {
-    let url = super::server_url("KEYFOB_TEST_POSTGRES_URL");
+    let url = crate::common::server_url("KEYFOB_TEST_POSTGRES_URL");
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let table = format!("ts_{}", std::process::id());
     let store = tower_sessions_sqlx_store::PostgresStore::new(pool)
@@ -356,7 +356,7 @@ async fn live_sessions_move_from_a_tower_sessions_postgres_table() {
 
 #[tokio::test]
 async fn live_sessions_move_from_a_tower_sessions_mysql_table() {
-    let url = super::server_url("KEYFOB_TEST_MYSQL_URL");
+    let url = crate::common::server_url("KEYFOB_TEST_MYSQL_URL");
     let pool = sqlx::MySqlPool::connect(&url).await.unwrap();
     let table = format!("ts_{}", std::process::id());
     let store = tower_sessions_sqlx_store::MySqlStore::new(pool)
@@ -370,7 +370,7 @@ async fn live_sessions_move_from_a_tower_sessions_mysql_table() {
 async fn live_sessions_move_from_tower_sessions_redis_keys() {
     // The keys exactly as tower-sessions-redis-store writes them: `prefix` +
     // the ID, the MessagePack of the `Record`, expiring at its `expiry_date`.
-    let url = super::server_url("KEYFOB_TEST_REDIS_URL");
+    let url = crate::common::server_url("KEYFOB_TEST_REDIS_URL");
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut conn = redis::aio::ConnectionManager::new(client).await.unwrap();
     let prefix = format!("ts{}:", std::process::id());
