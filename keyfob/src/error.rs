@@ -113,6 +113,17 @@ impl Error {
         Error::new(ErrorKind::Config, message)
     }
 
+    /// A refused configuration caused by `source` (an unreadable file, a
+    /// URL the driver cannot parse): the message says what to change, the
+    /// source keeps the cause.
+    pub(crate) fn config_from(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error {
+            kind: ErrorKind::Config,
+            message: Some(message.into().into_boxed_str()),
+            source: Some(source.into()),
+        }
+    }
+
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Error {
             kind,

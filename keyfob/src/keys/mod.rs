@@ -323,8 +323,9 @@ impl Keyring {
                 }
             }
         }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::config(format!("cannot read key file {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::config_from(format!("cannot read key file {}", path.display()), e)
+        })?;
         Self::from_base64(&text)
             .map_err(|e| Error::config(format!("key file {}: {}", path.display(), strip(&e))))
     }

@@ -334,7 +334,7 @@ fn joined(done: Option<Joined>, p: &mut Progress) -> Result<()> {
 
 fn io_error(what: &str, path: &Path, err: std::io::Error) -> Error {
     // As for key files: a local file the operator must fix is a configuration error.
-    Error::config(format!("{what} checkpoint {}: {err}", path.display()))
+    Error::config_from(format!("{what} checkpoint {}", path.display()), err)
 }
 
 fn read_checkpoint(path: &Path) -> Result<String> {

@@ -163,7 +163,7 @@ impl MySqlStore {
     /// [`ErrorKind::Store`](crate::ErrorKind::Store) when the server cannot be reached.
     pub async fn connect(url: &str) -> Result<Self> {
         let options = MySqlConnectOptions::from_str(url)
-            .map_err(|e| Error::config(format!("invalid MySQL URL: {e}")))?;
+            .map_err(|e| Error::config_from("invalid MySQL URL", e))?;
         let pool = MySqlPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(StdDuration::from_secs(2))

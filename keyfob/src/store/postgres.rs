@@ -241,7 +241,7 @@ impl PostgresStore {
     /// [`ErrorKind::Store`](crate::ErrorKind::Store) when the server cannot be reached.
     pub async fn connect(url: &str) -> Result<Self> {
         let options = PgConnectOptions::from_str(url)
-            .map_err(|e| Error::config(format!("invalid PostgreSQL URL: {e}")))?;
+            .map_err(|e| Error::config_from("invalid PostgreSQL URL", e))?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(StdDuration::from_secs(2))

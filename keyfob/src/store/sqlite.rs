@@ -196,7 +196,7 @@ impl SqliteStore {
     /// [`ErrorKind::Store`](crate::ErrorKind::Store) when it cannot be opened.
     pub async fn connect(url: &str) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)
-            .map_err(|e| Error::config(format!("invalid SQLite URL {url:?}: {e}")))?
+            .map_err(|e| Error::config_from(format!("invalid SQLite URL {url:?}"), e))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
