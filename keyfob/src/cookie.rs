@@ -181,6 +181,7 @@ impl CookieConfig {
     /// The length of [`set_cookie`](Self::set_cookie)'s line for a value of
     /// `value_len` bytes, without building it: a cookie session checks its
     /// size against the browsers' limit before anything is written.
+    #[cfg_attr(not(feature = "cookie-store"), allow(dead_code))]
     pub(crate) fn set_cookie_len(&self, value_len: usize, max_age: Option<i64>) -> usize {
         let digits = |n: i64| n.max(0).checked_ilog10().map_or(1, |d| d as usize + 1);
         let mut len = self.name.len() + 1 + value_len;

@@ -8,6 +8,7 @@ use crate::record::Record;
 
 /// The longest name keyfob gives its own tables and schemas: room for the
 /// suffixes of its indexes within PostgreSQL's 63-byte limit.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 const OWN_MAX: usize = 48;
 
 /// The one check of a name spliced into SQL (a table or a schema): 1 to
