@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 
 use super::{BoxFuture, Created, OwnedSession, SessionStore, Updated};
 use crate::{
-    error::Result,
+    error::{Error, Result},
     expiry::secs,
     id::Handle,
     record::{Record, Update},
@@ -24,6 +24,24 @@ use crate::{
 
 const SHARDS: usize = 64;
 const SWEEP_EVERY: usize = 256;
+/// What one record costs beyond its key, value and owner bytes, for the
+/// byte bound: the map slot, the shared record and its allocations, as the
+/// benchmark's seeding measured it (406 B at 100k sessions, 430 B at 1M).
+const RECORD_OVERHEAD: usize = 400;
+/// A full shard evicts this fraction of its anonymous sessions at once (at
+/// least one), so a flood pays for one scan per many creates, not per create.
+const EVICT_FRACTION: usize = 16;
+
+/// The bytes a record counts for against the byte bound.
+fn weight(record: &Record) -> usize {
+    RECORD_OVERHEAD
+        + record.owner().map_or(0, str::len)
+        + record
+            .data
+            .entries()
+            .map(|(k, v)| k.len() + v.get().len())
+            .sum::<usize>()
+}
 
 /// Handles are SHA-256 output: already uniform, so hashing them again is waste.
 #[derive(Default)]
@@ -49,9 +67,56 @@ struct Shard {
     records: Map<Arc<Record>>,
     /// owner -> handles of this shard recorded for that owner.
     owners: HashMap<Box<str>, Vec<Handle>>,
+    /// The [`weight`] of every record held.
+    bytes: usize,
 }
 
 impl Shard {
+    /// Stores `record` under `handle`, replacing what was there.
+    fn put(&mut self, handle: Handle, record: Arc<Record>) {
+        self.index_add(record.owner(), handle);
+        self.bytes += weight(&record);
+        if let Some(old) = self.records.insert(handle, record) {
+            self.bytes = self.bytes.saturating_sub(weight(&old));
+        }
+    }
+
+    fn over(&self, limits: &Limits, adding: usize) -> bool {
+        self.records.len() + usize::from(adding > 0) > limits.sessions
+            || self.bytes + adding > limits.bytes
+    }
+
+    /// Evicts the least recently used anonymous sessions (by last seen,
+    /// precise to the touch interval) until `adding` more bytes fit, a
+    /// batch at a time; logged-in sessions are never evicted. `false` when
+    /// only logged-in sessions are left to make room.
+    fn make_room(&mut self, limits: &Limits, adding: usize) -> bool {
+        while self.over(limits, adding) {
+            let mut anonymous: Vec<(i64, Handle)> = self
+                .records
+                .iter()
+                .filter(|(_, r)| r.owner().is_none())
+                .map(|(h, r)| (r.last_seen, *h))
+                .collect();
+            if anonymous.is_empty() {
+                return false;
+            }
+            let batch = (anonymous.len() / EVICT_FRACTION).max(1);
+            if batch < anonymous.len() {
+                anonymous.select_nth_unstable(batch - 1);
+            }
+            for (_, h) in &anonymous[..batch] {
+                self.remove(h);
+            }
+            tracing::warn!(
+                event = "session.evicted",
+                count = batch,
+                "keyfob: memory store full: least recently used anonymous sessions evicted"
+            );
+        }
+        true
+    }
+
     fn index_add(&mut self, owner: Option<&str>, handle: Handle) {
         if let Some(owner) = owner {
             let list = self.owners.entry(owner.into()).or_default();
@@ -75,6 +140,7 @@ impl Shard {
     fn remove(&mut self, handle: &Handle) -> Option<Arc<Record>> {
         let record = self.records.remove(handle)?;
         self.index_remove(record.owner(), handle);
+        self.bytes = self.bytes.saturating_sub(weight(&record));
         Some(record)
     }
 
@@ -112,7 +178,12 @@ impl Shard {
 ///   (run by [`cleanup`](crate::store::cleanup)) sweeps in batches, so memory
 ///   cannot grow without bound even when no cleanup task runs;
 /// - a rotation (`rename_to`) moves the record between shards under both
-///   shard locks, taken in index order, so it is atomic.
+///   shard locks, taken in index order, so it is atomic;
+/// - the store is bounded (by default 250,000 sessions or 256 MiB, see
+///   [`with_capacity`](Self::with_capacity)): a flood of cookieless requests
+///   evicts the least recently used anonymous sessions, never a logged-in
+///   one, and once only logged-in sessions are left a new session is refused
+///   with `503`, so no loop of requests can grow the process until it dies.
 ///
 /// Caveat: sessions live as long as the process; use a persistent store to
 /// keep them across restarts or share them between replicas.
@@ -127,6 +198,15 @@ pub struct MemoryStore {
     shards: Box<[RwLock<Shard>]>,
     creates: AtomicUsize,
     sweep_cursor: AtomicUsize,
+    /// Each shard's share of the capacity.
+    limits: Limits,
+}
+
+/// One shard's share of a store's capacity.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    sessions: usize,
+    bytes: usize,
 }
 
 impl Default for MemoryStore {
@@ -149,13 +229,56 @@ fn shard_of(handle: &Handle) -> usize {
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// The default most sessions a store holds: 250,000 (about 110 MB of
+    /// small sessions).
+    pub const DEFAULT_MAX_SESSIONS: usize = 250_000;
+    /// The default most bytes a store's sessions count for (their keys,
+    /// values and owners, plus a fixed 400 bytes each): 256 MiB.
+    pub const DEFAULT_MAX_BYTES: usize = 256 << 20;
+
+    /// An empty store with the default capacity
+    /// ([`DEFAULT_MAX_SESSIONS`](Self::DEFAULT_MAX_SESSIONS),
+    /// [`DEFAULT_MAX_BYTES`](Self::DEFAULT_MAX_BYTES)).
     pub fn new() -> Self {
+        Self::with_capacity(Self::DEFAULT_MAX_SESSIONS, Self::DEFAULT_MAX_BYTES)
+    }
+
+    /// An empty store that holds at most `sessions` sessions counting for at
+    /// most `bytes` bytes (each session counts for its keys, values and owner
+    /// plus a fixed 400 bytes, about what it costs in memory).
+    ///
+    /// When a new session would pass either bound, the store evicts the
+    /// least recently used sessions that hold no logged-in user (a security
+    /// event `session.evicted` in the log); when only logged-in sessions are
+    /// left, the new session is refused with a store error, which the layer
+    /// answers with `503` and `Retry-After`: nobody logged in is ever pushed
+    /// out by anonymous traffic. The bound is kept per shard (one of 64, by
+    /// handle), so it is reached a little before the total when the shards
+    /// fill unevenly; each shard holds at least one session.
+    ///
+    /// ```
+    /// use keyfob::MemoryStore;
+    ///
+    /// // At most 10,000 sessions or 64 MiB, whichever comes first.
+    /// let store = MemoryStore::with_capacity(10_000, 64 << 20);
+    /// # let _ = store;
+    /// ```
+    pub fn with_capacity(sessions: usize, bytes: usize) -> Self {
         MemoryStore {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             creates: AtomicUsize::new(0),
             sweep_cursor: AtomicUsize::new(0),
+            limits: Limits {
+                sessions: sessions.div_ceil(SHARDS).max(1),
+                bytes: bytes.div_ceil(SHARDS).max(RECORD_OVERHEAD),
+            },
         }
+    }
+
+    /// The bytes the held sessions count for against the byte bound (see
+    /// [`with_capacity`](Self::with_capacity)).
+    pub fn bytes(&self) -> usize {
+        self.shards.iter().map(|s| read(s).bytes).sum()
     }
 
     /// The number of records held, expired ones not yet swept included.
@@ -173,29 +296,41 @@ impl MemoryStore {
     pub(crate) fn insert_record(&self, handle: Handle, record: Record) {
         let mut shard = write(&self.shards[shard_of(&handle)]);
         shard.remove(&handle);
-        shard.index_add(record.owner(), handle);
-        shard.records.insert(handle, Arc::new(record));
+        shard.put(handle, Arc::new(record));
     }
 
-    fn create_sync(&self, handle: &Handle, record: &Record) -> Created {
+    fn create_sync(&self, handle: &Handle, record: &Record) -> Result<Created> {
         let now = record.last_seen();
         let i = shard_of(handle);
         {
             let mut shard = write(&self.shards[i]);
             if let Some(existing) = shard.records.get(handle) {
                 if !existing.is_expired(now) {
-                    return Created::Collision;
+                    return Ok(Created::Collision);
                 }
                 shard.remove(handle);
             }
-            shard.index_add(record.owner(), *handle);
-            shard.records.insert(*handle, Arc::new(record.clone()));
+            let adding = weight(record);
+            if shard.over(&self.limits, adding) {
+                shard.sweep(now, usize::MAX);
+                if !shard.make_room(&self.limits, adding) {
+                    tracing::warn!(
+                        event = "session.refused",
+                        "keyfob: memory store full of logged-in sessions; new session refused"
+                    );
+                    return Err(Error::store_msg(
+                        "memory store full: every session it holds belongs to a logged-in user \
+                         (raise MemoryStore::with_capacity, or use a persistent store)",
+                    ));
+                }
+            }
+            shard.put(*handle, Arc::new(record.clone()));
         }
         if self.creates.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             let j = self.sweep_cursor.fetch_add(1, Ordering::Relaxed) % SHARDS;
             write(&self.shards[j]).sweep(now, usize::MAX);
         }
-        Created::Stored
+        Ok(Created::Stored)
     }
 
     fn update_sync(&self, handle: &Handle, update: &Update, now: OffsetDateTime) -> Updated {
@@ -209,8 +344,10 @@ impl MemoryStore {
             };
             Arc::make_mut(&mut record).apply(update);
             let dest = target.unwrap_or(*handle);
-            shard.index_add(record.owner(), dest);
-            shard.records.insert(dest, record);
+            // An update is never refused: a grown session pushes out
+            // anonymous ones, a logged-in one may pass the byte bound.
+            shard.make_room(&self.limits, weight(&record));
+            shard.put(dest, record);
             return Updated::Applied;
         }
         // Two shards: lock in index order so two rotations cannot deadlock.
@@ -227,8 +364,8 @@ impl MemoryStore {
         };
         Arc::make_mut(&mut record).apply(update);
         let dest = target.unwrap_or(*handle);
-        dst.index_add(record.owner(), dest);
-        dst.records.insert(dest, record);
+        dst.make_room(&self.limits, weight(&record));
+        dst.put(dest, record);
         Updated::Applied
     }
 }
@@ -280,7 +417,7 @@ impl SessionStore for MemoryStore {
         handle: &'a Handle,
         record: &'a Record,
     ) -> BoxFuture<'a, Result<Created>> {
-        Box::pin(std::future::ready(Ok(self.create_sync(handle, record))))
+        Box::pin(std::future::ready(self.create_sync(handle, record)))
     }
 
     fn update<'a>(

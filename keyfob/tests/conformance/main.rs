@@ -297,6 +297,8 @@ conformance!(cached_memory, crate::stores::cached_memory);
 #[cfg(all(feature = "cache", feature = "redis"))]
 conformance!(cached_redis_cluster, crate::stores::cached_redis_cluster);
 
+#[cfg(feature = "memory")]
+mod memory_only;
 #[cfg(feature = "redis")]
 mod redis_only;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
