@@ -134,17 +134,12 @@ impl Jar {
 
     fn from_headers(mode: Mode, headers: &HeaderMap, keyring: Keyring) -> Self {
         let mut jar = Jar::new(mode, keyring);
-        let mut pairs: Vec<(String, String)> = Vec::new();
-        for (name, value) in crate::cookie::pairs(headers) {
-            let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value))
-            else {
-                continue;
-            };
-            if name.is_empty() {
-                continue;
-            }
-            pairs.push((name.to_owned(), value.to_owned()));
-            if pairs.len() > MAX_COOKIES {
+        // Names are counted as the bytes sent, before anything is filtered,
+        // so the jars and the session cookie agree on what is a duplicate.
+        let mut raw: Vec<(&[u8], &[u8])> = Vec::new();
+        for pair in crate::cookie::pairs(headers) {
+            raw.push(pair);
+            if raw.len() > MAX_COOKIES {
                 // No browser sends this many; verifying them all is work
                 // an attacker could make us do per request.
                 tracing::info!(
@@ -154,20 +149,28 @@ impl Jar {
                 return jar;
             }
         }
-        let mut seen: std::collections::HashMap<&str, usize> =
-            std::collections::HashMap::with_capacity(pairs.len());
-        for (name, _) in &pairs {
-            *seen.entry(name.as_str()).or_default() += 1;
+        let mut seen: std::collections::HashMap<&[u8], usize> =
+            std::collections::HashMap::with_capacity(raw.len());
+        for (name, _) in &raw {
+            *seen.entry(name).or_default() += 1;
         }
+        let pairs: Vec<(&str, &str)> = raw
+            .iter()
+            .filter(|(name, _)| seen.get(name).copied().unwrap_or(0) == 1)
+            .filter_map(|(name, value)| {
+                Some((
+                    std::str::from_utf8(name).ok()?,
+                    std::str::from_utf8(value).ok()?,
+                ))
+            })
+            .filter(|(name, _)| !name.is_empty())
+            .collect();
         let now = jar.keyring.now();
-        for (name, value) in &pairs {
-            // A name sent twice is ambiguous (one may be planted by a sibling
-            // domain): neither is trusted.
-            if seen.get(name.as_str()).copied().unwrap_or(0) > 1 {
-                continue;
-            }
+        // A name sent twice is ambiguous (one may be planted by a sibling
+        // domain): neither is trusted (filtered above).
+        for &(name, value) in &pairs {
             let Some(opened) = jar.open(name, value, now) else {
-                jar.refused.push((name.clone(), value.clone()));
+                jar.refused.push((name.to_owned(), value.to_owned()));
                 continue;
             };
             let stale = opened.is_stale();
@@ -175,7 +178,7 @@ impl Jar {
             let Ok(plain) = String::from_utf8(opened.into_value()) else {
                 continue;
             };
-            let mut cookie = Cookie::new(name.clone(), plain);
+            let mut cookie = Cookie::new(name.to_owned(), plain);
             // The sealed deadline, so adding the cookie again keeps it.
             if let Some(at) = expires_at {
                 cookie.set_expires(at);
@@ -517,7 +520,18 @@ mod tests {
             .get("theme")
             .is_none());
         let twice = format!("{signed}; {signed}");
-        assert!(SignedCookieJar::from_headers(&headers(&twice), keys)
+        assert!(
+            SignedCookieJar::from_headers(&headers(&twice), keys.clone())
+                .get("theme")
+                .is_none()
+        );
+        // A second copy that is not even UTF-8 still makes the name
+        // ambiguous, as it does for the session cookie.
+        let mut bytes = format!("{signed}; theme=").into_bytes();
+        bytes.push(0xff);
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_bytes(&bytes).unwrap());
+        assert!(SignedCookieJar::from_headers(&h, keys)
             .get("theme")
             .is_none());
     }

@@ -40,8 +40,8 @@
 //! |---|---|---|
 //! | `axum` | yes | the `Session` and `AuthUser` extractors, `IntoResponse` for errors |
 //! | `memory` | yes | [`MemoryStore`], sharded, in process |
-//! | `redis` | no | `RedisStore` (`store::redis`), Redis and Redis Cluster |
-//! | `cache` | no | `CachedStore` (`store::cached`), an in-process cache in front of any store |
+//! | `redis` | no | `RedisStore`, Redis and Redis Cluster |
+//! | `cache` | no | `CachedStore`, an in-process cache in front of any store |
 //! | `cookie-store` | no | `CookieStore`: the whole session sealed (or signed) in its cookie |
 //! | `auth` | yes | [`auth`]: `login`/`logout`, `AuthUser`, `RequireLoginLayer`, `safe_next`, listing and revoking a user's sessions |
 //! | `migrate` | no | [`migrate`]: copy live tower-sessions sessions (SQL tables with `sqlite`/`postgres`/`mysql`, or rows you read, e.g. from Redis) into a keyfob store; pair with [`SessionLayerBuilder::with_legacy_ids`] |

@@ -241,7 +241,8 @@ pub fn server_url(var: &str) -> String {
     })
 }
 
-/// A key-file path in a fresh scratch directory.
+/// A key-file path in a fresh scratch directory of its own (never one a
+/// `scratch_dir` of the same name gives).
 pub fn temp_path(name: &str) -> PathBuf {
-    scratch_dir(name).join("demo.key")
+    scratch_dir(&format!("key-{name}")).join("demo.key")
 }

@@ -1,5 +1,5 @@
 //! The sealed-cookie engine: the record travels inside the session cookie
-//! (see [`crate::store::cookie`]); the revocation store keeps entries and
+//! (see [`CookieStore`]); the revocation store keeps entries and
 //! marks in step with it.
 
 use std::sync::Arc;

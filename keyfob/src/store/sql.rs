@@ -23,7 +23,8 @@ pub(crate) fn identifier(name: &str, max: usize) -> Result<()> {
         Ok(())
     } else {
         Err(Error::config(format!(
-            "SQL name {name:?} must be 1-{max} characters of letters, digits and `_`, not starting with a digit"
+            "SQL name {name:?} must be 1-{max} characters of letters, digits and `_`, not starting with a digit \
+             (keyfob's own tables stop at 48, leaving room for its index suffixes within PostgreSQL's 63)"
         )))
     }
 }

@@ -4,8 +4,8 @@
 
 use redis::Script;
 
-/// Shared Lua prologue: `due(m)` is true when the deadlines in `m` (HMGET of
-/// `i`, `a`) have passed at `now`; `deadline(i, a)` is the earlier of them.
+/// Shared Lua prologue: `num(x)` reads a number or nil; `deadline(i, a)` is
+/// the earlier of the idle and absolute deadlines (HMGET of `i`, `a`).
 const LUA_COMMON: &str = include_str!("lua/common.lua");
 
 /// Replies are arrays of strings (status first) so they decode as bytes.
