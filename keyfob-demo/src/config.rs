@@ -1,6 +1,8 @@
-//! Command-line flags and environment variables (see `shared/spec/demo-http.md`).
+//! Command-line flags and environment variables (see `docs/demo-http.md`).
 
 use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{builder::BoolishValueParser, Parser, Subcommand};
 
 use keyfob::time::Duration;
 
@@ -168,65 +170,112 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("duration {s:?} is too long"))
 }
 
-impl Config {
-    /// Reads flags (which win) and environment variables.
-    pub fn from_args(
-        args: impl IntoIterator<Item = String>,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, String> {
-        let mut c = Config::default();
-        if let Some(a) = env("KEYFOB_ADDR") {
-            c.addr = parse_addr(&a)?;
+/// `keyfob-demo`'s command line: serve (the default) or `migrate`. Flags win
+/// over their environment variables, which win over the defaults; `--help`
+/// lists every flag with its variable and default.
+#[derive(Debug, Parser)]
+#[command(
+    name = "keyfob-demo",
+    version,
+    about = "The reference app of keyfob: every session flow on real HTTP (http://127.0.0.1:3000).",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// How to serve.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// A subcommand instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Copy the live sessions of a tower-sessions store into a keyfob store
+    /// (serve the result with --legacy-ids, so each old cookie is accepted
+    /// once and rotated).
+    Migrate(crate::migrate::Args),
+}
+
+/// The flags of the server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Listen address.
+    #[arg(long, env = "KEYFOB_ADDR", value_name = "IP:PORT", default_value = "127.0.0.1:3000", value_parser = parse_addr)]
+    pub addr: SocketAddr,
+    /// Session store: memory, cookie, cookie+URL, sqlite://PATH, postgres://…, mysql://…, redis://…, redis+cluster://…
+    #[arg(long, env = "KEYFOB_STORE", value_name = "URL", default_value = "sqlite://keyfob-demo.db", value_parser = StoreUrl::parse)]
+    pub store: StoreUrl,
+    /// 64-byte master key file, created with mode 0600 on first run.
+    #[arg(
+        long,
+        env = "KEYFOB_KEY_FILE",
+        value_name = "PATH",
+        default_value = "keyfob-demo.key"
+    )]
+    pub key_file: PathBuf,
+    /// Drop the Secure attribute, for plain-HTTP clients that are not on localhost.
+    #[arg(long, env = "KEYFOB_INSECURE_COOKIES", value_name = "BOOL", num_args = 0..=1,
+          default_value = "false", default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub insecure_cookies: bool,
+    /// Accept (once, then rotate) the cookies of sessions that `migrate` imported.
+    #[arg(long, env = "KEYFOB_LEGACY_IDS", value_name = "BOOL", num_args = 0..=1,
+          default_value = "false", default_missing_value = "true", value_parser = BoolishValueParser::new())]
+    pub legacy_ids: bool,
+    /// Server-side inactivity timeout (a number and one of s, m, h, d).
+    #[arg(long, env = "KEYFOB_IDLE_TIMEOUT", value_name = "DURATION", default_value = "2h", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Hard lifetime cap from login, never extended.
+    #[arg(long, env = "KEYFOB_ABSOLUTE_TIMEOUT", value_name = "DURATION", default_value = "12h", value_parser = parse_duration)]
+    pub absolute_timeout: Duration,
+}
+
+impl From<ServeArgs> for Config {
+    fn from(a: ServeArgs) -> Self {
+        Config {
+            addr: a.addr,
+            store: a.store,
+            key_file: a.key_file,
+            insecure_cookies: a.insecure_cookies,
+            idle_timeout: a.idle_timeout,
+            absolute_timeout: a.absolute_timeout,
+            legacy_ids: a.legacy_ids,
         }
-        if let Some(s) = env("KEYFOB_STORE") {
-            c.store = StoreUrl::parse(&s)?;
-        }
-        if let Some(k) = env("KEYFOB_KEY_FILE") {
-            c.key_file = PathBuf::from(k);
-        }
-        if env("KEYFOB_INSECURE_COOKIES").is_some_and(|v| v == "1" || v == "true") {
-            c.insecure_cookies = true;
-        }
-        if env("KEYFOB_LEGACY_IDS").is_some_and(|v| v == "1" || v == "true") {
-            c.legacy_ids = true;
-        }
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
-                None => (arg.clone(), None),
-            };
-            let mut value = || {
-                inline
-                    .clone()
-                    .or_else(|| args.next())
-                    .ok_or_else(|| format!("{flag} needs a value"))
-            };
-            match flag.as_str() {
-                "--addr" => c.addr = parse_addr(&value()?)?,
-                "--store" => c.store = StoreUrl::parse(&value()?)?,
-                "--key-file" => c.key_file = PathBuf::from(value()?),
-                "--insecure-cookies" => c.insecure_cookies = true,
-                "--legacy-ids" => c.legacy_ids = true,
-                "--idle-timeout" => c.idle_timeout = parse_duration(&value()?)?,
-                "--absolute-timeout" => c.absolute_timeout = parse_duration(&value()?)?,
-                "-h" | "--help" => return Err(USAGE.to_owned()),
-                other => return Err(format!("unknown argument {other:?}; see --help")),
-            }
-        }
-        Ok(c)
     }
+}
+
+impl Cli {
+    /// Parses `args` (the program name first), reading the environment for
+    /// what they leave out.
+    ///
+    /// # Errors
+    /// clap's error: `--help` and `--version` (exit 0), a bad flag (exit 2);
+    /// see [`one_line`].
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Cli::try_parse_from(args)
+    }
+}
+
+/// A clap error as one line ("invalid value … for '--store <URL>': …"), for
+/// the start-up contract: bad configuration exits with a one-line reason.
+pub fn one_line(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid arguments");
+    first.trim_start_matches("error: ").to_owned()
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse()
         .map_err(|_| format!("invalid address {s:?}: expected IP:PORT, e.g. 127.0.0.1:3000"))
 }
-
-/// The `--help` text.
-pub const USAGE: &str = "usage: keyfob-demo [--addr IP:PORT] [--store URL] [--key-file PATH] \
-[--insecure-cookies] [--legacy-ids] [--idle-timeout 2h] [--absolute-timeout 12h]
-       keyfob-demo migrate --from URL --to URL [--checkpoint PATH] (see migrate --help)";
 
 #[cfg(test)]
 mod tests {
@@ -251,13 +300,43 @@ mod tests {
         }
     }
 
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let argv = std::iter::once("keyfob-demo").chain(args.iter().copied());
+        Cli::from_args(argv)
+            .map(|cli| cli.serve.into())
+            .map_err(|e| one_line(&e))
+    }
+
     #[test]
-    fn flags_win_over_environment() {
-        let env = |k: &str| (k == "KEYFOB_ADDR").then(|| "127.0.0.1:1".to_owned());
-        let c = Config::from_args(["--addr=127.0.0.1:2".to_owned()], env).unwrap();
+    fn flags_parse_and_boolean_flags_take_an_explicit_value() {
+        let c = parse(&["--addr=127.0.0.1:2", "--idle-timeout", "10s"]).unwrap();
         assert_eq!(c.addr.port(), 2);
-        let c = Config::from_args(Vec::new(), env).unwrap();
-        assert_eq!(c.addr.port(), 1);
+        assert_eq!(c.idle_timeout, Duration::seconds(10));
+        assert!(!c.insecure_cookies);
+        assert!(parse(&["--insecure-cookies"]).unwrap().insecure_cookies);
+        // `=false` means false (the hand-written parser turned it on).
+        assert!(
+            !parse(&["--insecure-cookies=false"])
+                .unwrap()
+                .insecure_cookies
+        );
+        assert!(
+            parse(&["--insecure-cookies=true"])
+                .unwrap()
+                .insecure_cookies
+        );
+        assert!(!parse(&["--legacy-ids=no"]).unwrap().legacy_ids);
+    }
+
+    #[test]
+    fn environment_fills_in_and_flags_win_over_it() {
+        // The only test that sets a variable, and only this one.
+        std::env::set_var("KEYFOB_ADDR", "127.0.0.1:1");
+        let from_env = parse(&[]);
+        let from_flag = parse(&["--addr", "127.0.0.1:2"]);
+        std::env::remove_var("KEYFOB_ADDR");
+        assert_eq!(from_env.unwrap().addr.port(), 1);
+        assert_eq!(from_flag.unwrap().addr.port(), 2);
     }
 
     #[test]
@@ -267,9 +346,12 @@ mod tests {
             vec!["--addr", "nope"],
             vec!["--bogus"],
             vec!["--addr"],
+            vec!["--insecure-cookies=maybe"],
+            vec!["--idle-timeout", "soon"],
         ] {
-            let err = Config::from_args(args.into_iter().map(String::from), |_| None).unwrap_err();
+            let err = parse(&args).unwrap_err();
             assert!(!err.contains('\n'), "{err}");
+            assert!(!err.is_empty());
         }
     }
 }

@@ -1,5 +1,5 @@
 //! keyfob-demo: the reference application. Its HTTP contract is
-//! `shared/spec/demo-http.md`; [`app`] builds the whole router so tests can
+//! `docs/demo-http.md`; [`app`] builds the whole router so tests can
 //! serve it on loopback exactly as `main` does.
 
 #![deny(missing_docs)]

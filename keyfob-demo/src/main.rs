@@ -1,8 +1,9 @@
-//! `cargo run --release -p keyfob-demo`: see `shared/spec/demo-http.md`.
+//! `cargo run --release -p keyfob-demo`: see `docs/demo-http.md`.
 
 use std::process::ExitCode;
 
-use keyfob_demo::config::Config;
+use clap::error::ErrorKind;
+use keyfob_demo::config::{one_line, Cli, Command, Config};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -13,7 +14,19 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run().await {
+    let cli = match Cli::from_args(std::env::args_os()) {
+        Ok(cli) => cli,
+        // `--help` and `--version` print to stdout and succeed.
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("keyfob-demo: {} (see --help)", one_line(&e));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(reason) => {
             eprintln!("keyfob-demo: {reason}");
@@ -22,15 +35,14 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run() -> Result<(), String> {
-    let mut args = std::env::args().skip(1).peekable();
-    if args.peek().is_some_and(|a| a == "migrate") {
-        let args = keyfob_demo::migrate::Args::parse(args.skip(1))?;
+async fn run(cli: Cli) -> Result<(), String> {
+    if let Some(Command::Migrate(args)) = cli.command {
+        args.check()?;
         let report = keyfob_demo::migrate::run(args).await?;
         println!("migrated: {report}");
         return Ok(());
     }
-    let config = Config::from_args(args, |k| std::env::var(k).ok())?;
+    let config = Config::from(cli.serve);
     let demo = keyfob_demo::build(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.addr)
         .await

@@ -19,103 +19,57 @@ use keyfob::{
 
 use crate::config::{redact, StoreUrl};
 
-/// The `migrate --help` text.
-pub const USAGE: &str = "usage: keyfob-demo migrate --from URL --to URL [--checkpoint PATH] \
-[--table NAME] [--schema NAME] [--prefix P] [--batch N]
-  --from        the tower-sessions store: sqlite://PATH, postgres://…, mysql://…, redis://…
-  --to          the keyfob store: sqlite://PATH, postgres://…, mysql://…
-  --checkpoint  resume file (holds the last copied key; mode 0600; delete when done)
-  --table       the tower-sessions table (default tower_sessions on SQLite, session elsewhere)
-  --schema      the tower-sessions schema on PostgreSQL/MySQL (default tower_sessions)
-  --prefix      the key prefix of a tower-sessions Redis store (default none)
-  --batch       rows per batch (default 1000)
-Serve the result with --legacy-ids, so each old cookie is accepted once and rotated.";
-
 /// The subcommand's arguments.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct Args {
-    /// The tower-sessions store.
+    /// The tower-sessions store: sqlite://PATH, postgres://…, mysql://…, redis://…
+    #[arg(long, value_name = "URL")]
     pub from: String,
-    /// The keyfob store.
+    /// The keyfob store: sqlite://PATH, postgres://…, mysql://…
+    #[arg(long, value_name = "URL", value_parser = StoreUrl::parse)]
     pub to: StoreUrl,
-    /// Resume file.
+    /// Resume file: holds the last copied key (mode 0600; delete when done).
+    #[arg(long, value_name = "PATH")]
     pub checkpoint: Option<PathBuf>,
-    /// Table name override.
+    /// The tower-sessions table (default tower_sessions on SQLite, session elsewhere).
+    #[arg(long, value_name = "NAME")]
     pub table: Option<String>,
-    /// Schema name override.
+    /// The tower-sessions schema on PostgreSQL/MySQL (default tower_sessions).
+    #[arg(long, value_name = "NAME")]
     pub schema: Option<String>,
-    /// Redis key prefix.
+    /// The key prefix of a tower-sessions Redis store.
+    #[arg(long, value_name = "P", default_value = "")]
     pub prefix: String,
     /// Rows per batch.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = positive)]
     pub batch: usize,
 }
 
+fn positive(s: &str) -> Result<usize, String> {
+    s.parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?} is not a positive number"))
+}
+
 impl Args {
-    /// Parses the arguments after `migrate`.
+    /// Refuses a destination that cannot keep what is copied into it.
     ///
     /// # Errors
-    /// A one-line reason (or the usage text for `--help`).
-    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
-        let (mut from, mut to, mut checkpoint, mut table, mut schema) =
-            (None, None, None, None, None);
-        let mut batch = 1000;
-        let mut prefix = String::new();
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) => (f.to_owned(), Some(v.to_owned())),
-                None => (arg.clone(), None),
-            };
-            let mut value = || {
-                inline
-                    .clone()
-                    .or_else(|| args.next())
-                    .ok_or_else(|| format!("{flag} needs a value"))
-            };
-            match flag.as_str() {
-                "--from" => from = Some(value()?),
-                "--to" => to = Some(StoreUrl::parse(&value()?)?),
-                "--checkpoint" => checkpoint = Some(PathBuf::from(value()?)),
-                "--table" => table = Some(value()?),
-                "--schema" => schema = Some(value()?),
-                "--prefix" => prefix = value()?,
-                "--batch" => {
-                    batch = value()?
-                        .parse()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or("--batch needs a positive number")?
-                }
-                "-h" | "--help" => return Err(USAGE.to_owned()),
-                other => return Err(format!("unknown argument {other:?}; see migrate --help")),
-            }
-        }
-        let from = from.ok_or("migrate needs --from URL (the tower-sessions store)")?;
-        let to = to.ok_or("migrate needs --to URL (the keyfob store)")?;
+    /// A one-line reason.
+    pub fn check(&self) -> Result<(), String> {
+        let to = &self.to;
         match to {
-            StoreUrl::Memory => {
-                return Err(format!(
+            StoreUrl::Memory => Err(format!(
                 "--to {to}: sessions copied into this store would vanish when the command ends; \
-                     use sqlite://, postgres:// or mysql://"
-            ))
-            }
-            StoreUrl::Cookie(_) => {
-                return Err(format!(
-                    "--to {to}: cookie sessions keep their data in the browser, so there is no \
-                     server-side store to copy into; use sqlite://, postgres:// or mysql://"
-                ))
-            }
-            _ => {}
+                 use sqlite://, postgres:// or mysql://"
+            )),
+            StoreUrl::Cookie(_) => Err(format!(
+                "--to {to}: cookie sessions keep their data in the browser, so there is no \
+                 server-side store to copy into; use sqlite://, postgres:// or mysql://"
+            )),
+            _ => Ok(()),
         }
-        Ok(Args {
-            from,
-            to,
-            checkpoint,
-            table,
-            schema,
-            prefix,
-            batch,
-        })
     }
 }
 
@@ -194,9 +148,16 @@ pub async fn run(args: Args) -> Result<Progress, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{one_line, Cli, Command};
 
     fn parse(args: &[&str]) -> Result<Args, String> {
-        Args::parse(args.iter().map(|s| s.to_string()))
+        let argv = ["keyfob-demo", "migrate"]
+            .into_iter()
+            .chain(args.iter().copied());
+        match Cli::from_args(argv).map_err(|e| one_line(&e))?.command {
+            Some(Command::Migrate(a)) => a.check().map(|()| a),
+            None => Err("no subcommand".into()),
+        }
     }
 
     #[test]
@@ -216,6 +177,7 @@ mod tests {
             &["--to", "sqlite://x"][..],
             &["--from", "sqlite://x"],
             &["--from", "sqlite://x", "--to", "memory"],
+            &["--from", "sqlite://x", "--to", "cookie"],
             &["--from", "sqlite://x", "--to", "sqlite://y", "--batch", "0"],
             &["--bogus"],
         ] {

@@ -170,13 +170,45 @@ fn bad_configuration_exits_non_zero_with_a_one_line_reason() {
         vec!["--store", "nosuch://x"],
         vec!["--addr", "not-an-address"],
         vec!["--idle-timeout", "soon"],
+        vec!["--bogus"],
+        vec!["--insecure-cookies=maybe"],
+        vec!["migrate", "--from", "sqlite://x"],
     ] {
         let out = demo_binary().args(&args).output().unwrap();
-        assert!(!out.status.success(), "{args:?}");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: a usage error exits 2"
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+#[test]
+fn help_lists_every_flag_with_its_variable_and_default_and_exits_0() {
+    let out = demo_binary().arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for (flag, var) in [
+        ("--addr", "KEYFOB_ADDR"),
+        ("--store", "KEYFOB_STORE"),
+        ("--key-file", "KEYFOB_KEY_FILE"),
+        ("--insecure-cookies", "KEYFOB_INSECURE_COOKIES"),
+        ("--idle-timeout", "KEYFOB_IDLE_TIMEOUT"),
+        ("--absolute-timeout", "KEYFOB_ABSOLUTE_TIMEOUT"),
+    ] {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(flag))
+            .unwrap_or_else(|| panic!("{flag} missing from --help:\n{help}"));
+        assert!(line.contains(var) && line.contains("[default: "), "{line}");
+    }
+    assert!(help.contains("migrate"), "{help}");
+    let out = demo_binary().arg("--version").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("keyfob-demo "));
 }
 
 #[test]
