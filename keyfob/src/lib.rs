@@ -39,7 +39,10 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `axum` | yes | the `Session` and `AuthUser` extractors, `IntoResponse` for errors |
-//! | `memory` | yes | [`MemoryStore`], sharded, in process |
+//! | `memory` | yes | [`MemoryStore`], sharded, in process, bounded |
+//! | `sqlite` | no | `SqliteStore`, the embedded default of persistent stores (on sqlx) |
+//! | `postgres` | no | `PostgresStore`, PostgreSQL (on sqlx) |
+//! | `mysql` | no | `MySqlStore`, MySQL 8 and MariaDB (on sqlx) |
 //! | `redis` | no | `RedisStore`, Redis and Redis Cluster |
 //! | `cache` | no | `CachedStore`, an in-process cache in front of any store |
 //! | `cookie-store` | no | `CookieStore`: the whole session sealed (or signed) in its cookie |
@@ -66,6 +69,8 @@
 
 #![deny(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
+// docs.rs (see Cargo.toml) marks every feature-gated item with its feature.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "auth")]
 pub mod auth;
