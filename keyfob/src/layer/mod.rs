@@ -13,7 +13,10 @@ use tower_layer::Layer;
 
 #[cfg(feature = "cookie-store")]
 use crate::store::cookie::CookieStore;
-use crate::{session::Shared, store::SessionStore};
+use crate::{
+    session::{Incoming, Session, Shared},
+    store::SessionStore,
+};
 
 pub use self::{
     builder::{SessionLayerBuilder, DEFAULT_MAX_SESSIONS_PER_USER, DEFAULT_STORE_TIMEOUT},
@@ -115,6 +118,29 @@ impl SessionLayer {
     #[cfg(feature = "cookie-store")]
     pub fn cookie_builder(store: CookieStore) -> SessionLayerBuilder {
         SessionLayerBuilder::cookie(store)
+    }
+
+    /// A fresh session under this layer's settings, outside any request (no
+    /// cookie presented): for unit tests of code that takes a [`Session`](crate::Session),
+    /// and for jobs. Nothing reaches the store until
+    /// [`Session::save`](crate::Session::save).
+    ///
+    /// ```
+    /// use keyfob::{MemoryStore, SessionLayer};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let store = MemoryStore::new();
+    /// let layer = SessionLayer::new(store.clone());
+    /// let session = layer.session();
+    /// session.insert("cart", 3).await.unwrap();
+    /// assert_eq!(session.get::<u32>("cart").await.unwrap(), Some(3));
+    /// assert!(store.is_empty());
+    /// session.save().await.unwrap();
+    /// assert_eq!(store.len(), 1);
+    /// # });
+    /// ```
+    pub fn session(&self) -> Session {
+        Session::new(self.shared.clone(), Incoming::None)
     }
 
     /// The store this layer uses, for the app's own session management

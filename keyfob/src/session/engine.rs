@@ -119,6 +119,7 @@ impl Session {
 
     #[cfg_attr(not(feature = "auth"), allow(dead_code))]
     pub(crate) async fn set_owner(&self, owner: Option<&str>) -> Result<()> {
+        self.mark_modified();
         self.state().await?.owner = Some(owner.map(Into::into));
         Ok(())
     }

@@ -97,6 +97,8 @@ impl State {
 struct Inner {
     shared: Arc<Shared>,
     accessed: AtomicBool,
+    /// Something in this request changed the session (`is_modified`).
+    modified: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -178,6 +180,7 @@ impl Session {
             inner: Arc::new(Inner {
                 shared,
                 accessed: AtomicBool::new(false),
+                modified: AtomicBool::new(false),
                 state: Mutex::new(state),
             }),
         }
@@ -266,6 +269,7 @@ impl Session {
         name: &str,
         value: &T,
     ) -> Result<()> {
+        self.mark_modified();
         let raw = serde_json::value::to_raw_value(value)
             .map_err(|e| Error::with_source(ErrorKind::Serialize, e))?;
         let mut st = self.state().await?;
@@ -278,6 +282,7 @@ impl Session {
         &self,
         name: &str,
     ) -> Result<Option<T>> {
+        self.mark_modified();
         let mut st = self.state().await?;
         let old = decode(name, st.lookup(name));
         st.changes.set(name, None);
@@ -289,6 +294,7 @@ impl Session {
     /// listing and revoking them no longer reach it) and the CSRF secret is
     /// dropped. The session itself (its ID) stays.
     pub async fn clear(&self) -> Result<()> {
+        self.mark_modified();
         let mut st = self.state().await?;
         st.changes.clear();
         if st.owner().is_some() {
@@ -297,16 +303,38 @@ impl Session {
         Ok(())
     }
 
-    /// True when the session holds no data.
+    /// True once this request changed the session (a key set or removed,
+    /// cleared, deleted, its ID cycled, its expiry set), as tower-sessions'
+    /// `is_modified`; keyfob itself decides what to write from the change-set.
+    ///
+    /// ```
+    /// # async fn f(session: keyfob::Session) -> Result<(), keyfob::Error> {
+    /// assert!(!session.is_modified());
+    /// session.insert("seen", true).await?;
+    /// assert!(session.is_modified());
+    /// # Ok(()) }
+    /// ```
+    pub fn is_modified(&self) -> bool {
+        self.inner.modified.load(Ordering::Relaxed)
+    }
+
+    fn mark_modified(&self) {
+        self.inner.modified.store(true, Ordering::Relaxed);
+    }
+
+    /// True when there is no session (no ID: nothing was presented, or what
+    /// was presented did not load) and no data staged, as in tower-sessions.
+    /// A stored session is never empty, even after [`clear`](Self::clear).
     pub async fn is_empty(&self) -> Result<bool> {
         let st = self.state().await?;
-        Ok(st.data().is_empty())
+        Ok(st.current.is_none() && st.rotate_to.is_none() && st.data().is_empty())
     }
 
     /// Deletes the session from the store now and removes the cookie.
     ///
     /// Any later write in this request starts a new session with a new ID.
     pub async fn delete(&self) -> Result<()> {
+        self.mark_modified();
         let mut st = self.state().await?;
         if let Some(id) = st.current.take() {
             let handle = st.legacy.take().unwrap_or_else(|| id.handle());
@@ -339,6 +367,7 @@ impl Session {
     /// when the response is sent. Call it on every privilege change (login).
     /// The absolute deadline does not move.
     pub async fn cycle_id(&self) -> Result<()> {
+        self.mark_modified();
         let id = SessionId::generate()?;
         self.state().await?.rotate_to = Some(id);
         Ok(())
@@ -355,27 +384,57 @@ impl Session {
             .map(SessionId::handle))
     }
 
-    /// This session's [`Expiry`] override, if one was set.
+    /// This session's [`Expiry`], as tower-sessions reports it: the one set
+    /// by [`set_expiry`](Self::set_expiry) (in this request or before), else
+    /// the layer's (`OnInactivity(idle timeout)`, or `OnSessionEnd` for
+    /// browser-session cookies). `None` only for a layer with no idle timeout.
     pub async fn expiry(&self) -> Result<Option<Expiry>> {
-        Ok(self.state().await?.expiry())
+        let own = self.state().await?.expiry();
+        let policy = &self.inner.shared.policy;
+        Ok(own.or_else(|| {
+            if policy.browser_session(None) {
+                Some(Expiry::OnSessionEnd)
+            } else {
+                policy.idle_timeout.map(Expiry::OnInactivity)
+            }
+        }))
     }
 
     /// Overrides the layer's idle policy for this session (`None` restores it).
     pub async fn set_expiry(&self, expiry: Option<Expiry>) -> Result<()> {
+        self.mark_modified();
         self.state().await?.expiry = Some(expiry);
         Ok(())
     }
 
     /// When the session will end if nothing else happens: the earlier of its
-    /// idle and absolute deadlines, or `None` for a session not yet stored.
+    /// idle and absolute deadlines as a save now would set them, so an
+    /// [`Expiry`] set earlier in this request counts, and a session not yet
+    /// stored reports the deadlines it would start with. `None` only when
+    /// neither deadline applies.
     pub async fn expiry_date(&self) -> Result<Option<OffsetDateTime>> {
         let st = self.state().await?;
-        Ok(st.base.as_ref().and_then(|b| b.expires_at()))
+        let now = self.now();
+        let policy = &self.inner.shared.policy;
+        if let (Some(base), None) = (&st.base, &st.expiry) {
+            return Ok(base.expires_at());
+        }
+        let idle = policy.idle_deadline(st.expiry(), now);
+        let absolute = match &st.base {
+            Some(base) => base.absolute_deadline(),
+            None => policy
+                .absolute_timeout
+                .map(|d| crate::expiry::later(now, d)),
+        };
+        Ok(match (idle, absolute) {
+            (Some(i), Some(a)) => Some(i.min(a)),
+            (i, a) => i.or(a),
+        })
     }
 
     /// tower-sessions' `expiry_age`: how long until the session ends if
-    /// nothing else happens (zero once past), or `None` for a session not
-    /// yet stored.
+    /// nothing else happens (zero once past), from
+    /// [`expiry_date`](Self::expiry_date).
     ///
     /// ```
     /// # async fn f(session: keyfob::Session) -> Result<(), keyfob::Error> {

@@ -160,7 +160,8 @@ impl Shard {
     }
 }
 
-/// Sessions kept in process memory.
+/// Sessions kept in process memory. Clones share the same sessions (as
+/// tower-sessions' `MemoryStore` does), so a test can keep one to inspect.
 ///
 /// ```
 /// use keyfob::MemoryStore;
@@ -194,7 +195,11 @@ impl Shard {
 /// let layer = SessionLayer::new(MemoryStore::new());
 /// # let _ = layer;
 /// ```
-pub struct MemoryStore {
+#[derive(Clone)]
+pub struct MemoryStore(Arc<Shards>);
+
+/// What a [`MemoryStore`] and its clones share.
+struct Shards {
     shards: Box<[RwLock<Shard>]>,
     creates: AtomicUsize,
     sweep_cursor: AtomicUsize,
@@ -264,7 +269,7 @@ impl MemoryStore {
     /// # let _ = store;
     /// ```
     pub fn with_capacity(sessions: usize, bytes: usize) -> Self {
-        MemoryStore {
+        MemoryStore(Arc::new(Shards {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             creates: AtomicUsize::new(0),
             sweep_cursor: AtomicUsize::new(0),
@@ -272,18 +277,18 @@ impl MemoryStore {
                 sessions: sessions.div_ceil(SHARDS).max(1),
                 bytes: bytes.div_ceil(SHARDS).max(RECORD_OVERHEAD),
             },
-        }
+        }))
     }
 
     /// The bytes the held sessions count for against the byte bound (see
     /// [`with_capacity`](Self::with_capacity)).
     pub fn bytes(&self) -> usize {
-        self.shards.iter().map(|s| read(s).bytes).sum()
+        self.0.shards.iter().map(|s| read(s).bytes).sum()
     }
 
     /// The number of records held, expired ones not yet swept included.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| read(s).records.len()).sum()
+        self.0.shards.iter().map(|s| read(s).records.len()).sum()
     }
 
     /// True when the store holds no record.
@@ -294,7 +299,7 @@ impl MemoryStore {
     /// Inserts a record directly, whatever the store holds under the handle.
     #[cfg(test)]
     pub(crate) fn insert_record(&self, handle: Handle, record: Record) {
-        let mut shard = write(&self.shards[shard_of(&handle)]);
+        let mut shard = write(&self.0.shards[shard_of(&handle)]);
         shard.remove(&handle);
         shard.put(handle, Arc::new(record));
     }
@@ -303,7 +308,7 @@ impl MemoryStore {
         let now = record.last_seen();
         let i = shard_of(handle);
         {
-            let mut shard = write(&self.shards[i]);
+            let mut shard = write(&self.0.shards[i]);
             if let Some(existing) = shard.records.get(handle) {
                 if !existing.is_expired(now) {
                     return Ok(Created::Collision);
@@ -311,9 +316,9 @@ impl MemoryStore {
                 shard.remove(handle);
             }
             let adding = weight(record);
-            if shard.over(&self.limits, adding) {
+            if shard.over(&self.0.limits, adding) {
                 shard.sweep(now, usize::MAX);
-                if !shard.make_room(&self.limits, adding) {
+                if !shard.make_room(&self.0.limits, adding) {
                     tracing::warn!(
                         event = "session.refused",
                         "keyfob: memory store full of logged-in sessions; new session refused"
@@ -326,9 +331,9 @@ impl MemoryStore {
             }
             shard.put(*handle, Arc::new(record.clone()));
         }
-        if self.creates.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            let j = self.sweep_cursor.fetch_add(1, Ordering::Relaxed) % SHARDS;
-            write(&self.shards[j]).sweep(now, usize::MAX);
+        if self.0.creates.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            let j = self.0.sweep_cursor.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            write(&self.0.shards[j]).sweep(now, usize::MAX);
         }
         Ok(Created::Stored)
     }
@@ -338,7 +343,7 @@ impl MemoryStore {
         let target = update.rename_to().copied();
         let to = target.as_ref().map_or(from, shard_of);
         if from == to {
-            let mut shard = write(&self.shards[from]);
+            let mut shard = write(&self.0.shards[from]);
             let Some(mut record) = take_live(&mut shard, handle, now) else {
                 return Updated::Gone;
             };
@@ -346,17 +351,17 @@ impl MemoryStore {
             let dest = target.unwrap_or(*handle);
             // An update is never refused: a grown session pushes out
             // anonymous ones, a logged-in one may pass the byte bound.
-            shard.make_room(&self.limits, weight(&record));
+            shard.make_room(&self.0.limits, weight(&record));
             shard.put(dest, record);
             return Updated::Applied;
         }
         // Two shards: lock in index order so two rotations cannot deadlock.
         let (mut a, mut b) = if from < to {
-            let a = write(&self.shards[from]);
-            (a, write(&self.shards[to]))
+            let a = write(&self.0.shards[from]);
+            (a, write(&self.0.shards[to]))
         } else {
-            let b = write(&self.shards[to]);
-            (write(&self.shards[from]), b)
+            let b = write(&self.0.shards[to]);
+            (write(&self.0.shards[from]), b)
         };
         let (src, dst) = (&mut *a, &mut *b);
         let Some(mut record) = take_live(src, handle, now) else {
@@ -364,7 +369,7 @@ impl MemoryStore {
         };
         Arc::make_mut(&mut record).apply(update);
         let dest = target.unwrap_or(*handle);
-        dst.make_room(&self.limits, weight(&record));
+        dst.make_room(&self.0.limits, weight(&record));
         dst.put(dest, record);
         Updated::Applied
     }
@@ -392,7 +397,7 @@ impl SessionStore for MemoryStore {
         handle: &'a Handle,
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<Option<Arc<Record>>>> {
-        let found = read(&self.shards[shard_of(handle)])
+        let found = read(&self.0.shards[shard_of(handle)])
             .records
             .get(handle)
             .filter(|r| !r.is_expired(now))
@@ -405,7 +410,7 @@ impl SessionStore for MemoryStore {
         handle: &'a Handle,
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<bool>> {
-        let expired = read(&self.shards[shard_of(handle)])
+        let expired = read(&self.0.shards[shard_of(handle)])
             .records
             .get(handle)
             .is_some_and(|r| r.is_expired(now));
@@ -432,7 +437,7 @@ impl SessionStore for MemoryStore {
     }
 
     fn delete<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Result<bool>> {
-        let removed = write(&self.shards[shard_of(handle)])
+        let removed = write(&self.0.shards[shard_of(handle)])
             .remove(handle)
             .is_some();
         Box::pin(std::future::ready(Ok(removed)))
@@ -444,8 +449,8 @@ impl SessionStore for MemoryStore {
             if left == 0 {
                 break;
             }
-            let j = self.sweep_cursor.fetch_add(1, Ordering::Relaxed) % SHARDS;
-            left -= write(&self.shards[j]).sweep(now, left);
+            let j = self.0.sweep_cursor.fetch_add(1, Ordering::Relaxed) % SHARDS;
+            left -= write(&self.0.shards[j]).sweep(now, left);
         }
         Box::pin(std::future::ready(Ok((batch - left) as u64)))
     }
@@ -457,7 +462,7 @@ impl SessionStore for MemoryStore {
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<OwnedSession>>> {
         let mut out = Vec::new();
-        for shard in self.shards.iter() {
+        for shard in self.0.shards.iter() {
             let shard = read(shard);
             if let Some(handles) = shard.owners.get(owner) {
                 for h in handles {
@@ -485,7 +490,7 @@ impl SessionStore for MemoryStore {
         // Hold every shard (in index order, as rotations do) so a session
         // moving between shards during the sweep cannot slip past it. Rare
         // call ("log out everywhere"), so the brief global pause is fine.
-        let mut shards: Vec<_> = self.shards.iter().map(write).collect();
+        let mut shards: Vec<_> = self.0.shards.iter().map(write).collect();
         for shard in shards.iter_mut() {
             let doomed: Vec<Handle> = match shard.owners.get(owner) {
                 Some(hs) => hs.iter().filter(|h| Some(*h) != keep).copied().collect(),

@@ -336,6 +336,9 @@ macro_rules! tower_sessions_routes {
                 set_expiry,
                 set_expiry_without_an_absolute_cap,
                 change_expiry_type,
+                is_empty_only_without_a_session,
+                expiry_reports_the_layers_unless_the_session_sets_its_own,
+                expiry_date_counts_an_expiry_set_earlier_in_the_request,
             );
         }
     };

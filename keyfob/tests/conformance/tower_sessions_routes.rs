@@ -73,6 +73,38 @@ fn routes() -> Router {
             }),
         )
         .route(
+            "/is_empty",
+            get(|session: Session| async move { session.is_empty().await.unwrap().to_string() }),
+        )
+        .route(
+            "/clear",
+            get(|session: Session| async move {
+                session.clear().await.unwrap();
+            }),
+        )
+        .route(
+            "/expiry",
+            get(|session: Session| async move {
+                match session.expiry().await.unwrap() {
+                    Some(Expiry::OnInactivity(d)) => format!("inactivity {}", d.whole_seconds()),
+                    Some(Expiry::OnSessionEnd) => "session end".to_owned(),
+                    Some(Expiry::AtDateTime(_)) => "at a date".to_owned(),
+                    None => "none".to_owned(),
+                }
+            }),
+        )
+        .route(
+            "/set_expiry_then_date",
+            get(|session: Session| async move {
+                session
+                    .set_expiry(Some(Expiry::OnInactivity(Duration::minutes(10))))
+                    .await
+                    .unwrap();
+                let at = session.expiry_date().await.unwrap().unwrap();
+                (at - OffsetDateTime::now_utc()).whole_seconds().to_string()
+            }),
+        )
+        .route(
             "/remove_expiry",
             get(|session: Session| async move {
                 session
@@ -301,4 +333,39 @@ pub async fn change_expiry_type(store: Arc<dyn SessionStore>) {
     about(cookie.max_age(), Duration::hours(1));
     let (_, headers, _) = send(&app2, "/remove_expiry", Some(&cookie)).await;
     assert_eq!(session_cookie(&headers).unwrap().max_age(), None);
+}
+
+// What keyfob changed to behave as tower-sessions users expect (MIGRATING.md).
+
+pub async fn is_empty_only_without_a_session(store: Arc<dyn SessionStore>) {
+    let app = app(store, Some(Duration::hours(1)), None);
+    assert_eq!(send(&app, "/is_empty", None).await.2, "true");
+    let (_, headers, _) = send(&app, "/insert", None).await;
+    let cookie = session_cookie(&headers).unwrap();
+    assert_eq!(send(&app, "/is_empty", Some(&cookie)).await.2, "false");
+    send(&app, "/clear", Some(&cookie)).await;
+    // Cleared, but a stored session still has its ID.
+    assert_eq!(send(&app, "/is_empty", Some(&cookie)).await.2, "false");
+}
+
+pub async fn expiry_reports_the_layers_unless_the_session_sets_its_own(
+    store: Arc<dyn SessionStore>,
+) {
+    let dated = app(store.clone(), Some(Duration::hours(1)), None);
+    assert_eq!(send(&dated, "/expiry", None).await.2, "inactivity 3600");
+    let browser = app(store, None, None);
+    assert_eq!(send(&browser, "/expiry", None).await.2, "session end");
+}
+
+pub async fn expiry_date_counts_an_expiry_set_earlier_in_the_request(store: Arc<dyn SessionStore>) {
+    let app = app(store, Some(Duration::hours(1)), None);
+    let (_, headers, _) = send(&app, "/insert", None).await;
+    let cookie = session_cookie(&headers).unwrap();
+    let (_, _, body) = send(&app, "/set_expiry_then_date", Some(&cookie)).await;
+    let secs: i64 = body.parse().unwrap();
+    assert!((595..=600).contains(&secs), "{secs}");
+    // A session not yet stored reports the deadline it would start with.
+    let (_, _, body) = send(&app, "/set_expiry_then_date", None).await;
+    let secs: i64 = body.parse().unwrap();
+    assert!((595..=600).contains(&secs), "{secs}");
 }
