@@ -47,6 +47,37 @@ impl FromRef<AppState> for Keyring {
     }
 }
 
+/// This process's metrics in the Prometheus text format: the recorder is
+/// installed on first use (`None` when another recorder was installed first).
+/// keyfob reports through the `metrics` facade; this is the exporter.
+pub fn metrics() -> Option<&'static metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .ok()
+        })
+        .as_ref()
+}
+
+/// `GET /metrics`: keyfob's counters and store latencies, for Prometheus.
+async fn metrics_page() -> Response {
+    match metrics() {
+        Some(handle) => {
+            // Folds the recent histogram samples into the summaries.
+            handle.run_upkeep();
+            (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                handle.render(),
+            )
+                .into_response()
+        }
+        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics unavailable").into_response(),
+    }
+}
+
 /// A ready-to-serve demo: its router and the store behind it.
 pub struct Demo {
     /// The whole app.
@@ -69,6 +100,16 @@ pub async fn build(config: &Config) -> Result<Demo, String> {
     ));
     let keys = Keyring::load_or_create(&config.key_file).map_err(|e| e.to_string())?;
     users::init();
+    // Between scrapes, keep the histograms' sample buffers small.
+    if let Some(handle) = metrics() {
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
     let router = app_with_keys(store, keys, config)?;
     Ok(Demo {
         router,
@@ -170,6 +211,7 @@ pub fn app_with_keys(
         .layer(layer)
         // Outside the session layer: a health check must not create sessions.
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_page))
         // Outermost, over every route: cross-site writes never reach a handler.
         .layer(account::cross_site_rule())
         .with_state(state))

@@ -237,6 +237,7 @@ pub(crate) fn error_response<B: From<&'static str>>(err: &Error) -> http::Respon
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if status == StatusCode::SERVICE_UNAVAILABLE {
         headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        metrics::counter!("keyfob_unavailable_total").increment(1);
     }
     response
 }

@@ -271,3 +271,34 @@ async fn two_replicas_on_one_redis_share_sessions() {
 async fn two_replicas_on_one_mariadb_share_sessions() {
     two_replicas_share_sessions(&server_url("KEYFOB_TEST_MYSQL_URL"), "mysql-replicas").await;
 }
+
+#[tokio::test]
+async fn metrics_count_a_login_a_csrf_refusal_and_store_latency() {
+    // Its own process: the metrics recorder is process-wide.
+    let dir = scratch_dir("metrics");
+    let demo = Demo::spawn("memory", &dir);
+    let mut c = Client::new(&demo.server);
+    assert_eq!(
+        c.login("bob", "battery staple").await.status,
+        StatusCode::OK
+    );
+    // A transfer without a token: refused by the CSRF check.
+    assert_eq!(c.post("/transfer").await.status, StatusCode::FORBIDDEN);
+    let r = c.get("/metrics").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let body = r.body;
+    let value = |prefix: &str| -> f64 {
+        body.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{body}"))
+    };
+    assert_eq!(value("keyfob_logins_total"), 1.0);
+    assert_eq!(value("keyfob_csrf_refused_total{"), 1.0);
+    assert!(body.contains("keyfob_store_duration_seconds"), "{body}");
+    assert!(body.contains(r#"store="memory""#), "{body}");
+    // Never a session ID or cookie value in the metrics.
+    let cookie = c.cookie.clone().unwrap();
+    assert!(!body.contains(&cookie));
+}

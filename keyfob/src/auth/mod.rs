@@ -113,6 +113,7 @@ pub async fn login<U: Serialize>(session: &Session, owner: &str, user: &U) -> Re
         .remove_reserved::<serde_json::Value>(keys::CSRF)
         .await?;
     session.insert_reserved(keys::USER, user).await?;
+    metrics::counter!("keyfob_logins_total").increment(1);
     Ok(())
 }
 

@@ -64,6 +64,7 @@ impl Config {
 }
 
 pub(super) fn log_refusal(reason: Reason, route: Option<(&Method, &str)>) {
+    metrics::counter!("keyfob_csrf_refused_total", "reason" => reason.as_str()).increment(1);
     tracing::info!(
         event = "csrf.refused",
         reason = reason.as_str(),

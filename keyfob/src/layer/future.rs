@@ -24,6 +24,9 @@ pin_project! {
     pub struct ResponseFuture<F, B> {
         #[pin]
         state: State<F, B>,
+        // The request's `keyfob.session` span, entered on every poll so the
+        // store calls of the handler and of the commit nest under it.
+        span: tracing::Span,
     }
 }
 
@@ -41,12 +44,13 @@ pin_project! {
 
 impl<F, B> ResponseFuture<F, B> {
     /// The future of a request whose handler runs as `fut` with `session`.
-    pub(super) fn new(fut: F, session: Session) -> Self {
+    pub(super) fn new(fut: F, session: Session, span: tracing::Span) -> Self {
         ResponseFuture {
             state: State::Inner {
                 fut,
                 session: Some(session),
             },
+            span,
         }
     }
 }
@@ -60,6 +64,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let _entered = this.span.enter();
         loop {
             match this.state.as_mut().project() {
                 StateProj::Inner { fut, session } => {

@@ -61,7 +61,9 @@ where
         };
         let session = Session::new(self.shared.clone(), incoming);
         req.extensions_mut().insert(session.clone());
-        ResponseFuture::new(self.inner.call(req), session)
+        // No path or cookie in the span: either may carry what logs must not.
+        let span = tracing::debug_span!("keyfob.session", method = %req.method());
+        ResponseFuture::new(self.inner.call(req), session, span)
     }
 }
 

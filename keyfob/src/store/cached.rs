@@ -189,12 +189,14 @@ impl<S: SessionStore> CachedStore<S> {
     ) -> Result<Option<Arc<Record>>> {
         if let Some(record) = self.cache.get(handle) {
             if !record.is_expired(now) {
+                metrics::counter!("keyfob_cache_hits_total").increment(1);
                 return Ok(Some(record));
             }
             // Expired here; the inner store may know a later deadline
             // (another process refreshed it), so ask it.
             self.cache.invalidate(handle);
         }
+        metrics::counter!("keyfob_cache_misses_total").increment(1);
         let before = self.generation(handle);
         let found = self.inner.load(handle, now).await?;
         if let Some(record) = &found {
@@ -208,6 +210,10 @@ impl<S: SessionStore> CachedStore<S> {
 }
 
 impl<S: SessionStore> SessionStore for CachedStore<S> {
+    fn kind(&self) -> &'static str {
+        "cached"
+    }
+
     fn load<'a>(
         &'a self,
         handle: &'a Handle,

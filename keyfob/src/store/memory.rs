@@ -108,6 +108,8 @@ impl Shard {
             for (_, h) in &anonymous[..batch] {
                 self.remove(h);
             }
+            metrics::counter!("keyfob_evictions_total", "store" => "memory")
+                .increment(batch as u64);
             tracing::warn!(
                 event = "session.evicted",
                 count = batch,
@@ -392,6 +394,10 @@ fn write(lock: &RwLock<Shard>) -> RwLockWriteGuard<'_, Shard> {
 }
 
 impl SessionStore for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
     fn load<'a>(
         &'a self,
         handle: &'a Handle,

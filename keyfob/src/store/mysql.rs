@@ -255,6 +255,10 @@ impl MySqlStore {
 }
 
 impl SessionStore for MySqlStore {
+    fn kind(&self) -> &'static str {
+        "mysql"
+    }
+
     fn update_uses_base(&self) -> bool {
         true
     }

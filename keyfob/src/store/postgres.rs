@@ -331,6 +331,10 @@ impl PostgresStore {
 }
 
 impl SessionStore for PostgresStore {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
     fn load<'a>(
         &'a self,
         handle: &'a Handle,

@@ -111,6 +111,13 @@ pub trait SessionStore: Send + Sync + 'static {
         false
     }
 
+    /// A short name of the backend (`memory`, `sqlite`, `postgres`, `mysql`,
+    /// `redis`, `cached`) for the `store` label of keyfob's metrics and
+    /// spans. Default `custom`.
+    fn kind(&self) -> &'static str {
+        "custom"
+    }
+
     /// True when the store still keeps an *expired* record with this handle
     /// (one [`delete_expired`](Self::delete_expired) has not removed yet).
     ///
@@ -173,6 +180,9 @@ impl<S: SessionStore + ?Sized> SessionStore for Arc<S> {
     }
     fn update_uses_base(&self) -> bool {
         (**self).update_uses_base()
+    }
+    fn kind(&self) -> &'static str {
+        (**self).kind()
     }
 
     fn holds_expired<'a>(

@@ -438,6 +438,10 @@ fn unexpected() -> Error {
 }
 
 impl SessionStore for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
     fn load<'a>(
         &'a self,
         handle: &'a Handle,

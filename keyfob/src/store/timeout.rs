@@ -11,8 +11,20 @@
 //! time driver enabled (every axum server has one).
 //!
 //! Set it with [`SessionLayerBuilder::with_store_timeout`](crate::SessionLayerBuilder::with_store_timeout).
+//!
+//! Every call is also observed here, the one place all of them pass: a
+//! `keyfob.store` tracing span (store kind, operation, outcome, duration;
+//! never a handle) and, through the `metrics` facade,
+//! `keyfob_store_duration_seconds{store, op, outcome}` and
+//! `keyfob_store_timeouts_total{store, op}`.
 
-use std::{future::Future, sync::Arc, time::Duration as StdDuration};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration as StdDuration, Instant},
+};
+
+use tracing::Instrument as _;
 
 use time::OffsetDateTime;
 
@@ -27,11 +39,13 @@ use crate::{
 pub(crate) struct Timed {
     inner: Arc<dyn SessionStore>,
     limit: Option<StdDuration>,
+    kind: &'static str,
 }
 
 impl Timed {
     pub(crate) fn new(inner: Arc<dyn SessionStore>, limit: Option<StdDuration>) -> Self {
-        Timed { inner, limit }
+        let kind = inner.kind();
+        Timed { inner, limit, kind }
     }
 
     fn bound<'a, T: Send + 'a>(
@@ -39,11 +53,43 @@ impl Timed {
         op: &'static str,
         fut: BoxFuture<'a, Result<T>>,
     ) -> BoxFuture<'a, Result<T>> {
-        match self.limit {
-            None => fut,
-            Some(limit) => Box::pin(within(limit, op, fut)),
-        }
+        Box::pin(observed(self.kind, op, self.limit, fut))
     }
+}
+
+/// Runs one store call under the limit, in a span, and records its outcome.
+async fn observed<T>(
+    store: &'static str,
+    op: &'static str,
+    limit: Option<StdDuration>,
+    fut: BoxFuture<'_, Result<T>>,
+) -> Result<T> {
+    let span = tracing::debug_span!(
+        "keyfob.store",
+        store,
+        op,
+        outcome = tracing::field::Empty,
+        duration_us = tracing::field::Empty
+    );
+    let started = Instant::now();
+    let out = match limit {
+        None => fut.instrument(span.clone()).await,
+        Some(limit) => within(limit, op, fut.instrument(span.clone())).await,
+    };
+    let elapsed = started.elapsed();
+    let outcome = match &out {
+        Ok(_) => "ok",
+        Err(e) if e.kind() == ErrorKind::Timeout => "timeout",
+        Err(_) => "error",
+    };
+    span.record("outcome", outcome);
+    span.record("duration_us", elapsed.as_micros() as u64);
+    metrics::histogram!("keyfob_store_duration_seconds", "store" => store, "op" => op, "outcome" => outcome)
+        .record(elapsed.as_secs_f64());
+    if outcome == "timeout" {
+        metrics::counter!("keyfob_store_timeouts_total", "store" => store, "op" => op).increment(1);
+    }
+    out
 }
 
 async fn within<T>(
@@ -114,6 +160,9 @@ impl SessionStore for Timed {
     }
     fn update_uses_base(&self) -> bool {
         self.inner.update_uses_base()
+    }
+    fn kind(&self) -> &'static str {
+        self.kind
     }
     fn holds_expired<'a>(
         &'a self,

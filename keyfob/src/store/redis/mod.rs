@@ -550,6 +550,10 @@ fn bad_url(e: redis::RedisError) -> Error {
 }
 
 impl SessionStore for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
     fn load<'a>(
         &'a self,
         handle: &'a Handle,
