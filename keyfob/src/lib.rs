@@ -49,6 +49,7 @@
 //! | `auth` | yes | [`auth`]: `login`/`logout`, `AuthUser`, `RequireLoginLayer`, `safe_next`, listing and revoking a user's sessions |
 //! | `migrate` | no | [`migrate`]: copy live tower-sessions sessions (SQL tables with `sqlite`/`postgres`/`mysql`, or rows you read, e.g. from Redis) into a keyfob store; pair with [`SessionLayerBuilder::with_legacy_ids`] |
 //! | `migrate-redis` | no | `migrate::Source::redis`: the keys of tower-sessions-redis-store (on the `redis` crate) |
+//! | `tower-sessions` | no | `TowerSessionsStore`: any tower-sessions 0.14 store under keyfob, with its weaker guarantees stated and enforced |
 //! | `csrf` | yes | [`csrf`]: `CsrfLayer` (tower-http's origin check plus keyfob's stricter origin rule and session-bound masked tokens), `CsrfToken` |
 //!
 //! Always available: [`keys`] (the keyring, signed and encrypted values,
@@ -117,6 +118,8 @@ pub use store::redis::RedisStore;
 pub use store::session_store::SessionStore;
 #[cfg(feature = "sqlite")]
 pub use store::sqlite::SqliteStore;
+#[cfg(feature = "tower-sessions")]
+pub use store::tower::TowerSessionsStore;
 
 // Re-exported so users name the same `time` version keyfob uses.
 pub use time;

@@ -51,6 +51,8 @@ pub(crate) mod sql;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 pub(crate) mod timeout;
+#[cfg(feature = "tower-sessions")]
+pub(crate) mod tower;
 
 pub(crate) use self::session_store::SessionStore;
 

@@ -19,23 +19,27 @@ mod tower_sessions_routes;
 /// The one list of shared cases (`cases.rs`). Every case stands in exactly
 /// one group, and the group says which engines run it, so a new case cannot
 /// silently not run where it applies:
-/// - `everywhere`: every server-side store, signed IDs, and cookie sessions;
-/// - `server_side`: every server-side store and signed IDs. Cookie sessions
-///   leave these out: store-level cases (their store only keeps entries and
-///   marks), cases that replay an older cookie after a write and expect the
-///   write (with client-side state the newest cookie holds the data, so
-///   `cookie_cases` runs those following the cookie as a browser does),
-///   concurrent writers of one session (each request carries its own copy:
-///   a documented caveat), and the record-load count (a cookie session reads
-///   its revocation store instead);
-/// - `unsigned`: every server-side store without signed IDs (the plain
+/// - `everywhere`: every engine (server-side stores, signed IDs, cookie
+///   sessions, the tower-sessions adapter);
+/// - `owner_index`: every engine with an owner index (listing and revoking a
+///   user's sessions, the per-user cap): not the tower-sessions adapter;
+/// - `server_side`: server-side stores, signed IDs and the adapter. Cookie
+///   sessions leave these out: store-level cases (their store only keeps
+///   entries and marks), cases that replay an older cookie after a write and
+///   expect the write (`cookie_cases` runs those following the cookie as a
+///   browser does), and the record-load count;
+/// - `keyfob_stores`: keyfob's own server-side stores and signed IDs: the
+///   store-level owner index (listing, deleting by owner, checked by the
+///   store directly), the expired-record sweep, and concurrent writers of one
+///   session merged (the adapter saves whole records);
+/// - `unsigned`: server-side stores without signed IDs (the plain
 ///   43-character cookie).
 ///
-/// `$then!(args; everywhere: [...] server_side: [...] unsigned: [...])` is
-/// called with the list.
+/// `$then!(args; everywhere: [...] owner_index: [...] server_side: [...]
+/// keyfob_stores: [...] unsigned: [...])` is called with the list.
 macro_rules! with_cases {
     ($then:ident!($($args:tt)*)) => {
-        $then!($($args)*;
+        $then!($($args)*; {
             everywhere: [
                 handler_that_never_touches_the_session_loads_nothing,
                 read_only_request_writes_nothing_and_sends_no_set_cookie,
@@ -52,6 +56,8 @@ macro_rules! with_cases {
                 short_absolute_timeout_ends_a_session_written_every_second,
                 short_per_session_inactivity_expiry_is_kept_alive_by_reads,
                 reserved_keys_cannot_be_written_or_read_through_the_public_api,
+            ]
+            owner_index: [
                 clear_logs_out_and_leaves_no_owner_behind,
                 list_sessions_shows_the_owners_sessions_and_marks_the_current_one,
                 revoke_others_ends_every_other_session_of_the_owner_only,
@@ -63,7 +69,6 @@ macro_rules! with_cases {
             server_side: [
                 record_is_loaded_at_most_once_per_request,
                 value_of_another_type_reads_as_absent_not_a_server_error,
-                hundred_concurrent_writers_of_different_keys_lose_none,
                 server_error_response_saves_when_configured,
                 idle_session_expires,
                 active_session_past_its_absolute_deadline_expires,
@@ -75,9 +80,12 @@ macro_rules! with_cases {
                 settings_that_cannot_work_are_refused_at_build,
                 store_create_refuses_a_live_handle,
                 store_never_returns_an_expired_record,
-                store_tells_an_expired_record_from_an_unknown_one,
-                store_purges_expired_records_in_batches,
                 store_update_of_a_deleted_record_is_gone,
+            ]
+            keyfob_stores: [
+                hundred_concurrent_writers_of_different_keys_lose_none,
+                store_purges_expired_records_in_batches,
+                store_tells_an_expired_record_from_an_unknown_one,
                 store_lists_and_deletes_by_owner,
                 store_lists_at_most_the_limit_of_an_owners_sessions,
                 login_as_another_user_drops_the_previous_users_data,
@@ -85,7 +93,7 @@ macro_rules! with_cases {
             unsigned: [
                 new_session_sets_cookie_with_all_attributes,
             ]
-        );
+        });
     };
 }
 
@@ -111,43 +119,52 @@ macro_rules! case_tests {
     };
 }
 
-/// A server-side store: every group.
+/// Expands the groups an engine runs (`[group, ...]`) for one store.
+macro_rules! conformance_groups {
+    ($name:ident, $make:path, $mode:expr, [$($group:ident),*]; $cases:tt) => {
+        mod $name {
+            $(conformance_groups!(@group $group, $make, $mode; $cases);)*
+        }
+    };
+    (@group everywhere, $make:path, $mode:expr;
+        { everywhere: [$($a:ident,)*] $($rest:tt)* }) => {
+        case_tests!($make, $mode; $($a,)*);
+    };
+    (@group owner_index, $make:path, $mode:expr;
+        { everywhere: $_a:tt owner_index: [$($b:ident,)*] $($rest:tt)* }) => {
+        case_tests!($make, $mode; $($b,)*);
+    };
+    (@group server_side, $make:path, $mode:expr;
+        { everywhere: $_a:tt owner_index: $_b:tt server_side: [$($c:ident,)*] $($rest:tt)* }) => {
+        case_tests!($make, $mode; $($c,)*);
+    };
+    (@group keyfob_stores, $make:path, $mode:expr;
+        { everywhere: $_a:tt owner_index: $_b:tt server_side: $_c:tt
+          keyfob_stores: [$($d:ident,)*] $($rest:tt)* }) => {
+        case_tests!($make, $mode; $($d,)*);
+    };
+    (@group unsigned, $make:path, $mode:expr;
+        { everywhere: $_a:tt owner_index: $_b:tt server_side: $_c:tt keyfob_stores: $_d:tt
+          unsigned: [$($e:ident,)*] }) => {
+        case_tests!($make, $mode; $($e,)*);
+    };
+}
+
+/// A keyfob server-side store: every group.
 macro_rules! conformance {
     ($name:ident, $make:path) => {
-        with_cases!(conformance!(@expand $name, $make));
-    };
-    (@expand $name:ident, $make:path;
-        everywhere: [$($a:ident,)*] server_side: [$($b:ident,)*] unsigned: [$($c:ident,)*]) => {
-        mod $name {
-            case_tests!($make, None::<crate::support::Mode>; $($a,)* $($b,)* $($c,)*);
-        }
-    };
-}
-
-/// A server-side store with signed session IDs: all but `unsigned`.
-macro_rules! conformance_signed {
-    ($name:ident, $make:path, $mode:expr) => {
-        with_cases!(conformance_signed!(@expand $name, $make, $mode));
-    };
-    (@expand $name:ident, $make:path, $mode:expr;
-        everywhere: [$($a:ident,)*] server_side: [$($b:ident,)*] unsigned: [$($c:ident,)*]) => {
-        mod $name {
-            case_tests!($make, Some($mode); $($a,)* $($b,)*);
-        }
-    };
-}
-
-/// Cookie sessions, the case's store keeping the revocation entries: `everywhere`.
-#[cfg(feature = "cookie-store")]
-macro_rules! conformance_cookie {
-    ($name:ident, $make:path, $mode:expr) => {
-        with_cases!(conformance_cookie!(@expand $name, $make, $mode));
-    };
-    (@expand $name:ident, $make:path, $mode:expr;
-        everywhere: [$($a:ident,)*] server_side: [$($b:ident,)*] unsigned: [$($c:ident,)*]) => {
-        mod $name {
-            case_tests!($make, Some($mode); $($a,)*);
-        }
+        with_cases!(conformance_groups!(
+            $name,
+            $make,
+            None::<crate::support::Mode>,
+            [
+                everywhere,
+                owner_index,
+                server_side,
+                keyfob_stores,
+                unsigned
+            ]
+        ));
     };
 }
 
@@ -267,6 +284,13 @@ mod stores {
         Arc::new(redis_store("KEYFOB_TEST_REDIS_CLUSTER_URL").await)
     }
 
+    #[cfg(feature = "tower-sessions")]
+    pub async fn tower_sessions() -> Arc<dyn SessionStore> {
+        Arc::new(keyfob::TowerSessionsStore::new(
+            tower_sessions_memory_store::MemoryStore::default(),
+        ))
+    }
+
     #[cfg(feature = "cache")]
     pub async fn cached_memory() -> Arc<dyn SessionStore> {
         Arc::new(keyfob::CachedStore::new(MemoryStore::new()))
@@ -304,17 +328,32 @@ mod redis_only;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 mod sql;
 
-conformance_signed!(
+// Signed session IDs over the memory store: all but the plain cookie's length.
+with_cases!(conformance_groups!(
     memory_signed_ids,
     crate::stores::memory,
-    crate::support::Mode::SignedIds(crate::support::keys(1))
-);
+    Some(crate::support::Mode::SignedIds(crate::support::keys(1))),
+    [everywhere, owner_index, server_side, keyfob_stores]
+));
+// Cookie sessions, the case's store keeping the revocation entries.
 #[cfg(feature = "cookie-store")]
-conformance_cookie!(
+with_cases!(conformance_groups!(
     cookie,
     crate::stores::memory,
-    crate::support::Mode::Cookie(crate::support::keys(1), true)
-);
+    Some(crate::support::Mode::Cookie(crate::support::keys(1), true)),
+    [everywhere, owner_index]
+));
+// A tower-sessions 0.14 store (its memory store) under the adapter: no owner
+// index, whole-record saves, no sweep (see `TowerSessionsStore`).
+#[cfg(feature = "tower-sessions")]
+with_cases!(conformance_groups!(
+    tower_sessions_adapter,
+    crate::stores::tower_sessions,
+    None::<crate::support::Mode>,
+    [everywhere, server_side, unsigned]
+));
+#[cfg(feature = "tower-sessions")]
+mod tower_adapter;
 
 /// tower-sessions' route tests, restated for keyfob (see `tower_sessions_routes`),
 /// per store.
