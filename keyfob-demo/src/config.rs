@@ -261,7 +261,7 @@ impl Cli {
     }
 }
 
-/// A clap error as one line ("invalid value … for '--store <URL>': …"), for
+/// A clap error as one line (`invalid value … for '--store <URL>': …`), for
 /// the start-up contract: bad configuration exits with a one-line reason.
 pub fn one_line(err: &clap::Error) -> String {
     let text = err.render().to_string();
