@@ -422,6 +422,11 @@ impl Update {
     }
 
     /// The keys the request set or removed.
+    ///
+    /// ```
+    /// let touch = keyfob::Update::touch(time::OffsetDateTime::now_utc(), None);
+    /// assert!(touch.changes().is_empty() && touch.base().is_none());
+    /// ```
     pub fn changes(&self) -> &ChangeSet {
         &self.changes
     }

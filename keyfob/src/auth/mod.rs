@@ -121,6 +121,10 @@ pub async fn login<U: Serialize>(session: &Session, owner: &str, user: &U) -> Re
 /// to enforce the per-user cap, which may not exceed it. The cap keeps a
 /// user's sessions far below this; past it (sessions stored before a cap was
 /// set), which ones are listed is the store's choice.
+///
+/// ```
+/// assert!(keyfob::DEFAULT_MAX_SESSIONS_PER_USER <= keyfob::auth::MAX_LISTED);
+/// ```
 pub const MAX_LISTED: usize = 1000;
 
 /// Ends the oldest sessions of `owner` so the login about to be stored keeps

@@ -284,6 +284,11 @@ impl MemoryStore {
 
     /// The bytes the held sessions count for against the byte bound (see
     /// [`with_capacity`](Self::with_capacity)).
+    ///
+    /// ```
+    /// let store = keyfob::MemoryStore::new();
+    /// assert_eq!(store.bytes(), 0);
+    /// ```
     pub fn bytes(&self) -> usize {
         self.0.shards.iter().map(|s| read(s).bytes).sum()
     }

@@ -114,6 +114,11 @@ pub trait SessionStore: Send + Sync + 'static {
     /// A short name of the backend (`memory`, `sqlite`, `postgres`, `mysql`,
     /// `redis`, `cached`) for the `store` label of keyfob's metrics and
     /// spans. Default `custom`.
+    ///
+    /// ```
+    /// use keyfob::{MemoryStore, SessionStore};
+    /// assert_eq!(MemoryStore::new().kind(), "memory");
+    /// ```
     fn kind(&self) -> &'static str {
         "custom"
     }

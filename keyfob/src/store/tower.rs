@@ -68,6 +68,11 @@ pub struct TowerSessionsStore<S> {
 
 impl<S: TowerStore> TowerSessionsStore<S> {
     /// keyfob sessions kept in `store`.
+    ///
+    /// ```
+    /// let store = keyfob::TowerSessionsStore::new(tower_sessions_memory_store::MemoryStore::default());
+    /// # let _ = store;
+    /// ```
     pub fn new(store: S) -> Self {
         TowerSessionsStore { inner: store }
     }
