@@ -490,7 +490,8 @@ fn main() {
             let out = arg(&args, "--out").expect("--out");
             // Room for every seeded session: the default bound (250,000)
             // would evict the older ones at the 1M size.
-            let store = keyfob::MemoryStore::with_capacity(n.saturating_mul(2), usize::MAX);
+            let store =
+                keyfob::MemoryStore::with_capacity(n.saturating_mul(2).max(64 * 64), usize::MAX);
             let rt = rt();
             let before = vm_rss_kib();
             let data = rt.block_on(seed(&store, n, out));

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use clap::{builder::BoolishValueParser, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 use keyfob::time::Duration;
 
@@ -217,11 +217,11 @@ pub struct ServeArgs {
     pub key_file: PathBuf,
     /// Drop the Secure attribute, for plain-HTTP clients that are not on localhost.
     #[arg(long, env = "KEYFOB_INSECURE_COOKIES", value_name = "BOOL", num_args = 0..=1,
-          default_value = "false", default_missing_value = "true", value_parser = BoolishValueParser::new())]
+          default_value = "false", default_missing_value = "true", value_parser = parse_flag)]
     pub insecure_cookies: bool,
     /// Accept (once, then rotate) the cookies of sessions that `migrate` imported.
     #[arg(long, env = "KEYFOB_LEGACY_IDS", value_name = "BOOL", num_args = 0..=1,
-          default_value = "false", default_missing_value = "true", value_parser = BoolishValueParser::new())]
+          default_value = "false", default_missing_value = "true", value_parser = parse_flag)]
     pub legacy_ids: bool,
     /// Server-side inactivity timeout (a number and one of s, m, h, d).
     #[arg(long, env = "KEYFOB_IDLE_TIMEOUT", value_name = "DURATION", default_value = "2h", value_parser = parse_duration)]
@@ -265,11 +265,32 @@ impl Cli {
 /// the start-up contract: bad configuration exits with a one-line reason.
 pub fn one_line(err: &clap::Error) -> String {
     let text = err.render().to_string();
-    let first = text
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("invalid arguments");
-    first.trim_start_matches("error: ").to_owned()
+    let mut lines = text.lines().skip_while(|l| l.trim().is_empty());
+    let mut out = lines
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_owned();
+    // "…not provided:" is followed by the names, one per indented line.
+    if out.ends_with(':') {
+        let names: Vec<&str> = lines
+            .take_while(|l| l.starts_with(' ') && !l.trim().is_empty())
+            .map(str::trim)
+            .collect();
+        out.push(' ');
+        out.push_str(&names.join(", "));
+    }
+    out
+}
+
+/// A boolean flag's value: true/yes/on/1 or false/no/off/0 (any case), and
+/// an empty value (`KEYFOB_INSECURE_COOKIES=` in a compose file) is false.
+fn parse_flag(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "" | "false" | "no" | "off" | "0" | "n" | "f" => Ok(false),
+        "true" | "yes" | "on" | "1" | "y" | "t" => Ok(true),
+        _ => Err(format!("{s:?} is not a boolean: use true or false")),
+    }
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
@@ -326,6 +347,9 @@ mod tests {
                 .insecure_cookies
         );
         assert!(!parse(&["--legacy-ids=no"]).unwrap().legacy_ids);
+        assert!(parse(&["--legacy-ids=1"]).unwrap().legacy_ids);
+        // An empty value (a variable set to nothing) is false, not an error.
+        assert!(!parse(&["--insecure-cookies="]).unwrap().insecure_cookies);
     }
 
     #[test]

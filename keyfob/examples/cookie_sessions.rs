@@ -97,6 +97,8 @@ mod tests {
         send(&app, "POST", &newer).await;
         // The logged-out cookie starts over.
         assert_eq!(send(&app, "GET", &newer).await.0, "1");
-        let _ = std::fs::remove_file(path);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
     }
 }

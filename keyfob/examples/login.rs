@@ -137,6 +137,8 @@ mod tests {
             send(&app, "POST", "/logout", &cookie).await;
             assert_eq!(send(&app, "GET", "/me", &cookie).await.0, 401, "{url}");
         }
-        let _ = std::fs::remove_file(sqlite);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", sqlite.display()));
+        }
     }
 }

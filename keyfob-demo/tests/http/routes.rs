@@ -166,6 +166,15 @@ async fn hostile_cookies_never_give_a_server_error() {
 
 #[test]
 fn bad_configuration_exits_non_zero_with_a_one_line_reason() {
+    let out = demo_binary()
+        .args(["migrate", "--from", "sqlite://x"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--to"),
+        "the missing flag is named: {stderr}"
+    );
     for args in [
         vec!["--store", "nosuch://x"],
         vec!["--addr", "not-an-address"],

@@ -136,8 +136,10 @@ impl SessionLayerBuilder {
     /// up sessions without bound, and the "your sessions" list stays short.
     /// Default [`DEFAULT_MAX_SESSIONS_PER_USER`] (100); `None` for no cap;
     /// at most `auth::MAX_LISTED` (1000).
-    /// Cookie sessions without a revocation store keep no server-side record
-    /// to count, so the cap does not apply to them.
+    /// A store without an owner index (cookie sessions without a revocation
+    /// store, [`TowerSessionsStore`](crate::TowerSessionsStore), a store whose
+    /// `list_by_owner` answers `Unsupported`) cannot count a user's
+    /// sessions, so the cap does not apply to it.
     ///
     /// ```
     /// use keyfob::{MemoryStore, SessionLayer};

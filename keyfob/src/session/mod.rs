@@ -408,10 +408,10 @@ impl Session {
     }
 
     /// When the session will end if nothing else happens: the earlier of its
-    /// idle and absolute deadlines as a save now would set them, so an
-    /// [`Expiry`] set earlier in this request counts, and a session not yet
-    /// stored reports the deadlines it would start with. `None` only when
-    /// neither deadline applies.
+    /// idle and absolute deadlines. A stored session reports its stored
+    /// deadlines; an [`Expiry`] set earlier in this request counts (the
+    /// deadline that set would give), and a session not yet stored reports
+    /// the deadlines it would start with. `None` only when neither applies.
     pub async fn expiry_date(&self) -> Result<Option<OffsetDateTime>> {
         let st = self.state().await?;
         let now = self.now();

@@ -112,7 +112,7 @@ pub trait SessionStore: Send + Sync + 'static {
     }
 
     /// A short name of the backend (`memory`, `sqlite`, `postgres`, `mysql`,
-    /// `redis`, `cached`) for the `store` label of keyfob's metrics and
+    /// `redis`, `cached`, `tower-sessions`) for the `store` label of keyfob's metrics and
     /// spans. Default `custom`.
     ///
     /// ```

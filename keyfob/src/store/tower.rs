@@ -58,6 +58,11 @@ const META: &str = "keyfob.meta";
 ///   [`ErrorKind::Unsupported`] (a user's session list and "log out
 ///   everywhere" fail loudly, never answer "none"), and the per-user session
 ///   cap is not enforced;
+/// - **no compare-and-swap**: a logout or ID rotation that lands between
+///   another request's load and save of the same session (one store round
+///   trip apart) can be undone by that save. keyfob's own stores refuse to
+///   write a session back once it is gone; on this one, a revocation is as
+///   strong as the backend's last writer wins;
 /// - **no expired-record sweep**: [`delete_expired`](SessionStore::delete_expired)
 ///   answers [`ErrorKind::Unsupported`]: expire records with the store's own
 ///   means. Expired records are never served either way.
