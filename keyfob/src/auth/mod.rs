@@ -135,15 +135,13 @@ async fn make_room(session: &Session, owner: &str) -> Result<()> {
     let Some(cap) = shared.max_sessions_per_user else {
         return Ok(());
     };
-    if !shared.has_owner_index() {
-        return Ok(());
-    }
     let now = shared.clock.now();
     let this = session.id().await?;
     let mut live = match shared.store.list_by_owner(owner, now, MAX_LISTED).await {
         Ok(live) => live,
-        // A store without an owner index cannot count a user's sessions:
-        // the cap does not apply to it (its docs say so).
+        // A store without an owner index (cookie sessions without a
+        // revocation store, the tower-sessions adapter, …) cannot count a
+        // user's sessions: the cap does not apply to it (its docs say so).
         Err(e) if e.kind() == crate::ErrorKind::Unsupported => return Ok(()),
         Err(e) => return Err(e),
     };

@@ -15,7 +15,8 @@
 //! Every call is also observed here, the one place all of them pass: a
 //! `keyfob.store` tracing span (store kind, operation, outcome, duration;
 //! never a handle) and, through the `metrics` facade,
-//! `keyfob_store_duration_seconds{store, op, outcome}` and
+//! `keyfob_store_duration_seconds{store, op, outcome}` (`ok`, `error`,
+//! `timeout`, or `unsupported` for what the store cannot do) and
 //! `keyfob_store_timeouts_total{store, op}`.
 
 use std::{
@@ -80,6 +81,8 @@ async fn observed<T>(
     let outcome = match &out {
         Ok(_) => "ok",
         Err(e) if e.kind() == ErrorKind::Timeout => "timeout",
+        // A capability the store lacks (no owner index), not a failure.
+        Err(e) if e.kind() == ErrorKind::Unsupported => "unsupported",
         Err(_) => "error",
     };
     span.record("outcome", outcome);
