@@ -87,6 +87,8 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Session {
 pub enum AuthRejection {
     /// No user is logged in to this session: `401 login required`.
     LoginRequired,
+    /// The user is logged in but lacks the permission asked for: `403 forbidden`.
+    Forbidden,
     /// The session layer is missing.
     SessionMissing(SessionMissing),
     /// The store failed: `503 session store unavailable`.
@@ -99,6 +101,7 @@ impl IntoResponse for AuthRejection {
             AuthRejection::LoginRequired => {
                 (StatusCode::UNAUTHORIZED, "login required").into_response()
             }
+            AuthRejection::Forbidden => (StatusCode::FORBIDDEN, "forbidden").into_response(),
             AuthRejection::SessionMissing(m) => m.into_response(),
             AuthRejection::Store(e) => e.into_response(),
         }

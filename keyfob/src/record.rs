@@ -34,6 +34,13 @@ pub(crate) mod reserved {
     /// Marks a session imported from tower-sessions by `migrate`: the layer
     /// (with `with_legacy_ids`) accepts its old cookie once, then drops this key.
     pub(crate) const LEGACY: &str = "keyfob.legacy";
+    /// With a user backend: a digest of the user's credential at login
+    /// (`auth::users`); a session whose digest no longer matches is logged out.
+    #[cfg_attr(not(feature = "auth"), allow(dead_code))]
+    pub(crate) const CREDENTIAL: &str = "keyfob.credential";
+    /// The device logged in from (browser, OS, truncated IP), for the session list.
+    #[cfg_attr(not(feature = "auth"), allow(dead_code))]
+    pub(crate) const DEVICE: &str = "keyfob.device";
 
     /// True for a key in keyfob's namespace.
     pub(crate) fn is_reserved(key: &str) -> bool {

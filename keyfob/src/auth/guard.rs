@@ -140,9 +140,9 @@ where
                     "no session in the request",
                 )));
             };
-            match session.get_reserved::<serde_json::Value>(keys::USER).await {
-                Ok(Some(_)) => inner.call(req).await,
-                Ok(None) => Ok(redirect_to_login(&login, req.uri())),
+            match logged_in(&session).await {
+                Ok(true) => inner.call(req).await,
+                Ok(false) => Ok(redirect_to_login(&login, req.uri())),
                 Err(err) => Ok(crate::error::error_response(&err)),
             }
         })

@@ -70,14 +70,26 @@ use time::OffsetDateTime;
 use tower_layer::Layer;
 use tower_service::Service;
 
+pub(crate) mod client;
 mod guard;
+#[cfg(feature = "axum")]
+mod permission;
 mod sessions;
 #[cfg(test)]
 mod tests;
+pub(crate) mod users;
+#[cfg(test)]
+mod users_tests;
 
 pub use self::{
     guard::{safe_next, RequireLogin, RequireLoginLayer},
     sessions::{list_sessions, revoke, revoke_all, revoke_all_of, revoke_others, SessionInfo},
+    users::{credentials_changed, permissions, Permission, UserBackend},
+};
+#[cfg(feature = "axum")]
+pub use self::{
+    permission::{RequirePermissionLayer, RequirePermissionService},
+    users::{Permissions, RequirePermission},
 };
 
 use crate::{
@@ -93,8 +105,16 @@ use crate::{
 /// Starts a new session under a new ID (created now, so the absolute
 /// deadline counts from the login), carries the data over unless another
 /// owner was logged in, records
-/// the owner so the user's sessions can be listed and revoked, and drops the
-/// CSRF secret (the next [`csrf::token`](crate::csrf) mints a new one).
+/// the owner so the user's sessions can be listed and revoked, drops the
+/// CSRF secret (the next [`csrf::token`](crate::csrf) mints a new one), and
+/// records the device (browser, OS, truncated IP) for [`list_sessions`].
+///
+/// With a [`UserBackend`] on the layer, `user` is not kept: the session
+/// keeps `owner` and a fingerprint of the user's credential, and every
+/// later request looks the user up by `owner` (so `owner` must be the id
+/// the backend knows). Without one, a copy of `user` is kept in the
+/// session and served as is until logout: a change to the account does
+/// not reach the session.
 ///
 /// ```
 /// # async fn f(session: keyfob::Session) -> Result<(), keyfob::Error> {
@@ -105,14 +125,32 @@ pub async fn login<U: Serialize>(session: &Session, owner: &str, user: &U) -> Re
     // A new session, not a renamed one: the pre-login ID is deleted now, and
     // the created time and absolute deadline count from this login.
     let same_user = session.owner().await?.is_none_or(|o| o == owner);
+    // With a backend, the user it knows by `owner`, found before anything changes.
+    let users = session.shared().users.clone();
+    let found = match &users {
+        Some(users) => Some(users::find(&**users, owner).await?),
+        None => None,
+    };
     // Room first: a store failure here leaves the pre-login session intact.
     make_room(session, owner).await?;
     session.restart(same_user).await?;
+    users::forget(session);
     session.set_owner(Some(owner)).await?;
     session
         .remove_reserved::<serde_json::Value>(keys::CSRF)
         .await?;
-    session.insert_reserved(keys::USER, user).await?;
+    match found {
+        Some(found) => {
+            session
+                .remove_reserved::<serde_json::Value>(keys::USER)
+                .await?;
+            users::remember(session, found).await?;
+        }
+        None => session.insert_reserved(keys::USER, user).await?,
+    }
+    session
+        .insert_reserved(keys::DEVICE, &session.hints().describe())
+        .await?;
     metrics::counter!("keyfob_logins_total").increment(1);
     Ok(())
 }
@@ -175,7 +213,13 @@ pub async fn logout(session: &Session) -> Result<()> {
     session.delete().await
 }
 
-/// The user logged in to this session, as stored by [`login`].
+/// The user logged in to this session: looked up through the layer's
+/// [`UserBackend`] (at most once per request), or without one the copy
+/// stored by [`login`]. Rejects with `401 login required` when nobody is
+/// logged in, including a session just logged out because its user is gone
+/// or its credentials changed.
+///
+/// With a backend, `U` is the backend's `User` type.
 ///
 /// ```
 /// use keyfob::auth::AuthUser;
@@ -198,14 +242,25 @@ impl<U> AuthUser<U> {
     }
 }
 
-/// The user logged in to `session`, if any.
+/// The user logged in to `session`, if any: through the layer's
+/// [`UserBackend`] when it has one (`U` is then the backend's `User`), else
+/// the copy stored by [`login`].
 ///
 /// ```
 /// # async fn f(session: keyfob::Session) -> Result<(), keyfob::Error> {
 /// let name: Option<String> = keyfob::auth::current_user(&session).await?;
 /// # let _ = name; Ok(()) }
 /// ```
-pub async fn current_user<U: DeserializeOwned>(session: &Session) -> Result<Option<U>> {
+pub async fn current_user<U>(session: &Session) -> Result<Option<U>>
+where
+    U: DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    if let Some(users) = session.shared().users.clone() {
+        return match users::current(session, &*users).await? {
+            Some(current) => current.user::<U>().map(Some),
+            None => Ok(None),
+        };
+    }
     // Only `login` writes the user, always with the owner: a user value
     // without one did not come from a login and is not trusted.
     if session.owner().await?.is_none() {
@@ -214,11 +269,38 @@ pub async fn current_user<U: DeserializeOwned>(session: &Session) -> Result<Opti
     session.get_reserved(keys::USER).await
 }
 
+/// Whether a user is logged in to `session` (and, with a backend, still
+/// exists with the credentials it logged in with).
+pub(crate) async fn logged_in(session: &Session) -> Result<bool> {
+    if let Some(users) = session.shared().users.clone() {
+        return Ok(users::current(session, &*users).await?.is_some());
+    }
+    Ok(session.owner().await?.is_some()
+        && session
+            .get_reserved::<serde_json::Value>(keys::USER)
+            .await?
+            .is_some())
+}
+
+/// The request's session, or the rejection for a missing layer.
+#[cfg(feature = "axum")]
+pub(crate) fn request_session(
+    parts: &http::request::Parts,
+) -> Result<Session, crate::extract::AuthRejection> {
+    parts
+        .extensions
+        .get::<Session>()
+        .cloned()
+        .ok_or(crate::extract::AuthRejection::SessionMissing(
+            crate::extract::SessionMissing,
+        ))
+}
+
 #[cfg(feature = "axum")]
 impl<S, U> axum_core::extract::FromRequestParts<S> for AuthUser<U>
 where
     S: Send + Sync,
-    U: DeserializeOwned + Send,
+    U: DeserializeOwned + Clone + Send + Sync + 'static,
 {
     type Rejection = crate::extract::AuthRejection;
 
@@ -227,14 +309,7 @@ where
         _: &S,
     ) -> Result<Self, Self::Rejection> {
         use crate::extract::AuthRejection;
-        let session =
-            parts
-                .extensions
-                .get::<Session>()
-                .cloned()
-                .ok_or(AuthRejection::SessionMissing(
-                    crate::extract::SessionMissing,
-                ))?;
+        let session = request_session(parts)?;
         match current_user::<U>(&session).await {
             Ok(Some(user)) => Ok(AuthUser(user)),
             Ok(None) => Err(AuthRejection::LoginRequired),

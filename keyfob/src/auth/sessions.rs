@@ -3,7 +3,9 @@
 use super::*;
 
 /// One live session of a user, as [`list_sessions`] shows it. Serializes as
-/// `{"handle","created_at","last_seen","expires_at","current"}` with RFC 3339 times.
+/// `{"handle","created_at","last_seen","expires_at","current","browser","os","ip"}`
+/// with RFC 3339 times; the last three are what [`login`](super::login)
+/// recorded of the device, `null` when unknown.
 ///
 /// ```
 /// # async fn f(session: keyfob::Session) -> Result<(), keyfob::Error> {
@@ -29,6 +31,13 @@ pub struct SessionInfo {
     pub expires_at: Option<OffsetDateTime>,
     /// True for the session of the request that asked.
     pub current: bool,
+    /// The browser logged in with, as `User-Agent` names it (`"Firefox 133"`).
+    pub browser: Option<String>,
+    /// Its operating system (`"Windows 10"`, `"iOS 17"`).
+    pub os: Option<String>,
+    /// The network of its IP address at login: the address cut to its /24
+    /// (IPv4) or /48 (IPv6), so `203.0.113.0`, never the full address.
+    pub ip: Option<String>,
 }
 
 fn display<T: fmt::Display, S: Serializer>(v: &T, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -69,7 +78,19 @@ pub async fn list_sessions(session: &Session) -> Result<Vec<SessionInfo>> {
         .await?
         .into_iter()
         .filter(|s| !s.record.is_expired(now))
-        .map(|s| SessionInfo {
+        .map(|s| {
+            let device: super::client::Device = s
+                .record
+                .data
+                .get(keys::DEVICE)
+                .and_then(|v| serde_json::from_str(v.get()).ok())
+                .unwrap_or_default();
+            (s, device)
+        })
+        .map(|(s, device)| SessionInfo {
+            browser: device.browser,
+            os: device.os,
+            ip: device.ip,
             current: Some(s.handle) == current,
             handle: s.handle,
             created_at: s.record.created(),

@@ -45,6 +45,10 @@ pub struct SessionLayerBuilder {
     store_timeout: Option<StdDuration>,
     #[cfg(feature = "cookie-store")]
     client: Option<CookieStore>,
+    #[cfg(feature = "auth")]
+    users: Option<Arc<dyn crate::auth::users::Users>>,
+    #[cfg(feature = "auth")]
+    client_ip: Option<crate::auth::client::ClientIp>,
 }
 
 /// The default of [`SessionLayerBuilder::with_max_sessions_per_user`].
@@ -77,6 +81,10 @@ impl SessionLayerBuilder {
             store_timeout: Some(DEFAULT_STORE_TIMEOUT),
             #[cfg(feature = "cookie-store")]
             client: None,
+            #[cfg(feature = "auth")]
+            users: None,
+            #[cfg(feature = "auth")]
+            client_ip: None,
         }
     }
 
@@ -347,6 +355,67 @@ impl SessionLayerBuilder {
         self
     }
 
+    /// Looks the user behind each session up through `users` on every
+    /// request that asks ([`AuthUser`](crate::auth::AuthUser),
+    /// [`RequirePermission`](crate::auth::RequirePermission), …), instead of
+    /// trusting a copy taken at login. See [`UserBackend`](crate::auth::UserBackend).
+    /// Default: none (a copy of the user is kept in the session at login).
+    ///
+    /// ```
+    /// use keyfob::{auth::UserBackend, MemoryStore, SessionLayer};
+    ///
+    /// struct Users;
+    /// impl UserBackend for Users {
+    ///     type User = String;
+    ///     async fn user(&self, id: &str) -> Result<Option<String>, keyfob::Error> {
+    ///         Ok((id == "1").then(|| "alice".to_owned()))
+    ///     }
+    ///     fn credential(user: &String) -> &[u8] {
+    ///         user.as_bytes() // in a real app: the password hash
+    ///     }
+    /// }
+    ///
+    /// let layer = SessionLayer::builder(MemoryStore::new()).with_users(Users).build().unwrap();
+    /// # let _ = layer;
+    /// ```
+    #[cfg(feature = "auth")]
+    pub fn with_users(mut self, users: impl crate::auth::UserBackend) -> Self {
+        self.users = Some(Arc::new(users));
+        self
+    }
+
+    /// How to find a request's client IP address, which a login records
+    /// (cut to its /24 or /48 network) so the user's session list can tell
+    /// devices apart. keyfob cannot know whether a `Forwarded` header is
+    /// yours or the client's, so it reads none by default: with axum, pass
+    /// the peer address from `ConnectInfo`; behind your own proxy, the
+    /// address it appends. Default: no IP recorded.
+    ///
+    /// ```
+    /// use std::net::SocketAddr;
+    /// use axum::extract::ConnectInfo;
+    /// use keyfob::{MemoryStore, SessionLayer};
+    ///
+    /// let layer = SessionLayer::builder(MemoryStore::new())
+    ///     .with_client_ip(|_headers, extensions| {
+    ///         extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+    ///     })
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
+    #[cfg(feature = "auth")]
+    pub fn with_client_ip(
+        mut self,
+        find: impl Fn(&http::HeaderMap, &http::Extensions) -> Option<std::net::IpAddr>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Self {
+        self.client_ip = Some(Arc::new(find));
+        self
+    }
+
     pub(super) fn into_shared(self) -> Shared {
         Shared {
             store: Arc::new(Timed::new(self.store, self.store_timeout)),
@@ -359,6 +428,10 @@ impl SessionLayerBuilder {
             max_sessions_per_user: self.max_sessions_per_user,
             #[cfg(feature = "cookie-store")]
             client: self.client.map(|c| c.time_limited(self.store_timeout)),
+            #[cfg(feature = "auth")]
+            users: self.users,
+            #[cfg(feature = "auth")]
+            client_ip: self.client_ip,
         }
     }
 

@@ -59,7 +59,15 @@ where
                 Incoming::None
             }
         };
-        let session = Session::new(self.shared.clone(), incoming);
+        #[cfg(feature = "auth")]
+        let hints = crate::auth::client::Hints::capture(
+            self.shared.client_ip.as_ref(),
+            req.headers(),
+            req.extensions(),
+        );
+        #[cfg(not(feature = "auth"))]
+        let hints = ();
+        let session = Session::with_hints(self.shared.clone(), incoming, hints);
         req.extensions_mut().insert(session.clone());
         // No path or cookie in the span: either may carry what logs must not.
         let span = tracing::debug_span!("keyfob.session", method = %req.method());

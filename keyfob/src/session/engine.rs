@@ -41,6 +41,12 @@ pub(crate) struct Shared {
     /// Cookie sessions: the record lives in the cookie, sealed by this codec.
     #[cfg(feature = "cookie-store")]
     pub(crate) client: Option<CookieStore>,
+    /// The app's users, looked up per request (`auth::UserBackend`).
+    #[cfg(feature = "auth")]
+    pub(crate) users: Option<Arc<dyn crate::auth::users::Users>>,
+    /// How to find a request's client IP, recorded at login.
+    #[cfg(feature = "auth")]
+    pub(crate) client_ip: Option<crate::auth::client::ClientIp>,
 }
 
 impl Shared {

@@ -100,6 +100,12 @@ struct Inner {
     /// Something in this request changed the session (`is_modified`).
     modified: AtomicBool,
     state: Mutex<State>,
+    /// The user looked up for this request (`auth::users`).
+    #[cfg(feature = "auth")]
+    user: crate::auth::users::Slot,
+    /// The request's device, for a login to record.
+    #[cfg(feature = "auth")]
+    hints: crate::auth::client::Hints,
 }
 
 /// One request's session: a cheap, cloneable handle (an `Arc`).
@@ -165,6 +171,16 @@ impl fmt::Debug for Session {
 
 impl Session {
     pub(crate) fn new(shared: Arc<Shared>, presented: Incoming) -> Self {
+        Self::with_hints(shared, presented, Default::default())
+    }
+
+    /// A session that knows the request's device (see `auth::client`).
+    pub(crate) fn with_hints(
+        shared: Arc<Shared>,
+        presented: Incoming,
+        #[cfg(feature = "auth")] hints: crate::auth::client::Hints,
+        #[cfg(not(feature = "auth"))] _hints: (),
+    ) -> Self {
         let mut state = State::default();
         match presented {
             Incoming::None => {}
@@ -182,6 +198,10 @@ impl Session {
                 accessed: AtomicBool::new(false),
                 modified: AtomicBool::new(false),
                 state: Mutex::new(state),
+                #[cfg(feature = "auth")]
+                user: Default::default(),
+                #[cfg(feature = "auth")]
+                hints,
             }),
         }
     }
@@ -482,6 +502,16 @@ impl Session {
     /// The owner recorded at login (see [`crate::auth::login`]).
     pub async fn owner(&self) -> Result<Option<String>> {
         Ok(self.state().await?.owner().map(str::to_owned))
+    }
+
+    #[cfg(feature = "auth")]
+    pub(crate) fn user_slot(&self) -> &crate::auth::users::Slot {
+        &self.inner.user
+    }
+
+    #[cfg(feature = "auth")]
+    pub(crate) fn hints(&self) -> &crate::auth::client::Hints {
+        &self.inner.hints
     }
 
     pub(crate) fn shared(&self) -> &Arc<Shared> {
