@@ -5,9 +5,11 @@
 #![deny(missing_docs)]
 
 pub mod account;
+mod admin;
 pub mod config;
 pub mod migrate;
 mod pages;
+pub mod passwords;
 mod signed;
 pub mod users;
 
@@ -29,7 +31,7 @@ use serde::Deserialize;
 
 use crate::{
     config::{Config, StoreUrl},
-    users::User,
+    users::{Accounts, User},
 };
 
 const VISITS: Key<u64> = Key::new("visits");
@@ -39,6 +41,13 @@ const VISITS: Key<u64> = Key::new("visits");
 pub struct AppState {
     store: Arc<dyn SessionStore>,
     keys: Keyring,
+    accounts: Accounts,
+}
+
+impl FromRef<AppState> for Accounts {
+    fn from_ref(state: &AppState) -> Accounts {
+        state.accounts.clone()
+    }
 }
 
 impl FromRef<AppState> for Keyring {
@@ -91,7 +100,8 @@ pub struct Demo {
 /// # Errors
 /// A one-line reason when the store cannot be reached or the settings are refused.
 pub async fn build(config: &Config) -> Result<Demo, String> {
-    let store = open_store(&config.store).await?;
+    let (store, accounts) = open(&config.store).await?;
+    accounts.seed().await?;
     tokio::spawn(keyfob::store::cleanup(
         store.clone(),
         keyfob::SystemClock,
@@ -99,7 +109,7 @@ pub async fn build(config: &Config) -> Result<Demo, String> {
         1000,
     ));
     let keys = Keyring::load_or_create(&config.key_file).map_err(|e| e.to_string())?;
-    users::init();
+    passwords::init();
     // Between scrapes, keep the histograms' sample buffers small.
     if let Some(handle) = metrics() {
         tokio::spawn(async move {
@@ -110,7 +120,7 @@ pub async fn build(config: &Config) -> Result<Demo, String> {
             }
         });
     }
-    let router = app_with_keys(store, keys, config)?;
+    let router = app_with_accounts(store, accounts, keys, config)?;
     Ok(Demo {
         router,
         store_name: config.store.to_string(),
@@ -123,27 +133,55 @@ pub async fn build(config: &Config) -> Result<Demo, String> {
 /// # Errors
 /// A one-line reason when the store cannot be reached.
 pub async fn open_store(url: &StoreUrl) -> Result<Arc<dyn SessionStore>, String> {
+    Ok(open(url).await?.0)
+}
+
+/// [`open_store`], with the accounts kept beside the sessions (on the same
+/// pool or connection); in the process for `memory` and `cookie`.
+///
+/// # Errors
+/// A one-line reason when the store cannot be reached.
+pub async fn open(url: &StoreUrl) -> Result<(Arc<dyn SessionStore>, Accounts), String> {
     // Cookie sessions keep only revocation entries and marks on the server,
-    // in a durable store: a logout must outlive a restart.
-    let url = match url {
-        StoreUrl::Cookie(marks) => marks,
-        url => url,
+    // in a durable store: a logout must outlive a restart. Their accounts
+    // last for the life of the process (the contract).
+    let (url, cookie) = match url {
+        StoreUrl::Cookie(marks) => (&**marks, true),
+        url => (url, false),
     };
     let one_line = |e: keyfob::Error| format!("store {url} unavailable: {e}").replace('\n', " ");
-    Ok(match url {
-        StoreUrl::Memory => Arc::new(keyfob::MemoryStore::new()),
+    let (store, accounts): (Arc<dyn SessionStore>, Accounts) = match url {
+        StoreUrl::Memory => (Arc::new(keyfob::MemoryStore::new()), Accounts::in_memory()?),
         StoreUrl::Sqlite(url) => {
-            Arc::new(keyfob::SqliteStore::connect(url).await.map_err(one_line)?)
+            let store = keyfob::SqliteStore::connect(url).await.map_err(one_line)?;
+            let accounts = Accounts::sqlite(store.pool().clone());
+            (Arc::new(store), accounts)
         }
-        StoreUrl::Postgres(url) => Arc::new(connect_postgres(url).await.map_err(one_line)?),
-        StoreUrl::MySql(url) => Arc::new(connect_mysql(url).await.map_err(one_line)?),
-        StoreUrl::Redis(url) => Arc::new(keyfob::RedisStore::connect(url).await.map_err(one_line)?),
+        StoreUrl::Postgres(url) => {
+            let store = connect_postgres(url).await.map_err(one_line)?;
+            let accounts = Accounts::postgres(store.pool().clone());
+            (Arc::new(store), accounts)
+        }
+        StoreUrl::MySql(url) => {
+            let store = connect_mysql(url).await.map_err(one_line)?;
+            let accounts = Accounts::mysql(store.pool().clone());
+            (Arc::new(store), accounts)
+        }
+        StoreUrl::Redis(url) => {
+            let store = keyfob::RedisStore::connect(url).await.map_err(one_line)?;
+            let accounts = Accounts::redis(store.connection());
+            (Arc::new(store), accounts)
+        }
         StoreUrl::Cookie(_) => {
             return Err(format!(
                 "store {url}: cookie sessions keep their marks in a server-side store"
             ))
         }
-    })
+    };
+    if cookie {
+        return Ok((store, Accounts::in_memory()?));
+    }
+    Ok((store, accounts))
 }
 
 async fn connect_postgres(url: &str) -> keyfob::Result<keyfob::PostgresStore> {
@@ -177,11 +215,25 @@ pub fn app(store: Arc<dyn SessionStore>, config: &Config) -> Result<Router, Stri
 
 /// [`app`] with the keyring that signs the app's cookies (and seals cookie
 /// sessions with `--store cookie`, where `store` keeps the revocation marks).
+/// The accounts live in this process.
 ///
 /// # Errors
 /// The layer's refusal of the settings, as one line.
 pub fn app_with_keys(
     store: Arc<dyn SessionStore>,
+    keys: Keyring,
+    config: &Config,
+) -> Result<Router, String> {
+    app_with_accounts(store, Accounts::in_memory()?, keys, config)
+}
+
+/// [`app_with_keys`] over these accounts (see [`open`]).
+///
+/// # Errors
+/// The layer's refusal of the settings, as one line.
+pub fn app_with_accounts(
+    store: Arc<dyn SessionStore>,
+    accounts: Accounts,
     keys: Keyring,
     config: &Config,
 ) -> Result<Router, String> {
@@ -192,13 +244,25 @@ pub fn app_with_keys(
         _ => SessionLayer::builder(store.clone()),
     };
     let layer = builder
+        .with_users(accounts.clone())
+        // The peer address (the demo is not behind a proxy); none when served
+        // without connect info, as the in-process tests do.
+        .with_client_ip(|_, extensions| {
+            extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip())
+        })
         .with_secure(!config.insecure_cookies)
         .with_idle_timeout(config.idle_timeout)
         .with_absolute_timeout(Some(config.absolute_timeout))
         .with_legacy_ids(config.legacy_ids)
         .build()
         .map_err(|e| e.to_string())?;
-    let state = AppState { store, keys };
+    let state = AppState {
+        store,
+        keys,
+        accounts,
+    };
     Ok(Router::new()
         .route("/login", post(login))
         .route("/me", get(me))
@@ -208,6 +272,7 @@ pub fn app_with_keys(
         .merge(pages::routes())
         .merge(signed::routes(!config.insecure_cookies))
         .merge(account::routes())
+        .merge(admin::routes())
         .layer(layer)
         // Outside the session layer: a health check must not create sessions.
         .route("/healthz", get(healthz))
@@ -225,7 +290,11 @@ struct Credentials {
 
 /// `POST /login`: JSON for API clients (the contract), or the HTML form
 /// (urlencoded), which redirects to the dashboard or shows the form again.
-async fn login(session: Session, request: Request) -> Result<Response, keyfob::Error> {
+async fn login(
+    State(accounts): State<Accounts>,
+    session: Session,
+    request: Request,
+) -> Result<Response, keyfob::Error> {
     let is_form = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -243,28 +312,28 @@ async fn login(session: Session, request: Request) -> Result<Response, keyfob::E
         }
     };
     let Credentials { username, password } = creds;
-    if password.len() > users::MAX_PASSWORD_BYTES || username.len() > users::MAX_PASSWORD_BYTES {
+    if password.len() > passwords::MAX_PASSWORD_BYTES
+        || username.len() > passwords::MAX_PASSWORD_BYTES
+    {
         return Ok((
             StatusCode::BAD_REQUEST,
             format!(
                 "username or password too long (at most {} bytes)",
-                users::MAX_PASSWORD_BYTES
+                passwords::MAX_PASSWORD_BYTES
             ),
         )
             .into_response());
     }
+    let account = accounts.by_name(&username).await?;
     // Argon2 is deliberately slow (and needs 19 MiB): off the async workers,
     // on two long-lived threads. Saturated, they refuse: that is overload
-    // (503, try again), never a wrong password.
-    let Ok(verified) = users::verify_off_thread(username, password).await else {
-        return Ok((
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "1")],
-            "too many logins at once, retry shortly",
-        )
-            .into_response());
+    // (503, try again), never a wrong password. An unknown user costs the
+    // same check, against a decoy.
+    let Ok(verified) = passwords::verify(account.as_ref().map(|a| a.hash.clone()), password).await
+    else {
+        return Ok(busy());
     };
-    let Some(user) = verified else {
+    let Some(user) = account.filter(|_| verified) else {
         return Ok(if is_form {
             pages::login_page(
                 StatusCode::UNAUTHORIZED,
@@ -280,6 +349,16 @@ async fn login(session: Session, request: Request) -> Result<Response, keyfob::E
     } else {
         (StatusCode::OK, "logged in").into_response()
     })
+}
+
+/// `503` for a password job refused because the hashing threads are saturated.
+pub(crate) fn busy() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        "too many logins at once, retry shortly",
+    )
+        .into_response()
 }
 
 async fn me(session: Session) -> Result<Response, keyfob::Error> {

@@ -60,7 +60,11 @@ async fn run(cli: Cli) -> Result<(), String> {
         "keyfob-demo listening on http://{addr} (store: {})",
         demo.store_name
     );
-    axum::serve(listener, demo.router)
+    // With the peer address, which a login records (cut to its network).
+    let app = demo
+        .router
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })

@@ -6,7 +6,7 @@
 //! neither the back button nor a reload can show the dashboard again.
 
 use axum::{
-    extract::Path,
+    extract::{Path, Query},
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Redirect, Response},
     routing::{get, post},
@@ -122,8 +122,34 @@ fn presented_a_session_cookie(headers: &HeaderMap) -> bool {
         .any(|pair| pair.trim_start().starts_with("id=") && pair.trim().len() > 3)
 }
 
-async fn home(session: Session, headers: HeaderMap) -> Response {
-    match dashboard(&session, &headers).await {
+/// What the dashboard's forms came back with (`/?password=changed`, …).
+#[derive(serde::Deserialize, Default)]
+struct Outcome {
+    password: Option<String>,
+    saved: Option<String>,
+}
+
+impl Outcome {
+    fn message(&self) -> Option<(&'static str, bool)> {
+        match (self.password.as_deref(), self.saved.as_deref()) {
+            (Some("changed"), _) => {
+                Some(("Password changed. Your other sessions have ended.", false))
+            }
+            (Some("wrong"), _) => {
+                Some(("Password not changed: the current password is wrong.", true))
+            }
+            (Some("short"), _) => Some((
+                "Password not changed: the new one needs at least 8 characters.",
+                true,
+            )),
+            (_, Some("permissions")) => Some(("Permissions saved.", false)),
+            _ => None,
+        }
+    }
+}
+
+async fn home(session: Session, headers: HeaderMap, Query(outcome): Query<Outcome>) -> Response {
+    match dashboard(&session, &headers, &outcome).await {
         Ok(r) => r,
         Err(err) if err.is_unavailable() => unavailable(),
         Err(err) => {
@@ -133,7 +159,11 @@ async fn home(session: Session, headers: HeaderMap) -> Response {
     }
 }
 
-async fn dashboard(session: &Session, headers: &HeaderMap) -> keyfob::Result<Response> {
+async fn dashboard(
+    session: &Session,
+    headers: &HeaderMap,
+    outcome: &Outcome,
+) -> keyfob::Result<Response> {
     let Some(user) = auth::current_user::<User>(session).await? else {
         let message = presented_a_session_cookie(headers)
             .then_some("Your session has ended (it expired, or was revoked or logged out). Please log in again.");
@@ -146,8 +176,15 @@ async fn dashboard(session: &Session, headers: &HeaderMap) -> keyfob::Result<Res
     let created = session.created_at().await?;
     let expires = session.expiry_date().await?;
     let sessions: Vec<SessionInfo> = auth::list_sessions(session).await?;
+    let admin = user.permissions.iter().any(|p| p == "admin");
     let body = html! {
         h1 { "Hello, " (user.username) }
+        @if let Some((m, error)) = outcome.message() {
+            p.note.error[error] role="status" id="outcome" { (m) }
+        }
+        @if admin {
+            p { a id="admin-link" href="/admin" { "Admin area" } }
+        }
         section id="session" {
             h2 { "This session" }
             table {
@@ -169,10 +206,15 @@ async fn dashboard(session: &Session, headers: &HeaderMap) -> keyfob::Result<Res
         section id="sessions" {
             h2 { "Your active sessions" }
             table {
-                tr { th { "Session" } th { "Created" } th { "Last seen" } th { "Expires" } th {} }
+                tr { th { "Session" } th { "Device" } th { "Created" } th { "Last seen" } th { "Expires" } th {} }
                 @for s in &sessions {
                     tr {
                         td { code { (s.handle.short()) } @if s.current { " (this one)" } }
+                        td.device {
+                            (s.browser.as_deref().unwrap_or("Unknown browser"))
+                            " on " (s.os.as_deref().unwrap_or("unknown OS"))
+                            @if let Some(ip) = &s.ip { br; small { "from " (ip) } }
+                        }
                         td { (when(Some(s.created_at))) }
                         td { (when(Some(s.last_seen))) }
                         td { (when(s.expires_at)) }
@@ -190,6 +232,27 @@ async fn dashboard(session: &Session, headers: &HeaderMap) -> keyfob::Result<Res
             form method="post" action="/account/revoke-others" {
                 input type="hidden" name="csrf_token" value=(token);
                 button id="revoke-others" type="submit" { "Log out everywhere else" }
+            }
+        }
+        section id="password" {
+            h2 { "Change password" }
+            form method="post" action="/account/password/form" {
+                input type="hidden" name="csrf_token" value=(token);
+                label { "Current password " input name="current" type="password" autocomplete="current-password" required; }
+                label { "New password " input name="new" type="password" autocomplete="new-password" minlength="8" required; }
+                button id="password-submit" type="submit" { "Change password" }
+            }
+            p { small { "Changing it ends every other session of yours." } }
+        }
+        @if admin {
+            section id="permissions" {
+                h2 { "Permissions (admin)" }
+                form method="post" action="/admin/permissions" {
+                    input type="hidden" name="csrf_token" value=(token);
+                    label { "User " input name="username" id="perm-user" required; }
+                    label { "Permissions (comma-separated, empty for none) " input name="permissions" id="perm-list"; }
+                    button id="perm-submit" type="submit" { "Save permissions" }
+                }
             }
         }
         section {

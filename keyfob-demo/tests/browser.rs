@@ -382,3 +382,99 @@ async fn browser_flow_login_counter_transfer_forgery_and_logout() {
 
     b.client.clone().close().await.unwrap();
 }
+
+/// Logs in through the login form and waits for the dashboard.
+async fn log_in(b: &Browser, base: &str, user: &str, password: &str) {
+    let c = &b.client;
+    c.goto(&format!("{base}/")).await.unwrap();
+    assert!(b.shows_login_form().await, "{}", b.body().await);
+    for (field, value) in [("username", user), ("password", password)] {
+        c.find(Locator::Css(&format!("input[name={field}]")))
+            .await
+            .unwrap()
+            .send_keys(value)
+            .await
+            .unwrap();
+    }
+    c.find(Locator::Css("form[action='/login'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(5))
+        .for_element(Locator::Css("#user"))
+        .await
+        .unwrap();
+    assert!(b.text("#user").await.contains(user), "{}", b.body().await);
+}
+
+/// Alice, an admin, sets bob's permissions with the dashboard's form.
+async fn set_permissions(b: &Browser, user: &str, permissions: &str) {
+    let c = &b.client;
+    c.find(Locator::Id("perm-user"))
+        .await
+        .unwrap()
+        .send_keys(user)
+        .await
+        .unwrap();
+    let list = c.find(Locator::Id("perm-list")).await.unwrap();
+    list.clear().await.unwrap();
+    list.send_keys(permissions).await.unwrap();
+    c.find(Locator::Id("perm-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(5))
+        .for_element(Locator::Id("outcome"))
+        .await
+        .unwrap();
+    assert_eq!(b.text("#outcome").await, "Permissions saved.");
+}
+
+async fn has_admin_link(b: &Browser) -> bool {
+    b.client
+        .find_all(Locator::Id("admin-link"))
+        .await
+        .unwrap()
+        .len()
+        == 1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_admin_takes_a_permission_away_and_the_open_page_loses_access_on_reload() {
+    let store: Arc<dyn SessionStore> = Arc::new(MemoryStore::new());
+    let port = serve(keyfob_demo::app(store, &Config::default()).unwrap()).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let alice = Browser::start().await;
+    let bob = Browser::start().await;
+
+    log_in(&alice, &base, "alice", "correct horse").await;
+    assert!(has_admin_link(&alice).await, "{}", alice.body().await);
+    log_in(&bob, &base, "bob", "battery staple").await;
+    assert!(!has_admin_link(&bob).await);
+    bob.client.goto(&format!("{base}/admin")).await.unwrap();
+    assert_eq!(bob.body().await, "forbidden");
+
+    // Granted: bob's next page has it, with no new login.
+    set_permissions(&alice, "bob", "admin").await;
+    bob.client.refresh().await.unwrap();
+    assert_eq!(bob.body().await, "admin: bob");
+
+    // Taken away while bob's admin page is open: a reload is refused, and
+    // bob is still logged in.
+    set_permissions(&alice, "bob", "").await;
+    bob.client.refresh().await.unwrap();
+    assert_eq!(bob.body().await, "forbidden");
+    bob.client.goto(&format!("{base}/")).await.unwrap();
+    assert!(
+        bob.text("#user").await.contains("bob"),
+        "{}",
+        bob.body().await
+    );
+    assert!(!has_admin_link(&bob).await);
+}

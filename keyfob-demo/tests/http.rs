@@ -7,6 +7,8 @@
     unreachable_pub
 )]
 
+#[path = "http/accounts.rs"]
+mod accounts;
 #[path = "common/mod.rs"]
 mod common;
 #[path = "http/csrf.rs"]

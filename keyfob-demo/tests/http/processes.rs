@@ -28,7 +28,7 @@ async fn restarted_demo_on_the_same_sqlite_file_still_knows_the_session() {
 
 /// Log in through one replica, use the session through the other, log out
 /// through the other: the first sees 401.
-async fn two_replicas_share_sessions(store: &str, name: &str) {
+pub(crate) async fn two_replicas_share_sessions(store: &str, name: &str) {
     let dir = scratch_dir(name);
     let one = Demo::spawn(store, &dir);
     let two = Demo::spawn(store, &dir);
@@ -149,7 +149,7 @@ async fn login_flood_is_answered_with_503_and_never_refuses_a_right_password() {
     let demo = Demo::spawn("memory", &dir);
     let http = reqwest::Client::new();
     let url = format!("{}/login", demo.server.base);
-    let flood = (0..keyfob_demo::users::QUEUE + 150).map(|i| {
+    let flood = (0..keyfob_demo::passwords::QUEUE + 150).map(|i| {
         let (http, url) = (http.clone(), url.clone());
         // Every tenth login carries the right password.
         let right = i % 10 == 0;
@@ -202,7 +202,7 @@ async fn login_flood_is_answered_with_503_and_never_refuses_a_right_password() {
 async fn oversized_password_is_refused_before_hashing() {
     let server = serve(memory()).await;
     let mut c = Client::new(&server);
-    let long = "x".repeat(keyfob_demo::users::MAX_PASSWORD_BYTES + 1);
+    let long = "x".repeat(keyfob_demo::passwords::MAX_PASSWORD_BYTES + 1);
     let r = c.login("alice", &long).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
     assert!(r.body.contains("too long"), "{}", r.body);
@@ -253,14 +253,8 @@ fn unreachable_store_at_start_up_exits_non_zero_with_a_one_line_reason() {
     }
 }
 
-#[tokio::test]
-async fn two_replicas_on_one_redis_cluster_share_sessions() {
-    two_replicas_share_sessions(
-        &server_url("KEYFOB_TEST_REDIS_CLUSTER_URL"),
-        "redis-cluster-replicas",
-    )
-    .await;
-}
+// Redis Cluster: `accounts::redis_cluster_replicas_share_sessions_and_accounts`
+// runs this check first, then the accounts flow (one database, one test).
 
 #[tokio::test]
 async fn two_replicas_on_one_redis_share_sessions() {

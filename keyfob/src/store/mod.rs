@@ -56,6 +56,9 @@ pub(crate) mod tower;
 
 pub(crate) use self::session_store::SessionStore;
 
+#[cfg(feature = "redis")]
+pub use self::redis::RedisConnection;
+
 /// A boxed, sendable future: what [`SessionStore`] methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

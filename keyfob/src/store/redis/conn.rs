@@ -41,3 +41,35 @@ impl ConnectionLike for Conn {
         }
     }
 }
+
+/// The store's own connection to its server or Cluster (see
+/// [`RedisStore::connection`](crate::RedisStore::connection)): multiplexed,
+/// reconnecting, cheap to clone; use it with any `redis` command.
+///
+/// ```no_run
+/// # async fn f(store: keyfob::RedisStore) -> redis::RedisResult<()> {
+/// let mut conn = store.connection();
+/// let _: () = redis::cmd("SET").arg("greeting").arg("hello").query_async(&mut conn).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisConnection(pub(super) Conn);
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.0.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.0.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}

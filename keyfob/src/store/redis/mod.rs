@@ -26,6 +26,7 @@ use crate::{
 
 mod codec;
 mod conn;
+pub use self::conn::RedisConnection;
 mod owner;
 mod purge;
 mod scripts;
@@ -237,6 +238,24 @@ impl RedisStore {
     /// # Ok(()) }
     /// ```
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_url(url).await
+    }
+
+    /// The store's connection, for an app's own commands on the same server
+    /// (the demo keeps its accounts there): the one the store uses, so no
+    /// second connection is opened.
+    ///
+    /// ```no_run
+    /// # async fn f() -> keyfob::Result<()> {
+    /// let store = keyfob::RedisStore::connect("redis://127.0.0.1").await?;
+    /// let conn: keyfob::store::RedisConnection = store.connection();
+    /// # let _ = conn; Ok(()) }
+    /// ```
+    pub fn connection(&self) -> conn::RedisConnection {
+        conn::RedisConnection(self.conn.clone())
+    }
+
+    async fn connect_url(url: &str) -> Result<Self> {
         let cluster = |scheme: &str, rest: &str| -> Result<Vec<String>> {
             let seeds: Vec<String> = rest
                 .split(',')
