@@ -9,7 +9,13 @@
 //!   a token handed out before login is refused after it;
 //! - [`logout`] deletes the session in the store at once;
 //! - [`AuthUser<U>`] extracts the logged-in user or rejects with
-//!   `401 login required` (for APIs); [`RequireLoginLayer`] sends HTML routes
+//!   `401 login required` (for APIs). With a [`UserBackend`] on the layer
+//!   (`with_users`), the user is looked up on each request that asks, at
+//!   most once, and a session whose user is gone or whose credential
+//!   changed is logged out; [`RequirePermission`], [`Permissions`] and
+//!   [`RequirePermissionLayer`] check its permissions (`401`/`403`), and
+//!   [`credentials_changed`] ends a user's other sessions after a password
+//!   change. Without one, [`login`] keeps a copy of the user; [`RequireLoginLayer`] sends HTML routes
 //!   to the login page with `?next=` set to the page asked for, and
 //!   [`safe_next`] turns a `next` value back into a redirect target only if it
 //!   is a same-origin relative path (anything else becomes `/`);
