@@ -348,3 +348,53 @@ async fn forget_cluster_accounts(url: &str) {
             .unwrap();
     }
 }
+
+/// The session list tells devices apart: the browser and OS of the login's
+/// `User-Agent`, and the network of its address.
+#[tokio::test]
+async fn sessions_list_the_browser_os_and_network_of_each_login() {
+    let demo = Demo::spawn("memory", &scratch_dir("accounts-devices"));
+    let mut phone = Client::new(&demo.server);
+    let iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 \
+                  (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1";
+    let req = phone
+        .http
+        .post(format!("{}/login", phone.base))
+        .header("user-agent", iphone)
+        .json(&serde_json::json!({"username": "alice", "password": "correct horse"}));
+    assert_eq!(phone.send(req).await.status, StatusCode::OK);
+    let mut laptop = Client::new(&demo.server);
+    let req = laptop
+        .http
+        .post(format!("{}/login", laptop.base))
+        .header(
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+        )
+        .json(&serde_json::json!({"username": "alice", "password": "correct horse"}));
+    assert_eq!(laptop.send(req).await.status, StatusCode::OK);
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&laptop.get("/sessions").await.body).unwrap();
+    let seen: Vec<(bool, &str, &str, &str)> = list
+        .iter()
+        .map(|s| {
+            (
+                s["current"].as_bool().unwrap(),
+                s["browser"].as_str().unwrap(),
+                s["os"].as_str().unwrap(),
+                s["ip"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (false, "Mobile Safari 17", "iOS 17", "127.0.0.0"),
+            (true, "Firefox 133", "Linux", "127.0.0.0"),
+        ]
+    );
+    // And the dashboard shows them.
+    let page = laptop.get("/").await.body;
+    assert!(page.contains("Mobile Safari 17 on iOS 17"), "{page}");
+    assert!(page.contains("from 127.0.0.0"), "{page}");
+}
