@@ -270,6 +270,17 @@ impl Record {
         self.data.is_empty()
     }
 
+    /// The bytes of its keys, values and owner: what a bound on memory counts.
+    #[cfg_attr(not(any(feature = "memory", feature = "postgres")), allow(dead_code))]
+    pub(crate) fn payload_bytes(&self) -> usize {
+        self.owner().map_or(0, str::len)
+            + self
+                .data
+                .entries()
+                .map(|(k, v)| k.len() + v.get().len())
+                .sum::<usize>()
+    }
+
     /// Applies a request's update to this (current) record and bumps the version.
     ///
     /// The handle change ([`Update::rename_to`]) is the store's to carry out.

@@ -34,13 +34,7 @@ const EVICT_FRACTION: usize = 16;
 
 /// The bytes a record counts for against the byte bound.
 fn weight(record: &Record) -> usize {
-    RECORD_OVERHEAD
-        + record.owner().map_or(0, str::len)
-        + record
-            .data
-            .entries()
-            .map(|(k, v)| k.len() + v.get().len())
-            .sum::<usize>()
+    RECORD_OVERHEAD + record.payload_bytes()
 }
 
 /// Handles are SHA-256 output: already uniform, so hashing them again is waste.

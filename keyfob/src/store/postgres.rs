@@ -3,16 +3,21 @@
 //! (The rules, caveats and examples are on the public type below,
 //! where docs.rs shows them: this module is private.)
 
-use std::{str::FromStr, sync::Arc, time::Duration as StdDuration};
+use std::{
+    str::FromStr,
+    sync::{Arc, OnceLock},
+    time::Duration as StdDuration,
+};
 
 use serde::Serialize;
 use sqlx::{
-    postgres::{PgConnectOptions, PgPoolOptions, PgRow},
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow},
     PgPool, Row,
 };
 use time::OffsetDateTime;
 
 use super::{
+    near::{self, NearCache},
     sql::{handle_from, valid_identifier},
     BoxFuture, Created, OwnedSession, SessionStore, Updated,
 };
@@ -70,6 +75,24 @@ pub struct PostgresStore {
     schema: Arc<str>,
     table: Arc<str>,
     q: Arc<Queries>,
+    /// The near cache and its listener; `None` when turned off.
+    near: Option<Arc<Near>>,
+    /// Its bounds (sessions, bytes), kept across a change of table.
+    near_bounds: Option<(u64, u64)>,
+}
+
+/// The near cache of one store and the task that keeps it coherent.
+struct Near {
+    cache: Arc<NearCache>,
+    listener: OnceLock<tokio::task::AbortHandle>,
+}
+
+impl Drop for Near {
+    fn drop(&mut self) {
+        if let Some(task) = self.listener.get() {
+            task.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -82,6 +105,10 @@ impl std::fmt::Debug for PostgresStore {
 
 struct Queries {
     table: String,
+    /// The `LISTEN` channel the table's trigger notifies on.
+    channel: String,
+    /// Whether the table's notify trigger exists.
+    has_trigger: String,
     load: String,
     create: String,
     update: String,
@@ -125,7 +152,8 @@ impl Queries {
                     expiry = CASE WHEN $10 THEN $11 ELSE expiry END,
                     version = version + 1,
                     handle = COALESCE($12, handle)
-                 WHERE handle = $1 AND {live}"
+                 WHERE handle = $1 AND {live}
+                 RETURNING {COLUMNS}"
             ),
             delete: format!("DELETE FROM {t} WHERE handle = $1"),
             delete_expired: format!(
@@ -136,11 +164,26 @@ impl Queries {
                 "SELECT handle, {COLUMNS} FROM {t} WHERE owner = $1 AND {live} LIMIT $3"
             ),
             delete_owner: format!(
-                "DELETE FROM {t} WHERE owner = $1 AND ($2::bytea IS NULL OR handle <> $2)"
+                "DELETE FROM {t} WHERE owner = $1 AND ($2::bytea IS NULL OR handle <> $2)
+                 RETURNING handle"
+            ),
+            channel: channel(schema, table),
+            has_trigger: format!(
+                "SELECT EXISTS (SELECT 1 FROM pg_trigger
+                    WHERE tgrelid = to_regclass('{t}') AND tgname = '{table}_notify')"
             ),
             table: t,
         }
     }
+}
+
+/// The notification channel of `schema.table`: short (PostgreSQL caps
+/// channel names at 63 bytes) and the same in every process.
+fn channel(schema: &str, table: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{schema}.{table}").as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("keyfob_{hex}")
 }
 
 /// A write PostgreSQL refused because of the value itself (a `\u0000` in
@@ -204,16 +247,83 @@ impl PostgresStore {
     /// A store on the app's pool, table `public.keyfob_sessions`. Call
     /// [`migrate`](Self::migrate) once at start-up.
     pub fn new(pool: PgPool) -> Self {
-        Self::with_names(pool, "public", "keyfob_sessions")
+        Self::with_names(
+            pool,
+            "public",
+            "keyfob_sessions",
+            Some((near::DEFAULT_ENTRIES, near::DEFAULT_BYTES)),
+        )
     }
 
-    fn with_names(pool: PgPool, schema: &str, table: &str) -> Self {
+    fn with_names(pool: PgPool, schema: &str, table: &str, near: Option<(u64, u64)>) -> Self {
         PostgresStore {
             pool,
             schema: schema.into(),
             table: table.into(),
             q: Arc::new(Queries::new(schema, table)),
+            near: near.map(|(sessions, bytes)| Near::new(sessions, bytes)),
+            near_bounds: near,
         }
+    }
+
+    /// Bounds the near cache (default 50 000 sessions and 64 MiB, whichever
+    /// is reached first).
+    ///
+    /// ```no_run
+    /// # async fn f(pool: sqlx::PgPool) {
+    /// let store = keyfob::PostgresStore::new(pool).with_near_cache(200_000, 256 << 20);
+    /// # let _ = store; }
+    /// ```
+    #[must_use]
+    pub fn with_near_cache(mut self, max_sessions: u64, max_bytes: u64) -> Self {
+        self.near = Some(Near::new(max_sessions, max_bytes));
+        self.near_bounds = Some((max_sessions, max_bytes));
+        self
+    }
+
+    /// Turns the near cache off: every load asks the server.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: sqlx::PgPool) {
+    /// let store = keyfob::PostgresStore::new(pool).without_near_cache();
+    /// assert!(!store.near_cache_serving());
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn without_near_cache(mut self) -> Self {
+        self.near = None;
+        self.near_bounds = None;
+        self
+    }
+
+    /// Whether the near cache answers loads right now: it is on, and its
+    /// `LISTEN` connection is subscribed. While it is not (before the first
+    /// load, while the connection is lost), every load asks the server.
+    ///
+    /// ```no_run
+    /// # async fn f(store: keyfob::PostgresStore) {
+    /// if !store.near_cache_serving() {
+    ///     // every load is a round trip to PostgreSQL right now
+    /// }
+    /// # }
+    /// ```
+    pub fn near_cache_serving(&self) -> bool {
+        self.near.as_ref().is_some_and(|n| n.cache.is_serving())
+    }
+
+    /// The near cache, its listener started (on first use: it needs the runtime).
+    fn near(&self) -> Option<&NearCache> {
+        let near = self.near.as_ref()?;
+        near.listener.get_or_init(|| {
+            tokio::spawn(listen(
+                self.pool.clone(),
+                self.q.channel.clone(),
+                self.q.has_trigger.clone(),
+                near.cache.clone(),
+            ))
+            .abort_handle()
+        });
+        Some(&near.cache)
     }
 
     /// Uses another schema (created by `migrate` if missing).
@@ -222,7 +332,12 @@ impl PostgresStore {
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) for a name that is not a plain identifier.
     pub fn with_schema(self, schema: &str) -> Result<Self> {
         valid_identifier(schema)?;
-        Ok(Self::with_names(self.pool, schema, &self.table))
+        Ok(Self::with_names(
+            self.pool,
+            schema,
+            &self.table,
+            self.near_bounds,
+        ))
     }
 
     /// Uses another table name.
@@ -231,7 +346,12 @@ impl PostgresStore {
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) for a name that is not a plain identifier.
     pub fn with_table_name(self, table: &str) -> Result<Self> {
         valid_identifier(table)?;
-        Ok(Self::with_names(self.pool, &self.schema, table))
+        Ok(Self::with_names(
+            self.pool,
+            &self.schema,
+            table,
+            self.near_bounds,
+        ))
     }
 
     /// Connects to `url` (`postgres://…`) and migrates.
@@ -321,6 +441,45 @@ impl PostgresStore {
                     .map_err(Error::store)?;
             }
         }
+        if done.unwrap_or(0) < 2 {
+            // Every change of a row notifies the near caches of every
+            // process: the handle, and the version a write left.
+            let channel = &self.q.channel;
+            for stmt in [
+                format!(
+                    "CREATE OR REPLACE FUNCTION \"{schema}\".\"{table}_notify\"() RETURNS trigger
+                     LANGUAGE plpgsql AS $$
+                     BEGIN
+                        IF TG_OP = 'DELETE' THEN
+                            PERFORM pg_notify('{channel}', encode(OLD.handle, 'hex'));
+                        ELSE
+                            IF NEW.handle <> OLD.handle THEN
+                                PERFORM pg_notify('{channel}', encode(OLD.handle, 'hex'));
+                            END IF;
+                            -- A write that left the version alone (not keyfob's)
+                            -- names no version: every copy goes.
+                            IF NEW.version > OLD.version THEN
+                                PERFORM pg_notify('{channel}', encode(NEW.handle, 'hex') || ':' || NEW.version);
+                            ELSE
+                                PERFORM pg_notify('{channel}', encode(NEW.handle, 'hex'));
+                            END IF;
+                        END IF;
+                        RETURN NULL;
+                     END $$"
+                ),
+                format!("DROP TRIGGER IF EXISTS \"{table}_notify\" ON {t}"),
+                format!(
+                    "CREATE TRIGGER \"{table}_notify\" AFTER UPDATE OR DELETE ON {t}
+                     FOR EACH ROW EXECUTE FUNCTION \"{schema}\".\"{table}_notify\"()"
+                ),
+                format!("INSERT INTO \"{schema}\".\"{table}_migrations\" (version) VALUES (2)"),
+            ] {
+                sqlx::query(&stmt)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(Error::store)?;
+            }
+        }
         tx.commit().await.map_err(Error::store)
     }
 
@@ -341,16 +500,25 @@ impl SessionStore for PostgresStore {
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<Option<Arc<Record>>>> {
         Box::pin(async move {
+            let near = self.near();
+            if let Some(hit) = near.and_then(|c| c.get(handle, now)) {
+                return Ok(Some(hit));
+            }
+            let ticket = near.map(|c| c.ticket(handle));
             let row = sqlx::query(&self.q.load)
                 .bind(&handle.as_bytes()[..])
                 .bind(secs(now))
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(Error::store)?;
-            match row {
-                Some(row) => Ok(record_from(&row, 0, handle)?.map(Arc::new)),
-                None => Ok(None),
+            let found = match row {
+                Some(row) => record_from(&row, 0, handle)?.map(Arc::new),
+                None => None,
+            };
+            if let (Some(cache), Some(ticket), Some(record)) = (near, ticket, &found) {
+                cache.put(handle, record.clone(), ticket);
             }
+            Ok(found)
         })
     }
 
@@ -379,6 +547,8 @@ impl SessionStore for PostgresStore {
         record: &'a Record,
     ) -> BoxFuture<'a, Result<Created>> {
         Box::pin(async move {
+            let near = self.near();
+            let ticket = near.map(|c| c.ticket(handle));
             let done = sqlx::query(&self.q.create)
                 .bind(&handle.as_bytes()[..])
                 .bind(record.last_seen)
@@ -394,11 +564,13 @@ impl SessionStore for PostgresStore {
                 .execute(&self.pool)
                 .await
                 .map_err(write_error)?;
-            Ok(if done.rows_affected() == 1 {
-                Created::Stored
-            } else {
-                Created::Collision
-            })
+            if done.rows_affected() != 1 {
+                return Ok(Created::Collision);
+            }
+            if let (Some(cache), Some(ticket)) = (near, ticket) {
+                cache.put(handle, Arc::new(record.clone()), ticket);
+            }
+            Ok(Created::Stored)
         })
     }
 
@@ -419,7 +591,10 @@ impl SessionStore for PostgresStore {
                 Some(e) => Some(e.as_ref().map(to_json).transpose()?),
                 None => None,
             };
-            let done = sqlx::query(&self.q.update)
+            let near = self.near();
+            let target = update.rename_to().unwrap_or(handle);
+            let ticket = near.map(|c| c.ticket(target));
+            let row = sqlx::query(&self.q.update)
                 .bind(&handle.as_bytes()[..])
                 .bind(secs(now))
                 .bind(clear)
@@ -432,14 +607,38 @@ impl SessionStore for PostgresStore {
                 .bind(expiry.is_some())
                 .bind(expiry.flatten())
                 .bind(update.rename_to().map(|h| h.as_bytes().to_vec()))
-                .execute(&self.pool)
+                .fetch_optional(&self.pool)
                 .await
-                .map_err(write_error)?;
-            Ok(if done.rows_affected() == 1 {
-                Updated::Applied
-            } else {
-                Updated::Gone
-            })
+                .map_err(write_error);
+            let Some(cache) = near else {
+                return Ok(if row?.is_some() {
+                    Updated::Applied
+                } else {
+                    Updated::Gone
+                });
+            };
+            let row = match row {
+                Ok(Some(row)) => row,
+                // Gone, or unknown: no copy of it may stay.
+                Ok(None) => {
+                    cache.forget(handle);
+                    return Ok(Updated::Gone);
+                }
+                Err(e) => {
+                    cache.forget(handle);
+                    return Err(e);
+                }
+            };
+            if target != handle {
+                cache.forget(handle);
+            }
+            // The row the write returned is the new copy (if no notification
+            // about it came in meanwhile).
+            match (ticket, record_from(&row, 0, target)?) {
+                (Some(ticket), Some(record)) => cache.replace(target, Arc::new(record), ticket),
+                _ => cache.forget(target),
+            }
+            Ok(Updated::Applied)
         })
     }
 
@@ -448,9 +647,11 @@ impl SessionStore for PostgresStore {
             let done = sqlx::query(&self.q.delete)
                 .bind(&handle.as_bytes()[..])
                 .execute(&self.pool)
-                .await
-                .map_err(Error::store)?;
-            Ok(done.rows_affected() > 0)
+                .await;
+            if let Some(cache) = self.near() {
+                cache.forget(handle);
+            }
+            Ok(done.map_err(Error::store)?.rows_affected() > 0)
         })
     }
 
@@ -503,13 +704,85 @@ impl SessionStore for PostgresStore {
         keep: Option<&'a Handle>,
     ) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
-            let done = sqlx::query(&self.q.delete_owner)
+            let gone: Vec<Vec<u8>> = sqlx::query_scalar(&self.q.delete_owner)
                 .bind(owner)
                 .bind(keep.map(|h| h.as_bytes().to_vec()))
-                .execute(&self.pool)
+                .fetch_all(&self.pool)
                 .await
                 .map_err(Error::store)?;
-            Ok(done.rows_affected())
+            // This process sees the revocation on its very next request,
+            // without waiting for its own notification.
+            if let Some(cache) = self.near() {
+                for handle in gone.iter().filter_map(|b| handle_from(b)) {
+                    cache.forget(&handle);
+                }
+            }
+            Ok(gone.len() as u64)
         })
     }
+}
+
+impl Near {
+    fn new(max_sessions: u64, max_bytes: u64) -> Arc<Near> {
+        Arc::new(Near {
+            cache: Arc::new(NearCache::new(max_sessions, max_bytes)),
+            listener: OnceLock::new(),
+        })
+    }
+}
+
+/// Keeps `cache` coherent: subscribes to the table's channel, drops what
+/// each notification names, and stops the cache whenever the subscription
+/// is lost, until it is back. Runs for the life of the store.
+async fn listen(pool: PgPool, channel: String, has_trigger: String, cache: Arc<NearCache>) {
+    let mut backoff = StdDuration::from_millis(50);
+    let mut warned = false;
+    loop {
+        match subscribe(&pool, &channel, &has_trigger).await {
+            Ok(mut listener) => {
+                cache.start();
+                backoff = StdDuration::from_millis(50);
+                warned = false;
+                loop {
+                    match listener.try_recv().await {
+                        Ok(Some(n)) => match near::parse_payload(n.payload()) {
+                            Some((handle, version)) => cache.notified(&handle, version),
+                            None => {
+                                tracing::warn!("keyfob: unreadable near-cache notification ignored")
+                            }
+                        },
+                        // Lost (`None`) or failed: nothing heard since can be trusted.
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                cache.stop();
+            }
+            Err(e) => {
+                cache.stop();
+                if !warned {
+                    tracing::warn!(error = %e, "keyfob: near cache not serving: cannot subscribe to change notifications; retrying");
+                    warned = true;
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(StdDuration::from_secs(2));
+    }
+}
+
+/// A `LISTEN`ing connection, once the trigger that notifies is known to exist.
+async fn subscribe(pool: &PgPool, channel: &str, has_trigger: &str) -> Result<PgListener> {
+    let mut listener = PgListener::connect_with(pool).await.map_err(Error::store)?;
+    listener.eager_reconnect(false);
+    listener.listen(channel).await.map_err(Error::store)?;
+    let exists: bool = sqlx::query_scalar(has_trigger)
+        .fetch_one(pool)
+        .await
+        .map_err(Error::store)?;
+    if !exists {
+        return Err(Error::store_msg(
+            "the table has no notify trigger: run `PostgresStore::migrate`",
+        ));
+    }
+    Ok(listener)
 }

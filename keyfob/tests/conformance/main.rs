@@ -216,6 +216,13 @@ mod stores {
 
     #[cfg(feature = "postgres")]
     pub async fn postgres_store() -> keyfob::PostgresStore {
+        postgres_on(&unique("sessions")).await
+    }
+
+    /// A store on `table` with a pool of its own (as another process has),
+    /// migrated, its near cache serving.
+    #[cfg(feature = "postgres")]
+    pub async fn postgres_on(table: &str) -> keyfob::PostgresStore {
         let url = server_url("KEYFOB_TEST_POSTGRES_URL");
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(8)
@@ -223,15 +230,51 @@ mod stores {
             .await
             .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url}: {e}"));
         let store = keyfob::PostgresStore::new(pool)
-            .with_table_name(&unique("sessions"))
+            .with_table_name(table)
             .unwrap();
         store.migrate().await.unwrap();
+        near_cache_serving(&store).await;
         store
+    }
+
+    /// Waits (at most 5 s) until the store's near cache serves: its listener
+    /// starts on the first load and subscribes within milliseconds.
+    #[cfg(feature = "postgres")]
+    pub async fn near_cache_serving(store: &keyfob::PostgresStore) {
+        let probe = keyfob::Handle::from_bytes([0; 32]);
+        for _ in 0..500 {
+            store
+                .load(&probe, time::OffsetDateTime::now_utc())
+                .await
+                .unwrap();
+            if store.near_cache_serving() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the near cache never started serving");
     }
 
     #[cfg(feature = "postgres")]
     pub async fn postgres() -> Arc<dyn SessionStore> {
         Arc::new(postgres_store().await)
+    }
+
+    /// PostgreSQL with the near cache off: every load is a round trip.
+    #[cfg(feature = "postgres")]
+    pub async fn postgres_uncached() -> Arc<dyn SessionStore> {
+        let url = server_url("KEYFOB_TEST_POSTGRES_URL");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url}: {e}"));
+        let store = keyfob::PostgresStore::new(pool)
+            .without_near_cache()
+            .with_table_name(&unique("sessions"))
+            .unwrap();
+        store.migrate().await.unwrap();
+        Arc::new(store)
     }
 
     #[cfg(feature = "mysql")]
@@ -309,6 +352,8 @@ conformance!(memory, crate::stores::memory);
 conformance!(sqlite, crate::stores::sqlite);
 #[cfg(feature = "postgres")]
 conformance!(postgres, crate::stores::postgres);
+#[cfg(feature = "postgres")]
+conformance!(postgres_uncached, crate::stores::postgres_uncached);
 #[cfg(feature = "mysql")]
 conformance!(mysql, crate::stores::mysql);
 

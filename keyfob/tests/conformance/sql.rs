@@ -70,20 +70,141 @@ mod postgres {
         let store = stores::postgres_store().await;
         let (pool, table) = (store.pool().clone(), store.table().to_owned());
         let (app, cookie) = session_in(Arc::new(store)).await;
+        // Written behind the store's back: the near cache hears of it by
+        // notification, within milliseconds; poll for at most 2 s.
+        let reads_none = || async {
+            for _ in 0..200 {
+                let r = app.send("GET", "/get/a", Some(&cookie)).await;
+                assert_eq!(r.status, StatusCode::OK);
+                if r.body == "none" {
+                    return true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            false
+        };
         sqlx::query(&format!("UPDATE {table} SET data = '[1,2]'::jsonb"))
             .execute(&pool)
             .await
             .unwrap();
-        let r = app.send("GET", "/get/a", Some(&cookie)).await;
-        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "none"));
+        assert!(reads_none().await);
         sqlx::query(&format!(
             "UPDATE {table} SET data = '{{}}'::jsonb, expiry = 'garbage'"
         ))
         .execute(&pool)
         .await
         .unwrap();
-        let r = app.send("GET", "/get/a", Some(&cookie)).await;
-        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "none"));
+        assert!(reads_none().await);
+    }
+
+    use keyfob::{Handle, Record, Update};
+    use time::{Duration, OffsetDateTime};
+
+    /// Two "processes" (stores with pools of their own) on one table.
+    async fn two_processes() -> (keyfob::PostgresStore, keyfob::PostgresStore) {
+        let table = stores::unique("near");
+        let here = stores::postgres_on(&table).await;
+        let there = stores::postgres_on(&table).await;
+        (here, there)
+    }
+
+    fn record(now: OffsetDateTime) -> Record {
+        Record::new(now, Some(now + Duration::hours(1)), None)
+    }
+
+    /// Polls `here` (at most 2 s) until `done` holds for what it loads.
+    async fn eventually(
+        here: &keyfob::PostgresStore,
+        h: &Handle,
+        done: impl Fn(Option<&Record>) -> bool,
+    ) -> bool {
+        for _ in 0..200 {
+            let now = OffsetDateTime::now_utc();
+            if done(here.load(h, now).await.unwrap().as_deref()) {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_process_write_and_delete_reach_the_near_cache() {
+        let (here, there) = two_processes().await;
+        let now = OffsetDateTime::now_utc();
+        let h = Handle::from_bytes([7; 32]);
+        here.create(&h, &record(now)).await.unwrap();
+        let v1 = here.load(&h, now).await.unwrap().unwrap().version();
+        // Served from the near cache now; a write elsewhere evicts it.
+        let touch = Update::touch(now, Some(now + Duration::hours(1)));
+        there.update(&h, &touch, now).await.unwrap();
+        assert!(eventually(&here, &h, |r| r.is_some_and(|r| r.version() > v1)).await);
+        there.delete(&h).await.unwrap();
+        assert!(eventually(&here, &h, |r| r.is_none()).await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn own_revocations_are_seen_at_once() {
+        let (here, _there) = two_processes().await;
+        let app = App::new(Arc::new(here.clone()));
+        for _ in 0..3 {
+            let r = app.send("POST", "/login/u1", None).await;
+            assert_eq!(r.status, StatusCode::OK);
+        }
+        let now = OffsetDateTime::now_utc();
+        let mine = here.list_by_owner("u1", now, 10).await.unwrap();
+        assert_eq!(mine.len(), 3);
+        for s in &mine {
+            assert!(here.load(&s.handle, now).await.unwrap().is_some());
+        }
+        let keep = mine[0].handle;
+        assert_eq!(here.delete_by_owner("u1", Some(&keep)).await.unwrap(), 2);
+        for s in &mine[1..] {
+            assert!(
+                here.load(&s.handle, now).await.unwrap().is_none(),
+                "revoked: no wait"
+            );
+        }
+        assert!(here.delete(&keep).await.unwrap());
+        assert!(
+            here.load(&keep, now).await.unwrap().is_none(),
+            "deleted: no wait"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_channel_stops_the_near_cache_until_it_is_back() {
+        let (here, there) = two_processes().await;
+        let now = OffsetDateTime::now_utc();
+        let h = Handle::from_bytes([9; 32]);
+        here.create(&h, &record(now)).await.unwrap();
+        assert!(here.load(&h, now).await.unwrap().is_some());
+        // Kill every LISTEN connection on the server: `here`'s channel is gone.
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+        )
+        .execute(there.pool())
+        .await
+        .unwrap();
+        let mut stopped = false;
+        for _ in 0..500 {
+            if !here.near_cache_serving() {
+                stopped = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        assert!(stopped, "the cache noticed the lost channel");
+        // A delete elsewhere while no notification can arrive: not served.
+        there.delete(&h).await.unwrap();
+        assert!(here.load(&h, now).await.unwrap().is_none());
+        // Back: it serves again, and hears of writes again.
+        stores::near_cache_serving(&here).await;
+        here.create(&h, &record(now)).await.unwrap();
+        assert!(here.load(&h, now).await.unwrap().is_some());
+        there.delete(&h).await.unwrap();
+        assert!(eventually(&here, &h, |r| r.is_none()).await);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
