@@ -743,16 +743,14 @@ async fn listen(pool: PgPool, channel: String, has_trigger: String, cache: Arc<N
                 cache.start();
                 backoff = StdDuration::from_millis(50);
                 warned = false;
-                loop {
-                    match listener.try_recv().await {
-                        Ok(Some(n)) => match near::parse_payload(n.payload()) {
-                            Some((handle, version)) => cache.notified(&handle, version),
-                            None => {
-                                tracing::warn!("keyfob: unreadable near-cache notification ignored")
-                            }
-                        },
-                        // Lost (`None`) or failed: nothing heard since can be trusted.
-                        Ok(None) | Err(_) => break,
+                // Until the connection is lost (`None`) or fails: nothing
+                // heard after that can be trusted.
+                while let Ok(Some(n)) = listener.try_recv().await {
+                    match near::parse_payload(n.payload()) {
+                        Some((handle, version)) => cache.notified(&handle, version),
+                        None => {
+                            tracing::warn!("keyfob: unreadable near-cache notification ignored")
+                        }
                     }
                 }
                 cache.stop();
