@@ -149,6 +149,7 @@ async fn password_form(
         StatusCode::NO_CONTENT => "changed",
         StatusCode::FORBIDDEN => "wrong",
         StatusCode::BAD_REQUEST => "short",
+        StatusCode::CONFLICT => "conflict",
         _ => return Ok(res),
     };
     Ok(Redirect::to(&format!("/?password={outcome}")).into_response())
@@ -189,7 +190,14 @@ async fn replace_password(
         }
         Err(passwords::Busy) => return Ok(crate::busy()),
     };
-    accounts.set_hash(user.id, &hash).await?;
+    if !accounts.replace_hash(user.id, &user.hash, &hash).await? {
+        // Another change of this password came first: this one did nothing.
+        return Ok((
+            StatusCode::CONFLICT,
+            "the password was changed meanwhile; reload and try again",
+        )
+            .into_response());
+    }
     let ended = auth::credentials_changed(session).await?;
     tracing::info!(
         event = "account.password_changed",

@@ -6,7 +6,7 @@
 //! neither the back button nor a reload can show the dashboard again.
 
 use axum::{
-    extract::{Path, Query},
+    extract::{rejection::QueryRejection, Path, Query},
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Redirect, Response},
     routing::{get, post},
@@ -148,7 +148,13 @@ impl Outcome {
     }
 }
 
-async fn home(session: Session, headers: HeaderMap, Query(outcome): Query<Outcome>) -> Response {
+async fn home(
+    session: Session,
+    headers: HeaderMap,
+    outcome: Result<Query<Outcome>, QueryRejection>,
+) -> Response {
+    // An odd query string only loses the message, never the page.
+    let outcome = outcome.map(|Query(o)| o).unwrap_or_default();
     match dashboard(&session, &headers, &outcome).await {
         Ok(r) => r,
         Err(err) if err.is_unavailable() => unavailable(),

@@ -2,8 +2,10 @@
 //!
 //! Each Argon2 run works in a 19 MiB buffer. On tokio's blocking pool, which
 //! starts and retires threads as load comes and goes, every new thread grew
-//! its own allocator arena by such a buffer (the soak saw RSS reach 1.6 GB);
-//! two fixed threads, each reusing one work area, keep it at two buffers.
+//! its own allocator arena by such a buffer (the soak saw RSS reach 1.6 GB).
+//! Checks (every login) run on two fixed threads, each reusing one work
+//! area; hashing a new password (rare) lets the argon2 crate allocate its
+//! own buffer, on the same two threads.
 
 use std::sync::OnceLock;
 

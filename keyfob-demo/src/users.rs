@@ -381,12 +381,82 @@ impl Accounts {
         Ok(true)
     }
 
-    /// Stores a new password hash for the user `id`.
+    /// Replaces the password hash of user `id` if it is still `old` (the
+    /// one the current password was checked against); `false` when another
+    /// change came first, and then nothing changed.
     ///
     /// # Errors
     /// The backend failed (`503`); nothing changed.
-    pub async fn set_hash(&self, id: u64, hash: &str) -> keyfob::Result<()> {
-        self.set_field(id, "hash", hash).await
+    pub async fn replace_hash(&self, id: u64, old: &str, new: &str) -> keyfob::Result<bool> {
+        let sql_id = i64::try_from(id).map_err(failed)?;
+        let update = |p: [&str; 3]| {
+            format!(
+                "UPDATE {TABLE} SET hash = {} WHERE id = {} AND hash = {}",
+                p[0], p[1], p[2]
+            )
+        };
+        Ok(match &self.0 {
+            Backend::Memory(map) => {
+                let mut map = map
+                    .lock()
+                    .map_err(|_| keyfob::Error::store_msg("accounts lock poisoned"))?;
+                match map.get_mut(&id) {
+                    Some(user) if user.hash == old => {
+                        user.hash = new.to_owned();
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Backend::Sqlite(pool) => {
+                sqlx::query(&update(["?", "?", "?"]))
+                    .bind(new)
+                    .bind(sql_id)
+                    .bind(old)
+                    .execute(pool)
+                    .await
+                    .map_err(failed)?
+                    .rows_affected()
+                    == 1
+            }
+            Backend::Postgres(pool) => {
+                sqlx::query(&update(["$1", "$2", "$3"]))
+                    .bind(new)
+                    .bind(sql_id)
+                    .bind(old)
+                    .execute(pool)
+                    .await
+                    .map_err(failed)?
+                    .rows_affected()
+                    == 1
+            }
+            Backend::MySql(pool) => {
+                sqlx::query(&update(["?", "?", "?"]))
+                    .bind(new)
+                    .bind(sql_id)
+                    .bind(old)
+                    .execute(pool)
+                    .await
+                    .map_err(failed)?
+                    .rows_affected()
+                    == 1
+            }
+            Backend::Redis(conn) => {
+                // One key, so one Cluster slot: compare and set atomically.
+                let mut conn = conn.clone();
+                let swapped: i64 = redis::Script::new(
+                    "if redis.call('HGET', KEYS[1], 'hash') == ARGV[1] then \
+                         redis.call('HSET', KEYS[1], 'hash', ARGV[2]) return 1 end return 0",
+                )
+                .key(redis_key(id))
+                .arg(old)
+                .arg(new)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(failed)?;
+                swapped == 1
+            }
+        })
     }
 
     async fn set_field(&self, id: u64, field: &'static str, value: &str) -> keyfob::Result<()> {
@@ -401,10 +471,7 @@ impl Accounts {
         match &self.0 {
             Backend::Memory(map) => {
                 if let Some(user) = map.lock().ok().as_mut().and_then(|m| m.get_mut(&id)) {
-                    match field {
-                        "hash" => user.hash = value.to_owned(),
-                        _ => user.permissions = serde_json::from_str(value).unwrap_or_default(),
-                    }
+                    user.permissions = serde_json::from_str(value).unwrap_or_default();
                 }
                 Ok(())
             }

@@ -88,34 +88,57 @@ pub(crate) fn truncate(ip: IpAddr) -> IpAddr {
 const MAX_USER_AGENT: usize = 1024;
 
 #[cfg(feature = "user-agent")]
-fn parse(ua: &str) -> (Option<String>, Option<String>) {
-    use std::sync::OnceLock;
+struct Rules {
+    ua: ua_parser::user_agent::Extractor<'static>,
+    os: ua_parser::os::Extractor<'static>,
+}
 
-    struct Rules {
-        ua: ua_parser::user_agent::Extractor<'static>,
-        os: ua_parser::os::Extractor<'static>,
-    }
+/// The compiled rules (a few hundred regexes), made once per process.
+#[cfg(feature = "user-agent")]
+fn rules() -> Option<&'static Rules> {
+    use std::sync::OnceLock;
     static RULES: OnceLock<Option<Rules>> = OnceLock::new();
     const JSON: &str = include_str!("uap-regexes.json");
+    RULES
+        .get_or_init(|| {
+            let regexes: ua_parser::Regexes<'static> = serde_json::from_str(JSON).ok()?;
+            let ua = ua_parser::user_agent::Builder::new()
+                .push_all(regexes.user_agent_parsers)
+                .ok()?
+                .build()
+                .ok()?;
+            let os = ua_parser::os::Builder::new()
+                .push_all(regexes.os_parsers)
+                .ok()?
+                .build()
+                .ok()?;
+            Some(Rules { ua, os })
+        })
+        .as_ref()
+}
 
+/// Compiles the rules on a thread of their own, so the first login does
+/// not wait for them on an async worker (the layer calls it when built).
+pub(crate) fn warm_up() {
+    #[cfg(feature = "user-agent")]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let _ = std::thread::Builder::new()
+                .name("keyfob-ua-rules".into())
+                .spawn(|| {
+                    let _ = rules();
+                });
+        });
+    }
+}
+
+#[cfg(feature = "user-agent")]
+fn parse(ua: &str) -> (Option<String>, Option<String>) {
     if ua.len() > MAX_USER_AGENT {
         return (None, None);
     }
-    let rules = RULES.get_or_init(|| {
-        let regexes: ua_parser::Regexes<'static> = serde_json::from_str(JSON).ok()?;
-        let ua = ua_parser::user_agent::Builder::new()
-            .push_all(regexes.user_agent_parsers)
-            .ok()?
-            .build()
-            .ok()?;
-        let os = ua_parser::os::Builder::new()
-            .push_all(regexes.os_parsers)
-            .ok()?
-            .build()
-            .ok()?;
-        Some(Rules { ua, os })
-    });
-    let Some(rules) = rules else {
+    let Some(rules) = rules() else {
         tracing::warn!("keyfob: the User-Agent rules did not compile; browsers are not recorded");
         return (None, None);
     };

@@ -118,7 +118,10 @@ use crate::{
 /// With a [`UserBackend`] on the layer, `user` is not kept: the session
 /// keeps `owner` and a fingerprint of the user's credential, and every
 /// later request looks the user up by `owner` (so `owner` must be the id
-/// the backend knows). Without one, a copy of `user` is kept in the
+/// the backend knows). Pass the backend's `User` whose password you just
+/// checked: its credential is the one fingerprinted, so a password changed
+/// while the login was being checked ends the new session at its next
+/// request (given another type, the backend's current user is looked up). Without one, a copy of `user` is kept in the
 /// session and served as is until logout: a change to the account does
 /// not reach the session.
 ///
@@ -127,14 +130,24 @@ use crate::{
 /// keyfob::auth::login(&session, "42", &"alice").await?;
 /// # Ok(()) }
 /// ```
-pub async fn login<U: Serialize>(session: &Session, owner: &str, user: &U) -> Result<()> {
+pub async fn login<U: Serialize + 'static>(session: &Session, owner: &str, user: &U) -> Result<()> {
     // A new session, not a renamed one: the pre-login ID is deleted now, and
     // the created time and absolute deadline count from this login.
     let same_user = session.owner().await?.is_none_or(|o| o == owner);
-    // With a backend, the user it knows by `owner`, found before anything changes.
+    // With a backend: the fingerprint of the credential the app checked
+    // (`user`, the backend's own type), so a password changed while this
+    // login was being checked ends this session at its next request. Given
+    // anything else, the user the backend knows by `owner` now.
+    enum Known {
+        Checked(String),
+        Found((users::AnyUser, String)),
+    }
     let users = session.shared().users.clone();
-    let found = match &users {
-        Some(users) => Some(users::find(&**users, owner).await?),
+    let known = match &users {
+        Some(users) => Some(match users.fingerprint_of(user as &dyn std::any::Any) {
+            Some(fingerprint) => Known::Checked(fingerprint),
+            None => Known::Found(users::find(&**users, owner).await?),
+        }),
         None => None,
     };
     // Room first: a store failure here leaves the pre-login session intact.
@@ -145,12 +158,17 @@ pub async fn login<U: Serialize>(session: &Session, owner: &str, user: &U) -> Re
     session
         .remove_reserved::<serde_json::Value>(keys::CSRF)
         .await?;
-    match found {
-        Some(found) => {
+    match known {
+        Some(known) => {
             session
                 .remove_reserved::<serde_json::Value>(keys::USER)
                 .await?;
-            users::remember(session, found).await?;
+            match known {
+                Known::Checked(fingerprint) => {
+                    users::remember_checked(session, fingerprint).await?
+                }
+                Known::Found(found) => users::remember(session, found).await?,
+            }
         }
         None => session.insert_reserved(keys::USER, user).await?,
     }

@@ -47,6 +47,11 @@ fn display<T: fmt::Display, S: Serializer>(v: &T, s: S) -> std::result::Result<S
 /// The owner and handle of `session` once its pending changes (a login in
 /// this same request) are in the store, or `None` when nobody is logged in.
 async fn owned(session: &Session) -> Result<Option<(String, Option<Handle>)>> {
+    // With a backend, only a session that passes the user check (its user
+    // exists, its credential unchanged) may see or end the user's sessions.
+    if session.shared().users.is_some() && !logged_in(session).await? {
+        return Ok(None);
+    }
     let Some(owner) = session.owner().await? else {
         return Ok(None);
     };

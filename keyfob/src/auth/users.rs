@@ -83,6 +83,8 @@ pub(crate) type AnyUser = Arc<dyn Any + Send + Sync>;
 /// [`UserBackend`] with its user type erased, as the layer keeps it.
 pub(crate) trait Users: Send + Sync {
     fn load<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<(AnyUser, String)>>>;
+    /// The fingerprint of `user`'s credential, when it is the backend's `User`.
+    fn fingerprint_of(&self, user: &dyn Any) -> Option<String>;
     fn permissions<'a>(&'a self, user: &'a AnyUser) -> BoxFuture<'a, Result<HashSet<String>>>;
 }
 
@@ -95,6 +97,11 @@ impl<B: UserBackend> Users for B {
             let fingerprint = fingerprint(B::credential(&user));
             Ok(Some((Arc::new(user) as AnyUser, fingerprint)))
         })
+    }
+
+    fn fingerprint_of(&self, user: &dyn Any) -> Option<String> {
+        user.downcast_ref::<B::User>()
+            .map(|u| fingerprint(B::credential(u)))
     }
 
     fn permissions<'a>(&'a self, user: &'a AnyUser) -> BoxFuture<'a, Result<HashSet<String>>> {
@@ -206,6 +213,16 @@ pub(crate) async fn remember(
     Ok(())
 }
 
+/// Records the fingerprint of the credential a login checked (the user it
+/// was handed), leaving the lookup to the next use in this request.
+pub(crate) async fn remember_checked(session: &Session, fingerprint: String) -> Result<()> {
+    session
+        .insert_reserved(keys::CREDENTIAL, &fingerprint)
+        .await?;
+    forget(session);
+    Ok(())
+}
+
 /// Forgets the request's looked-up user (the session changed hands).
 pub(crate) fn forget(session: &Session) {
     session.user_slot().set(None);
@@ -285,9 +302,26 @@ pub async fn credentials_changed(session: &Session) -> Result<u64> {
     };
     let users = session.shared().users.clone();
     if let Some(users) = &users {
+        // Only a session that passed the user check in this request (under
+        // the old credential) may take the new one: a session that should
+        // already be logged out must not be stamped valid again.
+        if session.user_slot().get().is_none() {
+            return Err(Error::config(
+                "credentials_changed: check the user first in this request \
+                 (take `AuthUser`, or call `current_user`, before changing the credential)",
+            ));
+        }
         remember(session, find(&**users, &owner).await?).await?;
     }
     session.cycle_id().await?;
+    session.save().await?;
+    if session.id().await?.is_none() {
+        // Ended by a concurrent request meanwhile: ending "the others" now
+        // would end every session, and this one is not kept.
+        return Err(Error::store_msg(
+            "the session ended while its credential changed; log in again",
+        ));
+    }
     match revoke_others(session).await {
         Ok(n) => Ok(n),
         // The fingerprint ends them at their next request instead.

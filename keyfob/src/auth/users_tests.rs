@@ -77,6 +77,18 @@ impl Permission for Admin {
     const NAME: &'static str = "admin";
 }
 
+/// A password change as an app writes it: check the user, store the new
+/// hash, tell keyfob.
+async fn change_password(
+    AuthUser(me): AuthUser<Account>,
+    axum::extract::State(accounts): axum::extract::State<Accounts>,
+    axum::extract::Path(new): axum::extract::Path<String>,
+    s: Session,
+) -> Result<String> {
+    accounts.edit(&me.id, |a| a.hash = new);
+    credentials_changed(&s).await.map(|n| n.to_string())
+}
+
 fn app(accounts: &Accounts) -> Router {
     let guarded = Router::new()
         .route("/reports", get(|| async { "reports" }))
@@ -102,9 +114,32 @@ fn app(accounts: &Accounts) -> Router {
             ),
         )
         .route("/admin", get(|_: RequirePermission<Admin>| async { "admin" }))
+        .route("/password/{new}", post(change_password))
         .route(
-            "/password-changed",
+            "/password-unchecked",
             post(|s: Session| async move { credentials_changed(&s).await.map(|n| n.to_string()) }),
+        )
+        .route(
+            "/login-raced/{id}",
+            post(
+                |s: Session, axum::extract::Path(id): axum::extract::Path<String>, axum::extract::State(a): axum::extract::State<Accounts>| async move {
+                    // The password was checked against this copy…
+                    let checked = a.all.lock().unwrap().get(&id).cloned().unwrap();
+                    // …and changed by another request before the login.
+                    a.edit(&id, |u| u.hash = "changed-meanwhile".into());
+                    login(&s, &id, &checked).await?;
+                    Ok::<_, Error>("ok")
+                },
+            ),
+        )
+        .route(
+            "/logout-then-ask",
+            post(|AuthUser(_a): AuthUser<Account>, s: Session| async move {
+                logout(&s).await?;
+                let still = current_user::<Account>(&s).await?.is_some();
+                let perms = permissions(&s).await?.is_some();
+                Ok::<_, Error>(format!("{still} {perms}"))
+            }),
         )
         .route(
             "/sessions",
@@ -114,6 +149,7 @@ fn app(accounts: &Accounts) -> Router {
             }),
         )
         .merge(guarded)
+        .with_state(accounts.clone())
         .layer(
             SessionLayer::builder(MemoryStore::new())
                 .with_secure(false)
@@ -223,8 +259,7 @@ async fn a_password_change_ends_the_other_sessions_and_renames_this_one() {
     let here = log_in(&app, "1").await;
     let other = log_in(&app, "1").await;
     let someone_else = log_in(&app, "2").await;
-    accounts.edit("1", |a| a.hash = "new-hash".into());
-    let r = send(&app, "POST", "/password-changed", Some(&here)).await;
+    let r = send(&app, "POST", "/password/new-hash", Some(&here)).await;
     assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "1"));
     let renamed = r.cookie.expect("a new session ID");
     assert_ne!(renamed, here);
@@ -280,4 +315,48 @@ async fn login_names_a_user_the_backend_must_know() {
     let r = send(&app, "POST", "/login/9", None).await;
     assert_eq!(r.status, 500);
     assert!(r.cookie.is_none());
+}
+
+#[tokio::test]
+async fn a_login_checked_under_a_password_changed_meanwhile_ends_at_once() {
+    let accounts = Accounts::with(&["1"]);
+    let app = app(&accounts);
+    let r = send(&app, "POST", "/login-raced/1", None).await;
+    assert_eq!(r.status, 200);
+    let cookie = r.cookie.unwrap();
+    assert_eq!(send(&app, "GET", "/me", Some(&cookie)).await.status, 401);
+}
+
+#[tokio::test]
+async fn credentials_changed_refuses_a_session_not_checked_in_the_request() {
+    let accounts = Accounts::with(&["1"]);
+    let app = app(&accounts);
+    let stale = log_in(&app, "1").await;
+    let other = log_in(&app, "1").await;
+    // Changed elsewhere: `stale` should be logged out, not re-stamped.
+    accounts.edit("1", |a| a.hash = "changed-elsewhere".into());
+    let r = send(&app, "POST", "/password-unchecked", Some(&stale)).await;
+    assert_eq!(r.status, 500);
+    assert_eq!(send(&app, "GET", "/me", Some(&stale)).await.status, 401);
+    assert_eq!(send(&app, "GET", "/me", Some(&other)).await.status, 401);
+}
+
+#[tokio::test]
+async fn a_session_that_fails_the_user_check_cannot_list_the_users_sessions() {
+    let accounts = Accounts::with(&["1"]);
+    let app = app(&accounts);
+    let stale = log_in(&app, "1").await;
+    log_in(&app, "1").await;
+    accounts.edit("1", |a| a.hash = "changed-elsewhere".into());
+    let r = send(&app, "GET", "/sessions", Some(&stale)).await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "[]"));
+}
+
+#[tokio::test]
+async fn after_logout_no_user_is_seen_for_the_rest_of_the_request() {
+    let accounts = Accounts::with(&["1"]);
+    let app = app(&accounts);
+    let cookie = log_in(&app, "1").await;
+    let r = send(&app, "POST", "/logout-then-ask", Some(&cookie)).await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "false false"));
 }

@@ -510,6 +510,8 @@ impl SessionLayerBuilder {
                 "imported tower-sessions sessions live in a server-side store: remove `with_legacy_ids` from a cookie-session layer",
             ));
         }
+        #[cfg(feature = "auth")]
+        crate::auth::client::warm_up();
         Ok(SessionLayer {
             shared: Arc::new(self.into_shared()),
         })

@@ -315,6 +315,8 @@ impl Session {
     /// dropped. The session itself (its ID) stays.
     pub async fn clear(&self) -> Result<()> {
         self.mark_modified();
+        #[cfg(feature = "auth")]
+        crate::auth::users::forget(self);
         let mut st = self.state().await?;
         st.changes.clear();
         if st.owner().is_some() {
@@ -355,6 +357,10 @@ impl Session {
     /// Any later write in this request starts a new session with a new ID.
     pub async fn delete(&self) -> Result<()> {
         self.mark_modified();
+        // No user is logged in to a deleted session, for the rest of this
+        // request too.
+        #[cfg(feature = "auth")]
+        crate::auth::users::forget(self);
         let mut st = self.state().await?;
         if let Some(id) = st.current.take() {
             let handle = st.legacy.take().unwrap_or_else(|| id.handle());
