@@ -271,7 +271,10 @@ impl Record {
     }
 
     /// The bytes of its keys, values and owner: what a bound on memory counts.
-    #[cfg_attr(not(any(feature = "memory", feature = "postgres")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "memory", feature = "postgres", feature = "sqlite")),
+        allow(dead_code)
+    )]
     pub(crate) fn payload_bytes(&self) -> usize {
         self.owner().map_or(0, str::len)
             + self

@@ -33,7 +33,7 @@ pub(crate) mod cookie;
 pub(crate) mod memory;
 #[cfg(feature = "mysql")]
 pub(crate) mod mysql;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) mod near;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
@@ -52,6 +52,8 @@ pub(crate) mod session_store;
 pub(crate) mod sql;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
+#[cfg(feature = "sqlite")]
+mod sqlite_shm;
 pub(crate) mod timeout;
 #[cfg(feature = "tower-sessions")]
 pub(crate) mod tower;

@@ -94,6 +94,7 @@ impl NearCache {
     }
 
     /// The channel is lost: stop serving at once, and forget everything.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn stop(&self) {
         let was = self.serving.swap(false, Ordering::SeqCst);
         self.epoch.fetch_add(1, Ordering::SeqCst);
@@ -103,6 +104,13 @@ impl NearCache {
                 "keyfob: near cache stopped: invalidation channel lost; every load goes to the store until it is back"
             );
         }
+    }
+
+    /// Drops every copy (and voids every ticket), still serving.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+    pub(crate) fn clear(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.map.invalidate_all();
     }
 
     /// The live cached record, when serving.
@@ -162,6 +170,7 @@ impl NearCache {
     /// A notification: `version` is the version a write left (`None` for a
     /// delete). An entry at that version or later is this process's own
     /// write, or a later one, and stays.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn notified(&self, handle: &Handle, version: Option<u64>) {
         if let (Some(v), Some(cached)) = (version, self.map.get(handle)) {
             if cached.version >= v {
@@ -179,6 +188,7 @@ impl NearCache {
 }
 
 /// Parses a notification payload: the handle in hex, then `:VERSION` for a write.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) fn parse_payload(payload: &str) -> Option<(Handle, Option<u64>)> {
     let (hex, version) = match payload.split_once(':') {
         Some((h, v)) => (h, Some(v.parse().ok()?)),

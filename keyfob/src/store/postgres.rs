@@ -53,10 +53,28 @@ use crate::{
 ///   one round trip, no lost update between concurrent writers of different
 ///   keys, and a deleted or expired row is never written back;
 /// - records are keyed by the 32-byte handle, never the ID; a row whose
-///   values do not decode reads as no session, with a warning.
+///   values do not decode reads as no session, with a warning;
+/// - **near cache**, on by default (50 000 sessions or 64 MiB, see
+///   [`with_near_cache`](Self::with_near_cache)): a load of a cached session
+///   makes no round trip, and a write makes one (its `UPDATE … RETURNING`
+///   row refreshes the cache). It is kept coherent by the database, never
+///   by a timer: a trigger (created by `migrate`) notifies every change of a
+///   row on a `LISTEN` channel, with the version it wrote; every process
+///   listens and drops older copies. The cache answers only while its
+///   `LISTEN` connection is subscribed: the moment that connection is found
+///   lost (server restart, connection killed), it empties and every load
+///   goes to the server until it has subscribed again. A logout or
+///   revocation made through this process is seen by its very next
+///   request; one made through another process, within the notification
+///   latency (about a millisecond on loopback; see `BENCHMARKS.md`).
 ///
-/// Caveat: `jsonb` normalises JSON (key order, whitespace), so a value reads
-/// back equal but not necessarily byte-identical.
+/// Caveats: `jsonb` normalises JSON (key order, whitespace), so a value reads
+/// back equal but not necessarily byte-identical. The listener holds one
+/// connection of the pool. A connection that dies silently (a network
+/// partition, no FIN) is noticed only when TCP gives up on it; until then
+/// notifications from the other side are missed, as every client of
+/// `LISTEN` misses them; keep TCP keepalives short where that matters, or
+/// turn the cache off ([`without_near_cache`](Self::without_near_cache)).
 ///
 /// ```no_run
 /// use keyfob::{SessionLayer, PostgresStore};

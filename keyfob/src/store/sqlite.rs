@@ -17,7 +17,9 @@ use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
+    near::{self, NearCache},
     sql::{decode_record, encode_record, owned_session, valid_identifier},
+    sqlite_shm::Watch,
     BoxFuture, Created, OwnedSession, SessionStore, Updated,
 };
 use crate::{
@@ -53,7 +55,19 @@ const BATCH: usize = 128;
 ///   update reads the current record and applies the change-set, so
 ///   concurrent requests writing different keys both persist, and a deleted
 ///   session is never written back;
-/// - a row that does not decode reads as no session, with a warning.
+/// - a row that does not decode reads as no session, with a warning;
+/// - **near cache**, on by default (50 000 sessions or 64 MiB, see
+///   [`with_near_cache`](Self::with_near_cache)): a load of a cached session
+///   makes no query. Before a cached record is served, the store reads the
+///   commit counter in the header of the file's WAL index (the `-shm` file,
+///   one `pread`): if anyone else (another process, another pool) has
+///   committed since the cache was last in step, the cache empties and the
+///   load is a query. A commit by another process is therefore seen by the
+///   very next load, never a stale copy; with several processes writing the
+///   same file, the cache empties at each of their commits. This process's
+///   own writes refresh the cache with the record they stored. With no
+///   `-shm` file (an in-memory database, a journal mode other than WAL) the
+///   cache never serves.
 ///
 /// Caveats: with a pool you built yourself, set `busy_timeout` and WAL in its
 /// connect options (`migrate` switches the file to WAL, but the busy timeout
@@ -81,6 +95,30 @@ struct Inner {
     table: String,
     q: Arc<Queries>,
     writer: OnceLock<mpsc::Sender<Job>>,
+    near: Option<Arc<Near>>,
+    near_bounds: Option<(u64, u64)>,
+}
+
+/// The near cache and what keeps it in step with the file (see `sqlite_shm`).
+struct Near {
+    cache: NearCache,
+    watch: Watch,
+}
+
+impl Near {
+    fn new(pool: &SqlitePool, (sessions, bytes): (u64, u64)) -> Arc<Near> {
+        let cache = NearCache::new(sessions, bytes);
+        // Served only while in step with the file, which `Watch` checks.
+        cache.start();
+        Arc::new(Near {
+            cache,
+            watch: Watch::new(pool.connect_options().get_filename()),
+        })
+    }
+
+    fn resync(&self) {
+        self.cache.clear();
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -148,7 +186,9 @@ enum Op {
 
 enum Out {
     Created(Created),
-    Updated(Updated),
+    /// Applied, with the record now stored under this handle.
+    Written(Handle, Arc<Record>),
+    Gone,
     Count(u64),
 }
 
@@ -161,14 +201,54 @@ impl SqliteStore {
     /// A store on the app's pool, table `keyfob_sessions`. Call
     /// [`migrate`](Self::migrate) once at start-up.
     pub fn new(pool: SqlitePool) -> Self {
+        Self::with_parts(
+            pool,
+            "keyfob_sessions",
+            Some((near::DEFAULT_ENTRIES, near::DEFAULT_BYTES)),
+        )
+    }
+
+    fn with_parts(pool: SqlitePool, table: &str, near: Option<(u64, u64)>) -> Self {
         SqliteStore {
             inner: Arc::new(Inner {
+                near: near.map(|bounds| Near::new(&pool, bounds)),
+                near_bounds: near,
                 pool,
-                table: "keyfob_sessions".to_owned(),
-                q: Arc::new(Queries::new("keyfob_sessions")),
+                table: table.to_owned(),
+                q: Arc::new(Queries::new(table)),
                 writer: OnceLock::new(),
             }),
         }
+    }
+
+    /// Bounds the near cache (default 50 000 sessions and 64 MiB, whichever
+    /// is reached first).
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), keyfob::Error> {
+    /// let store = keyfob::SqliteStore::connect("sqlite://sessions.db").await?
+    ///     .with_near_cache(200_000, 256 << 20);
+    /// # let _ = store; Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn with_near_cache(self, max_sessions: u64, max_bytes: u64) -> Self {
+        Self::with_parts(
+            self.inner.pool.clone(),
+            &self.inner.table,
+            Some((max_sessions, max_bytes)),
+        )
+    }
+
+    /// Turns the near cache off: every load is a query.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), keyfob::Error> {
+    /// let store = keyfob::SqliteStore::connect("sqlite://sessions.db").await?.without_near_cache();
+    /// # let _ = store; Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn without_near_cache(self) -> Self {
+        Self::with_parts(self.inner.pool.clone(), &self.inner.table, None)
     }
 
     /// Uses another table name (letters, digits, `_`).
@@ -177,14 +257,11 @@ impl SqliteStore {
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) for a name that is not a plain identifier.
     pub fn with_table_name(self, table: &str) -> Result<Self> {
         valid_identifier(table)?;
-        Ok(SqliteStore {
-            inner: Arc::new(Inner {
-                pool: self.inner.pool.clone(),
-                table: table.to_owned(),
-                q: Arc::new(Queries::new(table)),
-                writer: OnceLock::new(),
-            }),
-        })
+        Ok(Self::with_parts(
+            self.inner.pool.clone(),
+            table,
+            self.inner.near_bounds,
+        ))
     }
 
     /// Opens (creating if missing) the database at `url` (`sqlite://PATH` or
@@ -273,6 +350,7 @@ impl SqliteStore {
                 self.inner.pool.clone(),
                 self.inner.q.clone(),
                 rx,
+                self.inner.near.clone(),
             ));
             tx
         })
@@ -290,7 +368,13 @@ impl SqliteStore {
     }
 }
 
-async fn write_loop(pool: SqlitePool, q: Arc<Queries>, mut rx: mpsc::Receiver<Job>) {
+async fn write_loop(
+    pool: SqlitePool,
+    q: Arc<Queries>,
+    mut rx: mpsc::Receiver<Job>,
+    near: Option<Arc<Near>>,
+) {
+    let near = near.as_deref();
     let mut batch = Vec::with_capacity(BATCH);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -301,7 +385,7 @@ async fn write_loop(pool: SqlitePool, q: Arc<Queries>, mut rx: mpsc::Receiver<Jo
             }
         }
         let ops: Vec<&Op> = batch.iter().map(|j| &j.op).collect();
-        match run_batch(&pool, &q, &ops).await {
+        match run_batch(&pool, &q, &ops, near).await {
             Ok(outs) => {
                 for (job, out) in batch.drain(..).zip(outs) {
                     let _ = job.reply.send(Ok(out));
@@ -315,9 +399,12 @@ async fn write_loop(pool: SqlitePool, q: Arc<Queries>, mut rx: mpsc::Receiver<Jo
             Err(_) => {
                 // Isolate the failure: one transaction per job.
                 for job in batch.drain(..) {
-                    let result = run_batch(&pool, &q, &[&job.op]).await.and_then(|mut outs| {
-                        outs.pop().ok_or_else(|| Error::store_msg("no result"))
-                    });
+                    let result =
+                        run_batch(&pool, &q, &[&job.op], near)
+                            .await
+                            .and_then(|mut outs| {
+                                outs.pop().ok_or_else(|| Error::store_msg("no result"))
+                            });
                     let _ = job.reply.send(result);
                 }
             }
@@ -325,17 +412,37 @@ async fn write_loop(pool: SqlitePool, q: Arc<Queries>, mut rx: mpsc::Receiver<Jo
     }
 }
 
-async fn run_batch(pool: &SqlitePool, q: &Queries, ops: &[&Op]) -> Result<Vec<Out>> {
+async fn run_batch(
+    pool: &SqlitePool,
+    q: &Queries,
+    ops: &[&Op],
+    near: Option<&Near>,
+) -> Result<Vec<Out>> {
     let mut tx = pool
         .begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(Error::store)?;
+    // Holding the write lock: nobody else can commit until we are done.
+    let before = near.map(|n| n.watch.begin(|| n.resync()));
     let mut outs = Vec::with_capacity(ops.len());
+    let mut failed = None;
     for op in ops {
-        outs.push(run_op(&mut tx, q, op).await?);
+        match run_op(&mut tx, q, op).await {
+            Ok(out) => outs.push(out),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
     }
-    tx.commit().await.map_err(Error::store)?;
-    Ok(outs)
+    let result = match failed {
+        Some(e) => Err(e),
+        None => tx.commit().await.map_err(Error::store),
+    };
+    if let (Some(n), Some(before)) = (near, before) {
+        n.watch.end(before, result.is_ok());
+    }
+    result.map(|()| outs)
 }
 
 async fn run_op(conn: &mut SqliteConnection, q: &Queries, op: &Op) -> Result<Out> {
@@ -370,7 +477,7 @@ async fn run_op(conn: &mut SqliteConnection, q: &Queries, op: &Op) -> Result<Out
                 .await
                 .map_err(Error::store)?;
             let Some(mut record) = row.and_then(|text| decode_record(handle, &text)) else {
-                return Ok(Out::Updated(Updated::Gone));
+                return Ok(Out::Gone);
             };
             record.apply(update);
             let text = encode_record(&record)?;
@@ -401,7 +508,8 @@ async fn run_op(conn: &mut SqliteConnection, q: &Queries, op: &Op) -> Result<Out
                         .map_err(Error::store)?;
                 }
             }
-            Ok(Out::Updated(Updated::Applied))
+            let target = update.rename_to().copied().unwrap_or(*handle);
+            Ok(Out::Written(target, Arc::new(record)))
         }
         Op::Delete(handle) => {
             let done = sqlx::query(&q.delete)
@@ -448,6 +556,16 @@ impl SessionStore for SqliteStore {
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<Option<Arc<Record>>>> {
         Box::pin(async move {
+            let near = self.inner.near.as_deref();
+            let mut ticket = None;
+            if let Some(n) = near {
+                if n.watch.in_step(|| n.resync()) {
+                    if let Some(hit) = n.cache.get(handle, now) {
+                        return Ok(Some(hit));
+                    }
+                }
+                ticket = Some(n.cache.ticket(handle));
+            }
             let q = &self.inner.q;
             let row: Option<String> = sqlx::query_scalar(&q.load)
                 .bind(&handle.as_bytes()[..])
@@ -455,9 +573,13 @@ impl SessionStore for SqliteStore {
                 .fetch_optional(&self.inner.pool)
                 .await
                 .map_err(Error::store)?;
-            Ok(row
+            let found = row
                 .and_then(|text| decode_record(handle, &text))
-                .map(Arc::new))
+                .map(Arc::new);
+            if let (Some(n), Some(ticket), Some(record)) = (near, ticket, &found) {
+                n.cache.put(handle, record.clone(), ticket);
+            }
+            Ok(found)
         })
     }
 
@@ -484,8 +606,15 @@ impl SessionStore for SqliteStore {
         record: &'a Record,
     ) -> BoxFuture<'a, Result<Created>> {
         Box::pin(async move {
+            let near = self.inner.near.as_deref();
+            let ticket = near.map(|n| n.cache.ticket(handle));
             match self.submit(Op::Create(*handle, record.clone())).await? {
-                Out::Created(c) => Ok(c),
+                Out::Created(c) => {
+                    if let (Some(n), Some(t), Created::Stored) = (near, ticket, c) {
+                        n.cache.put(handle, Arc::new(record.clone()), t);
+                    }
+                    Ok(c)
+                }
                 _ => Err(unexpected()),
             }
         })
@@ -498,11 +627,24 @@ impl SessionStore for SqliteStore {
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<Updated>> {
         Box::pin(async move {
-            match self
-                .submit(Op::Update(*handle, update.clone(), now))
-                .await?
-            {
-                Out::Updated(u) => Ok(u),
+            let near = self.inner.near.as_deref();
+            let target = update.rename_to().unwrap_or(handle);
+            let ticket = near.map(|n| n.cache.ticket(target));
+            let out = self.submit(Op::Update(*handle, update.clone(), now)).await;
+            if let Some(n) = near {
+                match (&out, ticket) {
+                    (Ok(Out::Written(to, record)), Some(t)) => {
+                        if to != handle {
+                            n.cache.forget(handle);
+                        }
+                        n.cache.replace(to, record.clone(), t);
+                    }
+                    _ => n.cache.forget(handle),
+                }
+            }
+            match out? {
+                Out::Written(..) => Ok(Updated::Applied),
+                Out::Gone => Ok(Updated::Gone),
                 _ => Err(unexpected()),
             }
         })
@@ -510,7 +652,11 @@ impl SessionStore for SqliteStore {
 
     fn delete<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
-            match self.submit(Op::Delete(*handle)).await? {
+            let out = self.submit(Op::Delete(*handle)).await;
+            if let Some(n) = &self.inner.near {
+                n.cache.forget(handle);
+            }
+            match out? {
                 Out::Count(n) => Ok(n > 0),
                 _ => Err(unexpected()),
             }
@@ -557,10 +703,15 @@ impl SessionStore for SqliteStore {
         keep: Option<&'a Handle>,
     ) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
-            match self
+            let out = self
                 .submit(Op::DeleteByOwner(owner.to_owned(), keep.copied()))
-                .await?
-            {
+                .await;
+            // Which handles went is the table's business; revocations are
+            // rare, so this process's copies all go, at once.
+            if let Some(n) = &self.inner.near {
+                n.cache.clear();
+            }
+            match out? {
                 Out::Count(n) => Ok(n),
                 _ => Err(unexpected()),
             }

@@ -18,6 +18,44 @@ async fn session_in(store: Arc<dyn SessionStore>) -> (App, String) {
 #[cfg(feature = "sqlite")]
 mod sqlite {
     use super::*;
+    use keyfob::{Handle, Record, Update};
+    use time::{Duration, OffsetDateTime};
+
+    /// Another process's commit to the same file is seen by the very next
+    /// load, though the record was in this store's near cache: the
+    /// wal-index is checked before a cached record is served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_process_commit_is_seen_before_a_cached_record_is_served() {
+        let here = stores::sqlite_store().await;
+        let url = format!(
+            "sqlite://{}",
+            here.pool().connect_options().get_filename().display()
+        );
+        // Another "process": a pool and a writer of its own on the same file.
+        let there = keyfob::SqliteStore::connect(&url).await.unwrap();
+        let now = OffsetDateTime::now_utc();
+        let h = Handle::from_bytes([5; 32]);
+        let r = Record::new(now, Some(now + Duration::hours(1)), None);
+        here.create(&h, &r).await.unwrap();
+        for round in 0..20 {
+            let cached = here.load(&h, now).await.unwrap().unwrap().version();
+            let touch = Update::touch(now, Some(now + Duration::hours(1)));
+            there.update(&h, &touch, now).await.unwrap();
+            let seen = here.load(&h, now).await.unwrap().unwrap().version();
+            assert_eq!(seen, cached + 1, "round {round}: a stale copy was served");
+            // And this process's own writes, in between, keep it right too.
+            here.update(&h, &touch, now).await.unwrap();
+            assert_eq!(
+                here.load(&h, now).await.unwrap().unwrap().version(),
+                cached + 2
+            );
+        }
+        there.delete(&h).await.unwrap();
+        assert!(
+            here.load(&h, now).await.unwrap().is_none(),
+            "a delete elsewhere, at once"
+        );
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn corrupted_sqlite_row_reads_as_no_session() {

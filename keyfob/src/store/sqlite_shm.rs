@@ -1,0 +1,208 @@
+//! How the SQLite store knows, without a query, that no other process has
+//! committed to its file since its near cache was last in step with it.
+//!
+//! In WAL mode every connection to a database shares its wal-index, the
+//! `-shm` file beside it, whose header (documented in SQLite's "WAL-mode
+//! file format", section "The WAL-Index Header") holds `iChange`, a counter
+//! every commit increments, and the WAL's salts, which change whenever the
+//! WAL restarts. Reading those 96 bytes (the header is kept twice; a torn
+//! read shows two different copies) costs one `pread`, against a query's
+//! trip through sqlx's worker thread, so a cached record can be checked on
+//! every load. This is our own code because no crate reads it, and the
+//! measurement (a cached `/read` several times faster than a query) and the
+//! guarantee (a commit by another process is seen before a cached record is
+//! served) both need it.
+//!
+//! The rules, with the store's single writer task:
+//! - the writer marks each of its transactions (`writing` is odd inside
+//!   one) and, once it holds SQLite's write lock, reads the stamp: if it is
+//!   not the one the cache is in step with, another process committed, and
+//!   the cache is emptied; after its own commit the cache is in step with
+//!   the stamp plus one commit;
+//! - a load serves a cached record only if the stamp read now is the one the
+//!   cache is in step with; otherwise it asks the database, and if no write
+//!   of this process was under way across the check, the difference is
+//!   another process's: the cache is emptied and in step with the new stamp.
+
+use std::{
+    fs::File,
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
+};
+
+/// What the wal-index header says about commits: `iChange` and the salts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    change: u32,
+    salt: [u32; 2],
+}
+
+impl Stamp {
+    /// The stamp after one more commit, the WAL not restarting.
+    fn next(self) -> Stamp {
+        Stamp {
+            change: self.change.wrapping_add(1),
+            salt: self.salt,
+        }
+    }
+}
+
+const HEADER: usize = 48;
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Decodes the two header copies; `None` while they differ (being written)
+/// or before the wal-index is initialised.
+fn stamp(bytes: &[u8; 2 * HEADER]) -> Option<Stamp> {
+    let (a, b) = bytes.split_at(HEADER);
+    if a != b || a[12] == 0 {
+        return None;
+    }
+    Some(Stamp {
+        change: u32_at(a, 8)?,
+        salt: [u32_at(a, 32)?, u32_at(a, 36)?],
+    })
+}
+
+pub(crate) struct Watch {
+    path: PathBuf,
+    shm: Mutex<Option<File>>,
+    /// The stamp the cache is in step with; `None` when unknown.
+    last: Mutex<Option<Stamp>>,
+    /// Odd while the writer task is inside a transaction.
+    writing: AtomicU64,
+}
+
+impl Watch {
+    /// Watches the wal-index of the database file `db`.
+    pub(crate) fn new(db: &Path) -> Watch {
+        let mut path = db.as_os_str().to_owned();
+        path.push("-shm");
+        Watch {
+            path: PathBuf::from(path),
+            shm: Mutex::new(None),
+            last: Mutex::new(None),
+            writing: AtomicU64::new(0),
+        }
+    }
+
+    /// The stamp now; `None` when the `-shm` file cannot be read (not in
+    /// WAL mode, not yet created) or is being written.
+    pub(crate) fn read(&self) -> Option<Stamp> {
+        let mut shm = self.shm.lock().ok()?;
+        if shm.is_none() {
+            *shm = File::open(&self.path).ok();
+        }
+        let mut bytes = [0u8; 2 * HEADER];
+        shm.as_ref()?.read_exact_at(&mut bytes, 0).ok()?;
+        stamp(&bytes)
+    }
+
+    fn last(&self) -> Option<Stamp> {
+        self.last.lock().ok().and_then(|l| *l)
+    }
+
+    fn set_last(&self, stamp: Option<Stamp>) {
+        if let Ok(mut l) = self.last.lock() {
+            *l = stamp;
+        }
+    }
+
+    /// May a cached record be served? `resync` runs (emptying the cache)
+    /// when another process is known to have committed meanwhile.
+    pub(crate) fn in_step(&self, resync: impl FnOnce()) -> bool {
+        let before = self.writing.load(Ordering::SeqCst);
+        let Some(now) = self.read() else {
+            return false;
+        };
+        if self.last() == Some(now) {
+            return true;
+        }
+        let after = self.writing.load(Ordering::SeqCst);
+        if before % 2 == 0 && before == after {
+            // No write of ours across the read: the change is another's.
+            resync();
+            self.set_last(Some(now));
+        }
+        false
+    }
+
+    /// The writer task, holding the write lock, before its statements:
+    /// `resync` runs if another process committed since the last check.
+    pub(crate) fn begin(&self, resync: impl FnOnce()) -> Option<Stamp> {
+        self.writing.fetch_add(1, Ordering::SeqCst);
+        let before = self.read();
+        if before.is_none() || before != self.last() {
+            resync();
+        }
+        before
+    }
+
+    /// The writer task, after its transaction: committed (`true`) leaves
+    /// the cache in step with one commit more than `before`.
+    pub(crate) fn end(&self, before: Option<Stamp>, committed: bool) {
+        self.set_last(if committed {
+            before.map(Stamp::next)
+        } else {
+            before
+        });
+        self.writing.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(change: u32, salt: [u32; 2], init: u8) -> [u8; HEADER] {
+        let mut h = [0u8; HEADER];
+        h[8..12].copy_from_slice(&change.to_ne_bytes());
+        h[12] = init;
+        h[32..36].copy_from_slice(&salt[0].to_ne_bytes());
+        h[36..40].copy_from_slice(&salt[1].to_ne_bytes());
+        h
+    }
+
+    fn both(a: [u8; HEADER], b: [u8; HEADER]) -> [u8; 2 * HEADER] {
+        let mut out = [0u8; 2 * HEADER];
+        out[..HEADER].copy_from_slice(&a);
+        out[HEADER..].copy_from_slice(&b);
+        out
+    }
+
+    #[test]
+    fn a_header_reads_only_when_both_copies_agree() {
+        let h = header(7, [1, 2], 1);
+        assert_eq!(
+            stamp(&both(h, h)),
+            Some(Stamp {
+                change: 7,
+                salt: [1, 2]
+            })
+        );
+        assert_eq!(stamp(&both(h, header(8, [1, 2], 1))), None, "torn");
+        let uninit = header(7, [1, 2], 0);
+        assert_eq!(stamp(&both(uninit, uninit)), None);
+    }
+
+    #[test]
+    fn one_commit_moves_the_counter_and_keeps_the_salts() {
+        let s = Stamp {
+            change: u32::MAX,
+            salt: [3, 4],
+        };
+        assert_eq!(
+            s.next(),
+            Stamp {
+                change: 0,
+                salt: [3, 4]
+            }
+        );
+    }
+}
