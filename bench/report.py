@@ -71,6 +71,19 @@ for store in stores:
         barec_r = f"{med(cratio):.2f}×" if cratio else "–"
         print(f"| `/{route}`{note} | {fmt_rps(krps)} | {fmt_p99([float(x['p99_us']) for x in k.values()])} | {fmt_rps(trps)} | {fmt_p99([float(x['p99_us']) for x in t.values()])} | {ratio} | {bare_r} | {barec_r} | {wr} |")
     print()
+    # The second peer, where it ran (memory, SQLite): axum_session 0.22.
+    peer = [(route, cell.get(("http", store, route, "axum_session"), {})) for route in routes]
+    if any(a for _, a in peer):
+        print("| route | axum_session req/s (min–max) | axum_session p99 | keyfob ÷ axum_session |")
+        print("|---|---|---|---|")
+        for route, a in peer:
+            k = cell.get(("http", store, route, "keyfob"), {})
+            ratios = [float(k[i]["rps"]) / float(a[i]["rps"]) for i in k if i in a and float(a[i]["rps"]) > 0]
+            ratio = f"{med(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f})" if ratios else "–"
+            bad = sum(int(x["non2xx"]) + int(x["errors"]) for x in a.values())
+            note = f" ⚠ {bad} non-2xx/errors" if bad else ""
+            print(f"| `/{route}`{note} | {fmt_rps([float(x['rps']) for x in a.values()])} | {fmt_p99([float(x['p99_us']) for x in a.values()])} | {ratio} |")
+        print()
 
 rss = [r for r in rows if r["kind"] == "rss"]
 if rss:

@@ -6,6 +6,8 @@
 //! keyfob-bench login --port PORT --n N --out COOKIES     (N logins over HTTP, cookies to a file)
 //! keyfob-bench seed  --port PORT --n N --out COOKIES     (keyfob memory store seeded directly,
 //!                                                         RSS before/after printed, then serve)
+//! keyfob-bench invalidation --url POSTGRES_URL [--n N]   (near-cache invalidation latency
+//!                                                         between two stores, p50/p99)
 //! ```
 //!
 //! Both implementations get the same cookie settings: name `id`, HttpOnly,
@@ -445,6 +447,52 @@ fn login(port: u16, n: usize, conns: usize, out: &str) {
     std::fs::write(out, all).expect("write cookies");
 }
 
+/// Waits until the store's near cache serves (its LISTEN is subscribed).
+async fn serving(store: &keyfob::PostgresStore) {
+    let probe = Handle::from_bytes([0; 32]);
+    while !store.near_cache_serving() {
+        store.load(&probe, OffsetDateTime::now_utc()).await.expect("load");
+        tokio::time::sleep(StdDuration::from_millis(5)).await;
+    }
+}
+
+/// How long after a delete through one PostgreSQL store another store (its
+/// own pool and LISTEN connection, as another process has) stops serving
+/// the session from its near cache: `n` sessions, each created through
+/// `here`, loaded (cached) through `there`, deleted through `here`; the
+/// clock runs from the moment the delete is acknowledged until `there`
+/// first loads nothing.
+async fn invalidation(url: &str, n: usize) {
+    let here = keyfob::PostgresStore::connect(url).await.expect("postgres");
+    let there = keyfob::PostgresStore::connect(url).await.expect("postgres");
+    serving(&here).await;
+    serving(&there).await;
+    let mut micros = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).expect("random");
+        let h = Handle::from_bytes(bytes);
+        let now = OffsetDateTime::now_utc();
+        let record = Record::new(now, Some(now + Duration::hours(1)), None);
+        here.create(&h, &record).await.expect("create");
+        assert!(there.load(&h, now).await.expect("load").is_some());
+        here.delete(&h).await.expect("delete");
+        let acked = std::time::Instant::now();
+        while there.load(&h, now).await.expect("load").is_some() {
+            tokio::task::yield_now().await;
+        }
+        micros.push(acked.elapsed().as_micros() as u64);
+    }
+    micros.sort_unstable();
+    let at = |q: f64| micros[((micros.len() as f64 - 1.0) * q).round() as usize];
+    println!(
+        "INVALIDATION postgres n={n} p50_us={} p99_us={} max_us={}",
+        at(0.5),
+        at(0.99),
+        micros.last().copied().unwrap_or(0)
+    );
+}
+
 fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
     args.iter()
         .position(|a| a == name)
@@ -504,8 +552,18 @@ fn main() {
             );
             rt.block_on(serve(keyfob_app(store), port));
         }
+        "invalidation" => {
+            let url = arg(&args, "--url").expect("--url").to_owned();
+            let n: usize = arg(&args, "--n").unwrap_or("500").parse().expect("n");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(invalidation(&url, n));
+        }
         _ => {
-            eprintln!("usage: keyfob-bench serve|login|seed ... (see the source's header)");
+            eprintln!("usage: keyfob-bench serve|login|seed|invalidation ... (see the source's header)");
             std::process::exit(2);
         }
     }
