@@ -107,7 +107,6 @@ impl NearCache {
     }
 
     /// Drops every copy (and voids every ticket), still serving.
-    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) fn clear(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.map.invalidate_all();
@@ -141,23 +140,50 @@ impl NearCache {
             && self.generations[shard(handle)].load(Ordering::SeqCst) == ticket.generation
     }
 
-    /// Caches what the store answered, unless something moved since `ticket`.
+    /// Inserts `record` unless the cache holds this session at the same
+    /// version or a later one: copies never go back in time, whatever order
+    /// concurrent loads and writes finish in.
+    fn insert_newer(&self, handle: &Handle, record: Arc<Record>) {
+        use moka::ops::compute::Op;
+        let _ = self.map.entry(*handle).and_compute_with(|old| match old {
+            Some(e) if e.value().version >= record.version => Op::Nop,
+            _ => Op::Put(record),
+        });
+    }
+
+    /// Caches what a load read, unless something moved since `ticket`.
     pub(crate) fn put(&self, handle: &Handle, record: Arc<Record>, ticket: Ticket) {
         if !self.still(handle, ticket) {
             return;
         }
-        self.map.insert(*handle, record);
+        self.insert_newer(handle, record);
         if !self.still(handle, ticket) {
             self.map.invalidate(handle);
         }
     }
 
-    /// This process wrote the record and got `record` back: the old copy
-    /// goes at once, the new one stays unless a notification came in since
-    /// `ticket` (then the next load asks the store).
-    pub(crate) fn replace(&self, handle: &Handle, record: Arc<Record>, ticket: Ticket) {
-        self.map.invalidate(handle);
-        self.put(handle, record, ticket);
+    /// This process wrote the record and got `record` back (its new
+    /// version). Loads in flight for its shard are voided, so none can put
+    /// an older copy after it. With a `ticket` (taken before the write), a
+    /// notification that came in meanwhile wins: the copy goes and the
+    /// next load asks the store.
+    pub(crate) fn written(&self, handle: &Handle, record: Arc<Record>, ticket: Option<Ticket>) {
+        match ticket {
+            Some(t) if !self.still(handle, t) => {
+                self.forget(handle);
+                return;
+            }
+            _ => {}
+        }
+        if self.is_serving() {
+            self.insert_newer(handle, record);
+        }
+        if let Some(t) = ticket {
+            if !self.still(handle, t) {
+                self.map.invalidate(handle);
+            }
+        }
+        self.generations[shard(handle)].fetch_add(1, Ordering::SeqCst);
     }
 
     /// This process changed or deleted the record in a way it has no copy
@@ -238,6 +264,20 @@ mod tests {
         c.put(&h, record(now, 7), c.ticket(&h));
         c.notified(&h, None);
         assert!(c.get(&h, now).is_none(), "a delete");
+    }
+
+    #[test]
+    fn an_older_copy_never_replaces_a_newer_one() {
+        let c = NearCache::new(100, 1 << 20);
+        c.start();
+        let now = OffsetDateTime::now_utc();
+        let h = Handle::from_bytes([6; 32]);
+        let load = c.ticket(&h);
+        // Two writes finish out of order, then a slow load of v1 lands.
+        c.written(&h, record(now, 3), None);
+        c.written(&h, record(now, 2), None);
+        c.put(&h, record(now, 1), load);
+        assert_eq!(c.get(&h, now).map(|r| r.version), Some(3));
     }
 
     #[test]

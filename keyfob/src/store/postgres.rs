@@ -5,7 +5,7 @@
 
 use std::{
     str::FromStr,
-    sync::{Arc, OnceLock},
+    sync::{Arc, Mutex},
     time::Duration as StdDuration,
 };
 
@@ -102,12 +102,12 @@ pub struct PostgresStore {
 /// The near cache of one store and the task that keeps it coherent.
 struct Near {
     cache: Arc<NearCache>,
-    listener: OnceLock<tokio::task::AbortHandle>,
+    listener: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl Drop for Near {
     fn drop(&mut self) {
-        if let Some(task) = self.listener.get() {
+        if let Some(task) = self.listener.lock().ok().and_then(|mut l| l.take()) {
             task.abort();
         }
     }
@@ -176,7 +176,8 @@ impl Queries {
             delete: format!("DELETE FROM {t} WHERE handle = $1"),
             delete_expired: format!(
                 "DELETE FROM {t} WHERE ctid IN (
-                    SELECT ctid FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= $1 LIMIT $2)"
+                    SELECT ctid FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= $1 LIMIT $2)
+                 RETURNING handle"
             ),
             list: format!(
                 "SELECT handle, {COLUMNS} FROM {t} WHERE owner = $1 AND {live} LIMIT $3"
@@ -330,17 +331,23 @@ impl PostgresStore {
     }
 
     /// The near cache, its listener started (on first use: it needs the runtime).
+    /// A listener that ended (its runtime shut down, a panic) is started
+    /// again: it stopped the cache as it went (`Stopping`).
     fn near(&self) -> Option<&NearCache> {
         let near = self.near.as_ref()?;
-        near.listener.get_or_init(|| {
-            tokio::spawn(listen(
-                self.pool.clone(),
-                self.q.channel.clone(),
-                self.q.has_trigger.clone(),
-                near.cache.clone(),
-            ))
-            .abort_handle()
-        });
+        if let Ok(mut task) = near.listener.lock() {
+            if task.as_ref().is_none_or(|t| t.is_finished()) {
+                *task = Some(
+                    tokio::spawn(listen(
+                        self.pool.clone(),
+                        self.q.channel.clone(),
+                        self.q.has_trigger.clone(),
+                        near.cache.clone(),
+                    ))
+                    .abort_handle(),
+                );
+            }
+        }
         Some(&near.cache)
     }
 
@@ -468,7 +475,9 @@ impl PostgresStore {
                     "CREATE OR REPLACE FUNCTION \"{schema}\".\"{table}_notify\"() RETURNS trigger
                      LANGUAGE plpgsql AS $$
                      BEGIN
-                        IF TG_OP = 'DELETE' THEN
+                        IF TG_OP = 'TRUNCATE' THEN
+                            PERFORM pg_notify('{channel}', '*');
+                        ELSIF TG_OP = 'DELETE' THEN
                             PERFORM pg_notify('{channel}', encode(OLD.handle, 'hex'));
                         ELSE
                             IF NEW.handle <> OLD.handle THEN
@@ -489,6 +498,11 @@ impl PostgresStore {
                 format!(
                     "CREATE TRIGGER \"{table}_notify\" AFTER UPDATE OR DELETE ON {t}
                      FOR EACH ROW EXECUTE FUNCTION \"{schema}\".\"{table}_notify\"()"
+                ),
+                format!("DROP TRIGGER IF EXISTS \"{table}_notify_truncate\" ON {t}"),
+                format!(
+                    "CREATE TRIGGER \"{table}_notify_truncate\" AFTER TRUNCATE ON {t}
+                     FOR EACH STATEMENT EXECUTE FUNCTION \"{schema}\".\"{table}_notify\"()"
                 ),
                 format!("INSERT INTO \"{schema}\".\"{table}_migrations\" (version) VALUES (2)"),
             ] {
@@ -585,8 +599,8 @@ impl SessionStore for PostgresStore {
             if done.rows_affected() != 1 {
                 return Ok(Created::Collision);
             }
-            if let (Some(cache), Some(ticket)) = (near, ticket) {
-                cache.put(handle, Arc::new(record.clone()), ticket);
+            if let Some(cache) = near {
+                cache.written(handle, Arc::new(record.clone()), ticket);
             }
             Ok(Created::Stored)
         })
@@ -653,7 +667,9 @@ impl SessionStore for PostgresStore {
             // The row the write returned is the new copy (if no notification
             // about it came in meanwhile).
             match (ticket, record_from(&row, 0, target)?) {
-                (Some(ticket), Some(record)) => cache.replace(target, Arc::new(record), ticket),
+                (Some(ticket), Some(record)) => {
+                    cache.written(target, Arc::new(record), Some(ticket))
+                }
                 _ => cache.forget(target),
             }
             Ok(Updated::Applied)
@@ -675,13 +691,19 @@ impl SessionStore for PostgresStore {
 
     fn delete_expired(&self, now: OffsetDateTime, batch: usize) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move {
-            let done = sqlx::query(&self.q.delete_expired)
+            let gone: Vec<Vec<u8>> = sqlx::query_scalar(&self.q.delete_expired)
                 .bind(secs(now))
                 .bind(i64::try_from(batch).unwrap_or(i64::MAX))
-                .execute(&self.pool)
+                .fetch_all(&self.pool)
                 .await
                 .map_err(Error::store)?;
-            Ok(done.rows_affected())
+            // Expired at the sweep's clock, which need not be a reader's.
+            if let Some(cache) = self.near() {
+                for handle in gone.iter().filter_map(|b| handle_from(b)) {
+                    cache.forget(&handle);
+                }
+            }
+            Ok(gone.len() as u64)
         })
     }
 
@@ -744,7 +766,7 @@ impl Near {
     fn new(max_sessions: u64, max_bytes: u64) -> Arc<Near> {
         Arc::new(Near {
             cache: Arc::new(NearCache::new(max_sessions, max_bytes)),
-            listener: OnceLock::new(),
+            listener: Mutex::new(None),
         })
     }
 }
@@ -753,6 +775,15 @@ impl Near {
 /// each notification names, and stops the cache whenever the subscription
 /// is lost, until it is back. Runs for the life of the store.
 async fn listen(pool: PgPool, channel: String, has_trigger: String, cache: Arc<NearCache>) {
+    /// However this task ends (aborted, its runtime gone, a panic), the
+    /// cache stops serving with it.
+    struct Stopping(Arc<NearCache>);
+    impl Drop for Stopping {
+        fn drop(&mut self) {
+            self.0.stop();
+        }
+    }
+    let _stopping = Stopping(cache.clone());
     let mut backoff = StdDuration::from_millis(50);
     let mut warned = false;
     loop {
@@ -764,12 +795,7 @@ async fn listen(pool: PgPool, channel: String, has_trigger: String, cache: Arc<N
                 // Until the connection is lost (`None`) or fails: nothing
                 // heard after that can be trusted.
                 while let Ok(Some(n)) = listener.try_recv().await {
-                    match near::parse_payload(n.payload()) {
-                        Some((handle, version)) => cache.notified(&handle, version),
-                        None => {
-                            tracing::warn!("keyfob: unreadable near-cache notification ignored")
-                        }
-                    }
+                    heard(&cache, n.payload());
                 }
                 cache.stop();
             }
@@ -786,18 +812,63 @@ async fn listen(pool: PgPool, channel: String, has_trigger: String, cache: Arc<N
     }
 }
 
-/// A `LISTEN`ing connection, once the trigger that notifies is known to exist.
+/// What one notification means for the cache. Anything it cannot read
+/// drops more, never less: a bad version drops the handle, a bad handle (or
+/// `*`, a `TRUNCATE`) everything.
+fn heard(cache: &NearCache, payload: &str) {
+    if payload == PING {
+        return;
+    }
+    match near::parse_payload(payload) {
+        Some((handle, version)) => cache.notified(&handle, version),
+        None => match payload.split_once(':').map_or(payload, |(h, _)| h).parse() {
+            Ok(handle) => cache.forget(&handle),
+            Err(_) => cache.clear(),
+        },
+    }
+}
+
+/// The payload a listener sends itself to prove its channel delivers.
+const PING: &str = "ping";
+
+/// A `LISTEN`ing connection, once the trigger that notifies is known to
+/// exist and a notification sent on the channel has come back through it
+/// (a connection pooler in transaction mode accepts `LISTEN` and delivers
+/// nothing).
 async fn subscribe(pool: &PgPool, channel: &str, has_trigger: &str) -> Result<PgListener> {
     let mut listener = PgListener::connect_with(pool).await.map_err(Error::store)?;
     listener.eager_reconnect(false);
     listener.listen(channel).await.map_err(Error::store)?;
+    // On the listener's own connection: no second one from the pool.
     let exists: bool = sqlx::query_scalar(has_trigger)
-        .fetch_one(pool)
+        .fetch_one(&mut listener)
         .await
         .map_err(Error::store)?;
     if !exists {
         return Err(Error::store_msg(
             "the table has no notify trigger: run `PostgresStore::migrate`",
+        ));
+    }
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(channel)
+        .bind(PING)
+        .execute(&mut listener)
+        .await
+        .map_err(Error::store)?;
+    let echoed = tokio::time::timeout(StdDuration::from_secs(2), async {
+        // Notifications before the echo are of writes made before this
+        // subscription: the cache starts empty anyway.
+        while let Ok(Some(n)) = listener.try_recv().await {
+            if n.payload() == PING {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    if echoed != Ok(true) {
+        return Err(Error::store_msg(
+            "the LISTEN connection does not deliver notifications (a pooler in transaction mode?)",
         ));
     }
     Ok(listener)

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     near::{self, NearCache},
-    sql::{decode_record, encode_record, owned_session, valid_identifier},
+    sql::{decode_record, encode_record, handle_from, owned_session, valid_identifier},
     sqlite_shm::Watch,
     BoxFuture, Created, OwnedSession, SessionStore, Updated,
 };
@@ -119,6 +119,35 @@ impl Near {
     fn resync(&self) {
         self.cache.clear();
     }
+
+    /// What a committed operation leaves in this process's cache.
+    fn committed(&self, op: &Op, out: &Out) {
+        match (op, out) {
+            (Op::Create(handle, record), Out::Created(Created::Stored)) => {
+                self.cache.written(handle, Arc::new(record.clone()), None);
+            }
+            (Op::Update(handle, ..), Out::Written(to, record)) => {
+                if to != handle {
+                    self.cache.forget(handle);
+                }
+                self.cache.written(to, record.clone(), None);
+            }
+            (Op::Update(handle, ..), Out::Gone) | (Op::Delete(handle), _) => {
+                self.cache.forget(handle);
+            }
+            // Which handles went is the table's business; revocations are
+            // rare, so every copy goes.
+            (Op::DeleteByOwner(..), _) => self.cache.clear(),
+            // Expired at the sweep's clock, which need not be a reader's.
+            (Op::DeleteExpired(..), Out::Purged(gone)) => {
+                for handle in gone {
+                    self.cache.forget(handle);
+                }
+            }
+            // A collision changed nothing.
+            (Op::DeleteExpired(..), _) | (Op::Create(..), _) | (Op::Update(..), _) => {}
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -167,7 +196,8 @@ impl Queries {
             delete: format!("DELETE FROM {t} WHERE handle = ?1"),
             delete_expired: format!(
                 "DELETE FROM {t} WHERE rowid IN (
-                    SELECT rowid FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)"
+                    SELECT rowid FROM {t} WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)
+                 RETURNING handle"
             ),
             delete_owner: format!(
                 "DELETE FROM {t} WHERE owner = ?1 AND (?2 IS NULL OR handle <> ?2)"
@@ -190,6 +220,8 @@ enum Out {
     Written(Handle, Arc<Record>),
     Gone,
     Count(u64),
+    /// The handles an expiry sweep deleted.
+    Purged(Vec<Handle>),
 }
 
 struct Job {
@@ -426,8 +458,11 @@ async fn run_batch(
     let before = near.map(|n| n.watch.begin(|| n.resync()));
     let mut outs = Vec::with_capacity(ops.len());
     let mut failed = None;
+    // Whether the transaction changes any row: only then does its commit
+    // move the WAL index's counter.
+    let mut changed = false;
     for op in ops {
-        match run_op(&mut tx, q, op).await {
+        match run_op(&mut tx, q, op, &mut changed).await {
             Ok(out) => outs.push(out),
             Err(e) => {
                 failed = Some(e);
@@ -435,21 +470,39 @@ async fn run_batch(
             }
         }
     }
+    let statement_failed = failed.is_some();
     let result = match failed {
         Some(e) => Err(e),
         None => tx.commit().await.map_err(Error::store),
     };
     if let (Some(n), Some(before)) = (near, before) {
-        n.watch.end(before, result.is_ok());
+        match &result {
+            // Committed: this process's copies follow, here, before anyone
+            // is answered (a caller that gave up waiting changes nothing).
+            Ok(()) => {
+                for (op, out) in ops.iter().zip(&outs) {
+                    n.committed(op, out);
+                }
+            }
+            // Perhaps committed, perhaps not: no copy can be trusted.
+            Err(_) if !statement_failed => n.resync(),
+            Err(_) => {}
+        }
+        n.watch.end(before, result.is_ok() && changed);
     }
     result.map(|()| outs)
 }
 
-async fn run_op(conn: &mut SqliteConnection, q: &Queries, op: &Op) -> Result<Out> {
+async fn run_op(
+    conn: &mut SqliteConnection,
+    q: &Queries,
+    op: &Op,
+    changed: &mut bool,
+) -> Result<Out> {
     match op {
         Op::Create(handle, record) => {
             let now = secs(record.last_seen());
-            sqlx::query(&q.purge_one)
+            let purged = sqlx::query(&q.purge_one)
                 .bind(&handle.as_bytes()[..])
                 .bind(now)
                 .execute(&mut *conn)
@@ -463,6 +516,7 @@ async fn run_op(conn: &mut SqliteConnection, q: &Queries, op: &Op) -> Result<Out
                 .execute(&mut *conn)
                 .await
                 .map_err(Error::store)?;
+            *changed |= purged.rows_affected() > 0 || done.rows_affected() > 0;
             Ok(Out::Created(if done.rows_affected() == 1 {
                 Created::Stored
             } else {
@@ -508,6 +562,7 @@ async fn run_op(conn: &mut SqliteConnection, q: &Queries, op: &Op) -> Result<Out
                         .map_err(Error::store)?;
                 }
             }
+            *changed = true;
             let target = update.rename_to().copied().unwrap_or(*handle);
             Ok(Out::Written(target, Arc::new(record)))
         }
@@ -517,16 +572,20 @@ async fn run_op(conn: &mut SqliteConnection, q: &Queries, op: &Op) -> Result<Out
                 .execute(&mut *conn)
                 .await
                 .map_err(Error::store)?;
+            *changed |= done.rows_affected() > 0;
             Ok(Out::Count(done.rows_affected()))
         }
         Op::DeleteExpired(now, batch) => {
-            let done = sqlx::query(&q.delete_expired)
+            let gone: Vec<Vec<u8>> = sqlx::query_scalar(&q.delete_expired)
                 .bind(secs(*now))
                 .bind(i64::try_from(*batch).unwrap_or(i64::MAX))
-                .execute(&mut *conn)
+                .fetch_all(&mut *conn)
                 .await
                 .map_err(Error::store)?;
-            Ok(Out::Count(done.rows_affected()))
+            *changed |= !gone.is_empty();
+            Ok(Out::Purged(
+                gone.iter().filter_map(|b| handle_from(b)).collect(),
+            ))
         }
         Op::DeleteByOwner(owner, keep) => {
             let keep = keep.map(|h| h.as_bytes().to_vec());
@@ -536,6 +595,7 @@ async fn run_op(conn: &mut SqliteConnection, q: &Queries, op: &Op) -> Result<Out
                 .execute(&mut *conn)
                 .await
                 .map_err(Error::store)?;
+            *changed |= done.rows_affected() > 0;
             Ok(Out::Count(done.rows_affected()))
         }
     }
@@ -606,15 +666,9 @@ impl SessionStore for SqliteStore {
         record: &'a Record,
     ) -> BoxFuture<'a, Result<Created>> {
         Box::pin(async move {
-            let near = self.inner.near.as_deref();
-            let ticket = near.map(|n| n.cache.ticket(handle));
+            // The writer task keeps the near cache (see `Near::committed`).
             match self.submit(Op::Create(*handle, record.clone())).await? {
-                Out::Created(c) => {
-                    if let (Some(n), Some(t), Created::Stored) = (near, ticket, c) {
-                        n.cache.put(handle, Arc::new(record.clone()), t);
-                    }
-                    Ok(c)
-                }
+                Out::Created(c) => Ok(c),
                 _ => Err(unexpected()),
             }
         })
@@ -627,22 +681,10 @@ impl SessionStore for SqliteStore {
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<Updated>> {
         Box::pin(async move {
-            let near = self.inner.near.as_deref();
-            let target = update.rename_to().unwrap_or(handle);
-            let ticket = near.map(|n| n.cache.ticket(target));
-            let out = self.submit(Op::Update(*handle, update.clone(), now)).await;
-            if let Some(n) = near {
-                match (&out, ticket) {
-                    (Ok(Out::Written(to, record)), Some(t)) => {
-                        if to != handle {
-                            n.cache.forget(handle);
-                        }
-                        n.cache.replace(to, record.clone(), t);
-                    }
-                    _ => n.cache.forget(handle),
-                }
-            }
-            match out? {
+            match self
+                .submit(Op::Update(*handle, update.clone(), now))
+                .await?
+            {
                 Out::Written(..) => Ok(Updated::Applied),
                 Out::Gone => Ok(Updated::Gone),
                 _ => Err(unexpected()),
@@ -652,11 +694,7 @@ impl SessionStore for SqliteStore {
 
     fn delete<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
-            let out = self.submit(Op::Delete(*handle)).await;
-            if let Some(n) = &self.inner.near {
-                n.cache.forget(handle);
-            }
-            match out? {
+            match self.submit(Op::Delete(*handle)).await? {
                 Out::Count(n) => Ok(n > 0),
                 _ => Err(unexpected()),
             }
@@ -666,7 +704,7 @@ impl SessionStore for SqliteStore {
     fn delete_expired(&self, now: OffsetDateTime, batch: usize) -> BoxFuture<'_, Result<u64>> {
         Box::pin(async move {
             match self.submit(Op::DeleteExpired(now, batch)).await? {
-                Out::Count(n) => Ok(n),
+                Out::Purged(gone) => Ok(gone.len() as u64),
                 _ => Err(unexpected()),
             }
         })
@@ -703,15 +741,10 @@ impl SessionStore for SqliteStore {
         keep: Option<&'a Handle>,
     ) -> BoxFuture<'a, Result<u64>> {
         Box::pin(async move {
-            let out = self
+            match self
                 .submit(Op::DeleteByOwner(owner.to_owned(), keep.copied()))
-                .await;
-            // Which handles went is the table's business; revocations are
-            // rare, so this process's copies all go, at once.
-            if let Some(n) = &self.inner.near {
-                n.cache.clear();
-            }
-            match out? {
+                .await?
+            {
                 Out::Count(n) => Ok(n),
                 _ => Err(unexpected()),
             }

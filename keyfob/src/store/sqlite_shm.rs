@@ -95,7 +95,18 @@ impl Watch {
     /// The stamp now; `None` when the `-shm` file cannot be read (not in
     /// WAL mode, not yet created) or is being written.
     pub(crate) fn read(&self) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt;
         let mut shm = self.shm.lock().ok()?;
+        // When the last connection to the file closes, SQLite deletes the
+        // `-shm` file and the next one makes a new file: an open handle to
+        // the old one would read a counter that never moves again.
+        let gone = shm
+            .as_ref()
+            .is_some_and(|f| f.metadata().map_or(true, |m| m.nlink() == 0));
+        if gone {
+            *shm = None;
+            self.set_last(None);
+        }
         if shm.is_none() {
             *shm = File::open(&self.path).ok();
         }
@@ -144,8 +155,9 @@ impl Watch {
         before
     }
 
-    /// The writer task, after its transaction: committed (`true`) leaves
-    /// the cache in step with one commit more than `before`.
+    /// The writer task, after its transaction: `committed` (a commit that
+    /// changed rows, so moved the counter by one) leaves the cache in step
+    /// with one commit more than `before`; otherwise with `before`.
     pub(crate) fn end(&self, before: Option<Stamp>, committed: bool) {
         self.set_last(if committed {
             before.map(Stamp::next)

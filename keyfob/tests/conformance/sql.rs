@@ -57,6 +57,65 @@ mod sqlite {
         );
     }
 
+    /// Two stores on one file, `here` with `h` in its near cache.
+    async fn two_on_one_file(h: &Handle) -> (keyfob::SqliteStore, keyfob::SqliteStore) {
+        let here = stores::sqlite_store().await;
+        let url = format!(
+            "sqlite://{}",
+            here.pool().connect_options().get_filename().display()
+        );
+        let there = keyfob::SqliteStore::connect(&url).await.unwrap();
+        let now = OffsetDateTime::now_utc();
+        here.create(h, &Record::new(now, Some(now + Duration::hours(1)), None))
+            .await
+            .unwrap();
+        assert!(here.load(h, now).await.unwrap().is_some());
+        (here, there)
+    }
+
+    /// A commit that changes nothing (a sweep with nothing expired) does not
+    /// move the WAL index's counter; counting it as one would take the next
+    /// commit of another process for this one's own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_that_changes_nothing_does_not_hide_another_process_commit() {
+        let h = Handle::from_bytes([6; 32]);
+        let (here, there) = two_on_one_file(&h).await;
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(here.delete_expired(now, 100).await.unwrap(), 0);
+        assert!(!here.delete(&Handle::from_bytes([7; 32])).await.unwrap());
+        there.delete(&h).await.unwrap();
+        assert!(here.load(&h, now).await.unwrap().is_none());
+    }
+
+    /// A delete whose caller stopped waiting (a time limit, a client gone)
+    /// still commits; the copy in the cache goes with it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_whose_caller_gave_up_still_drops_the_cached_copy() {
+        let h = Handle::from_bytes([8; 32]);
+        let (here, _there) = two_on_one_file(&h).await;
+        // Polled once (the delete is queued for the writer), then dropped.
+        let mut delete = here.delete(&h);
+        let first = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(delete.as_mut(), cx))
+        })
+        .await;
+        assert!(first.is_pending(), "the delete was still in flight");
+        drop(delete);
+        let now = OffsetDateTime::now_utc();
+        let mut gone = false;
+        for _ in 0..200 {
+            if here.load(&h, now).await.unwrap().is_none() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(gone, "the deleted session is still served");
+        // Gone from the file too, not only from the cache.
+        let fresh = keyfob::SqliteStore::new(here.pool().clone()).without_near_cache();
+        assert!(fresh.load(&h, now).await.unwrap().is_none());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn corrupted_sqlite_row_reads_as_no_session() {
         let store = stores::sqlite_store().await;
@@ -217,10 +276,12 @@ mod postgres {
         let h = Handle::from_bytes([9; 32]);
         here.create(&h, &record(now)).await.unwrap();
         assert!(here.load(&h, now).await.unwrap().is_some());
-        // Kill every LISTEN connection on the server: `here`'s channel is gone.
+        // Kill every listener's connection on the server (its last query
+        // was the ping it sent itself): `here`'s channel is gone.
         sqlx::query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-             WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+             WHERE (query LIKE 'LISTEN%' OR query LIKE 'SELECT pg_notify($1, $2)%')
+               AND pid <> pg_backend_pid()",
         )
         .execute(there.pool())
         .await
