@@ -16,6 +16,10 @@
 //!   older) copy behind: every drop moves a per-shard generation, and an
 //!   entry is only put if the generation it saw before asking the store has
 //!   not moved (and it is checked again after the put);
+//! - copies never go back in time: an entry is replaced only by a later
+//!   version of the record, whatever order concurrent loads and writes
+//!   finish in, and a write of this process voids the loads in flight for
+//!   its shard;
 //! - bounded by entries and bytes: each entry weighs its data size, but at
 //!   least `max_bytes / max_entries`, so both bounds hold; the least
 //!   useful entries are evicted past them.

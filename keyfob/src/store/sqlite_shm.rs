@@ -18,7 +18,14 @@
 //!   one) and, once it holds SQLite's write lock, reads the stamp: if it is
 //!   not the one the cache is in step with, another process committed, and
 //!   the cache is emptied; after its own commit the cache is in step with
-//!   the stamp plus one commit;
+//!   the stamp plus one commit, if the transaction changed rows (a commit
+//!   that writes no page leaves the counter alone), else with the stamp;
+//! - the writer, not the caller, updates this process's copies after each
+//!   commit and before answering, so a write whose caller stopped waiting
+//!   still drops or refreshes its copy;
+//! - when the last connection to a file closes, SQLite deletes the `-shm`
+//!   file and the next connection makes a new one: an unlinked file is
+//!   reopened and the cache starts over;
 //! - a load serves a cached record only if the stamp read now is the one the
 //!   cache is in step with; otherwise it asks the database, and if no write
 //!   of this process was under way across the check, the difference is
