@@ -103,6 +103,8 @@ struct Inner {
 struct Near {
     cache: NearCache,
     watch: Watch,
+    /// A connection held open for the store's lifetime (see `Watch::kept_open`).
+    keeper: tokio::sync::OnceCell<Option<std::sync::Mutex<SqliteConnection>>>,
 }
 
 impl Near {
@@ -113,7 +115,30 @@ impl Near {
         Arc::new(Near {
             cache,
             watch: Watch::new(pool.connect_options().get_filename()),
+            keeper: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// Opens the kept connection on first use (a failure leaves the
+    /// per-read `fstat` check on, and is not retried).
+    async fn keep_open(&self, pool: &SqlitePool) {
+        if self.keeper.initialized() {
+            return;
+        }
+        let kept = self
+            .keeper
+            .get_or_init(|| async {
+                use sqlx::ConnectOptions;
+                pool.connect_options()
+                    .connect()
+                    .await
+                    .ok()
+                    .map(std::sync::Mutex::new)
+            })
+            .await;
+        if kept.is_some() {
+            self.watch.kept_open();
+        }
     }
 
     fn resync(&self) {
@@ -619,6 +644,7 @@ impl SessionStore for SqliteStore {
             let near = self.inner.near.as_deref();
             let mut ticket = None;
             if let Some(n) = near {
+                n.keep_open(&self.inner.pool).await;
                 if n.watch.in_step(|| n.resync()) {
                     if let Some(hit) = n.cache.get(handle, now) {
                         return Ok(Some(hit));

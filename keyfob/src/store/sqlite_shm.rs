@@ -24,8 +24,10 @@
 //!   commit and before answering, so a write whose caller stopped waiting
 //!   still drops or refreshes its copy;
 //! - when the last connection to a file closes, SQLite deletes the `-shm`
-//!   file and the next connection makes a new one: an unlinked file is
-//!   reopened and the cache starts over;
+//!   file and the next connection makes a new one. The store keeps one
+//!   connection of its own open for its lifetime, so that cannot happen
+//!   while it serves; until that connection is open, each read checks that
+//!   the file it reads is not unlinked (and reopens, starting over);
 //! - a load serves a cached record only if the stamp read now is the one the
 //!   cache is in step with; otherwise it asks the database, and if no write
 //!   of this process was under way across the check, the difference is
@@ -36,7 +38,7 @@ use std::{
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Mutex,
     },
 };
@@ -80,6 +82,10 @@ fn stamp(bytes: &[u8; 2 * HEADER]) -> Option<Stamp> {
 pub(crate) struct Watch {
     path: PathBuf,
     shm: Mutex<Option<File>>,
+    /// Set once the store holds a connection of its own open to the file
+    /// for as long as it lives: SQLite then never deletes the `-shm` file,
+    /// and a read needs no `fstat` to know it is still the live one.
+    kept_open: AtomicBool,
     /// The stamp the cache is in step with; `None` when unknown.
     last: Mutex<Option<Stamp>>,
     /// Odd while the writer task is inside a transaction.
@@ -96,7 +102,13 @@ impl Watch {
             shm: Mutex::new(None),
             last: Mutex::new(None),
             writing: AtomicU64::new(0),
+            kept_open: AtomicBool::new(false),
         }
+    }
+
+    /// The store now holds a connection open to the file (see `kept_open`).
+    pub(crate) fn kept_open(&self) {
+        self.kept_open.store(true, Ordering::SeqCst);
     }
 
     /// The stamp now; `None` when the `-shm` file cannot be read (not in
@@ -107,9 +119,10 @@ impl Watch {
         // When the last connection to the file closes, SQLite deletes the
         // `-shm` file and the next one makes a new file: an open handle to
         // the old one would read a counter that never moves again.
-        let gone = shm
-            .as_ref()
-            .is_some_and(|f| f.metadata().map_or(true, |m| m.nlink() == 0));
+        let gone = !self.kept_open.load(Ordering::Relaxed)
+            && shm
+                .as_ref()
+                .is_some_and(|f| f.metadata().map_or(true, |m| m.nlink() == 0));
         if gone {
             *shm = None;
             self.set_last(None);
