@@ -135,10 +135,7 @@ where
         let login = self.login.clone();
         Box::pin(async move {
             let Some(session) = req.extensions().get::<Session>().cloned() else {
-                tracing::error!("keyfob: RequireLogin found no session. Is `SessionLayer` installed outside it?");
-                return Ok(crate::error::error_response(&Error::config(
-                    "no session in the request",
-                )));
+                return Ok(no_session("RequireLogin"));
             };
             match logged_in(&session).await {
                 Ok(true) => inner.call(req).await,
@@ -147,6 +144,13 @@ where
             }
         })
     }
+}
+
+/// What a guard answers when no `SessionLayer` ran before it: a
+/// configuration error (`500`), logged once per request.
+pub(super) fn no_session<B: From<&'static str>>(guard: &str) -> Response<B> {
+    tracing::error!("keyfob: {guard} found no session. Is `SessionLayer` installed outside it?");
+    crate::error::error_response(&Error::config("no session in the request"))
 }
 
 fn redirect_to_login<B: From<&'static str>>(login: &str, uri: &http::Uri) -> Response<B> {

@@ -137,16 +137,11 @@ pub async fn login<U: Serialize + 'static>(session: &Session, owner: &str, user:
     // With a backend: the fingerprint of the credential the app checked
     // (`user`, the backend's own type), so a password changed while this
     // login was being checked ends this session at its next request. Given
-    // anything else, the user the backend knows by `owner` now.
-    enum Known {
-        Checked(String),
-        Found((users::AnyUser, String)),
-    }
-    let users = session.shared().users.clone();
-    let known = match &users {
+    // anything else, that of the user the backend knows by `owner` now.
+    let fingerprint = match session.shared().users.clone() {
         Some(users) => Some(match users.fingerprint_of(user as &dyn std::any::Any) {
-            Some(fingerprint) => Known::Checked(fingerprint),
-            None => Known::Found(users::find(&**users, owner).await?),
+            Some(checked) => checked,
+            None => users::find(&*users, owner).await?.1,
         }),
         None => None,
     };
@@ -158,17 +153,14 @@ pub async fn login<U: Serialize + 'static>(session: &Session, owner: &str, user:
     session
         .remove_reserved::<serde_json::Value>(keys::CSRF)
         .await?;
-    match known {
-        Some(known) => {
+    match fingerprint {
+        Some(fingerprint) => {
             session
                 .remove_reserved::<serde_json::Value>(keys::USER)
                 .await?;
-            match known {
-                Known::Checked(fingerprint) => {
-                    users::remember_checked(session, fingerprint).await?
-                }
-                Known::Found(found) => users::remember(session, found).await?,
-            }
+            session
+                .insert_reserved(keys::CREDENTIAL, &fingerprint)
+                .await?;
         }
         None => session.insert_reserved(keys::USER, user).await?,
     }

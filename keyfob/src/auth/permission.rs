@@ -2,10 +2,7 @@
 
 use axum_core::{body::Body, response::IntoResponse};
 
-use super::{
-    users::{check, Access},
-    *,
-};
+use super::*;
 
 type Reply = Arc<dyn Fn() -> Response<Body> + Send + Sync>;
 
@@ -151,15 +148,12 @@ where
         let layer = self.layer.clone();
         Box::pin(async move {
             let Some(session) = req.extensions().get::<Session>().cloned() else {
-                tracing::error!("keyfob: RequirePermission found no session. Is `SessionLayer` installed outside it?");
-                return Ok(crate::error::error_response(&Error::config(
-                    "no session in the request",
-                )));
+                return Ok(super::guard::no_session("RequirePermission"));
             };
-            match check(&session, &layer.permission).await {
-                Ok(Access::Granted) => inner.call(req).await,
-                Ok(Access::LoginRequired) => Ok((layer.login_required)()),
-                Ok(Access::Forbidden) => Ok((layer.forbidden)()),
+            match super::permissions(&session).await {
+                Ok(Some(held)) if held.contains(&*layer.permission) => inner.call(req).await,
+                Ok(Some(_)) => Ok((layer.forbidden)()),
+                Ok(None) => Ok((layer.login_required)()),
                 Err(err) => Ok(crate::error::error_response(&err)),
             }
         })

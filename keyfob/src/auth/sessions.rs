@@ -47,9 +47,9 @@ fn display<T: fmt::Display, S: Serializer>(v: &T, s: S) -> std::result::Result<S
 /// The owner and handle of `session` once its pending changes (a login in
 /// this same request) are in the store, or `None` when nobody is logged in.
 async fn owned(session: &Session) -> Result<Option<(String, Option<Handle>)>> {
-    // With a backend, only a session that passes the user check (its user
+    // Only a session that passes the user check (with a backend: its user
     // exists, its credential unchanged) may see or end the user's sessions.
-    if session.shared().users.is_some() && !logged_in(session).await? {
+    if !logged_in(session).await? {
         return Ok(None);
     }
     let Some(owner) = session.owner().await? else {
@@ -90,17 +90,16 @@ pub async fn list_sessions(session: &Session) -> Result<Vec<SessionInfo>> {
                 .get(keys::DEVICE)
                 .and_then(|v| serde_json::from_str(v.get()).ok())
                 .unwrap_or_default();
-            (s, device)
-        })
-        .map(|(s, device)| SessionInfo {
-            browser: device.browser,
-            os: device.os,
-            ip: device.ip,
-            current: Some(s.handle) == current,
-            handle: s.handle,
-            created_at: s.record.created(),
-            last_seen: s.record.last_seen(),
-            expires_at: s.record.expires_at(),
+            SessionInfo {
+                browser: device.browser,
+                os: device.os,
+                ip: device.ip,
+                current: Some(s.handle) == current,
+                handle: s.handle,
+                created_at: s.record.created(),
+                last_seen: s.record.last_seen(),
+                expires_at: s.record.expires_at(),
+            }
         })
         .collect();
     list.sort_by_key(|s| (s.created_at, s.handle));

@@ -213,16 +213,6 @@ pub(crate) async fn remember(
     Ok(())
 }
 
-/// Records the fingerprint of the credential a login checked (the user it
-/// was handed), leaving the lookup to the next use in this request.
-pub(crate) async fn remember_checked(session: &Session, fingerprint: String) -> Result<()> {
-    session
-        .insert_reserved(keys::CREDENTIAL, &fingerprint)
-        .await?;
-    forget(session);
-    Ok(())
-}
-
 /// Forgets the request's looked-up user (the session changed hands).
 pub(crate) fn forget(session: &Session) {
     session.user_slot().set(None);
@@ -379,23 +369,6 @@ impl<P> fmt::Debug for RequirePermission<P> {
     }
 }
 
-/// Whether the request's user may pass: the outcome both guards answer from.
-#[cfg(feature = "axum")]
-pub(crate) enum Access {
-    Granted,
-    LoginRequired,
-    Forbidden,
-}
-
-#[cfg(feature = "axum")]
-pub(crate) async fn check(session: &Session, permission: &str) -> Result<Access> {
-    Ok(match permissions(session).await? {
-        None => Access::LoginRequired,
-        Some(p) if p.contains(permission) => Access::Granted,
-        Some(_) => Access::Forbidden,
-    })
-}
-
 #[cfg(feature = "axum")]
 impl<S, P> axum_core::extract::FromRequestParts<S> for RequirePermission<P>
 where
@@ -406,15 +379,13 @@ where
 
     async fn from_request_parts(
         parts: &mut http::request::Parts,
-        _: &S,
+        state: &S,
     ) -> Result<Self, Self::Rejection> {
-        use crate::extract::AuthRejection;
-        let session = super::request_session(parts)?;
-        match check(&session, P::NAME).await {
-            Ok(Access::Granted) => Ok(RequirePermission(std::marker::PhantomData)),
-            Ok(Access::LoginRequired) => Err(AuthRejection::LoginRequired),
-            Ok(Access::Forbidden) => Err(AuthRejection::Forbidden),
-            Err(e) => Err(AuthRejection::Store(e)),
+        let Permissions(held) = Permissions::from_request_parts(parts, state).await?;
+        if held.contains(P::NAME) {
+            Ok(RequirePermission(std::marker::PhantomData))
+        } else {
+            Err(crate::extract::AuthRejection::Forbidden)
         }
     }
 }

@@ -130,6 +130,7 @@ struct Queries {
     load: String,
     create: String,
     update: String,
+    update_returning: String,
     delete: String,
     delete_expired: String,
     list: String,
@@ -143,7 +144,7 @@ impl Queries {
     fn new(schema: &str, table: &str) -> Self {
         let t = format!("\"{schema}\".\"{table}\"");
         let live = "(expires_at IS NULL OR expires_at > $2)";
-        Queries {
+        let mut q = Queries {
             load: format!("SELECT {COLUMNS} FROM {t} WHERE handle = $1 AND {live}"),
             create: format!(
                 "INSERT INTO {t} AS s (handle, created, last_seen, idle_deadline, absolute_deadline,
@@ -170,9 +171,9 @@ impl Queries {
                     expiry = CASE WHEN $10 THEN $11 ELSE expiry END,
                     version = version + 1,
                     handle = COALESCE($12, handle)
-                 WHERE handle = $1 AND {live}
-                 RETURNING {COLUMNS}"
+                 WHERE handle = $1 AND {live}"
             ),
+            update_returning: String::new(),
             delete: format!("DELETE FROM {t} WHERE handle = $1"),
             delete_expired: format!(
                 "DELETE FROM {t} WHERE ctid IN (
@@ -192,7 +193,10 @@ impl Queries {
                     WHERE tgrelid = to_regclass('{t}') AND tgname = '{table}_notify')"
             ),
             table: t,
-        }
+        };
+        // The same write, sending back the row it stored (for the near cache).
+        q.update_returning = format!("{} RETURNING {COLUMNS}", q.update);
+        q
     }
 }
 
@@ -335,7 +339,8 @@ impl PostgresStore {
     /// again: it stopped the cache as it went (`Stopping`).
     fn near(&self) -> Option<&NearCache> {
         let near = self.near.as_ref()?;
-        if let Ok(mut task) = near.listener.lock() {
+        // `try_lock`: a load never waits here; whoever holds it is checking.
+        if let Ok(mut task) = near.listener.try_lock() {
             if task.as_ref().is_none_or(|t| t.is_finished()) {
                 *task = Some(
                     tokio::spawn(listen(
@@ -626,7 +631,12 @@ impl SessionStore for PostgresStore {
             let near = self.near();
             let target = update.rename_to().unwrap_or(handle);
             let ticket = near.map(|c| c.ticket(target));
-            let row = sqlx::query(&self.q.update)
+            let sql = if near.is_some() {
+                &self.q.update_returning
+            } else {
+                &self.q.update
+            };
+            let query = sqlx::query(sql)
                 .bind(&handle.as_bytes()[..])
                 .bind(secs(now))
                 .bind(clear)
@@ -638,17 +648,17 @@ impl SessionStore for PostgresStore {
                 .bind(update.owner.as_ref().and_then(|o| o.as_deref()))
                 .bind(expiry.is_some())
                 .bind(expiry.flatten())
-                .bind(update.rename_to().map(|h| h.as_bytes().to_vec()))
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(write_error);
+                .bind(update.rename_to().map(|h| h.as_bytes().to_vec()));
             let Some(cache) = near else {
-                return Ok(if row?.is_some() {
+                let done = query.execute(&self.pool).await.map_err(write_error)?;
+                return Ok(if done.rows_affected() == 1 {
                     Updated::Applied
                 } else {
                     Updated::Gone
                 });
             };
+            // With the cache, the stored row comes back to refresh it.
+            let row = query.fetch_optional(&self.pool).await.map_err(write_error);
             let row = match row {
                 Ok(Some(row)) => row,
                 // Gone, or unknown: no copy of it may stay.
