@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub mod account;
+mod accounts_sql;
 mod admin;
 pub mod config;
 pub mod migrate;

@@ -23,7 +23,10 @@ use std::{
 use keyfob::auth::UserBackend;
 use serde::{Deserialize, Serialize};
 
-use crate::passwords;
+use crate::{
+    accounts_sql::{Arg, Database, TABLE},
+    passwords,
+};
 
 /// A user, as `/me` and `/profile` show it (`{"id":1,"username":"alice"}`);
 /// the password hash and permissions are never serialized.
@@ -46,8 +49,6 @@ pub const DEMO: [(u64, &str, &str, &[&str]); 2] = [
     (1, "alice", "correct horse", &["admin"]),
     (2, "bob", "battery staple", &[]),
 ];
-
-const TABLE: &str = "keyfob_demo_accounts";
 
 /// The demo users with their passwords hashed, once per process (Argon2 is
 /// slow on purpose; every seed and in-memory backend shares these hashes).
@@ -83,9 +84,7 @@ fn demo_users() -> Result<&'static [User], String> {
 #[derive(Clone)]
 enum Backend {
     Memory(Arc<Mutex<HashMap<u64, User>>>),
-    Sqlite(sqlx::SqlitePool),
-    Postgres(sqlx::PgPool),
-    MySql(sqlx::MySqlPool),
+    Sql(Database),
     Redis(keyfob::store::RedisConnection),
 }
 
@@ -94,19 +93,8 @@ enum Backend {
 pub struct Accounts(Backend);
 
 /// The backend refused or could not be reached: answered `503`.
-fn failed(e: impl std::error::Error + Send + Sync + 'static) -> keyfob::Error {
+pub(crate) fn failed(e: impl std::error::Error + Send + Sync + 'static) -> keyfob::Error {
     keyfob::Error::store(e)
-}
-
-type Row = (i64, String, String, String);
-
-fn from_row((id, username, hash, permissions): Row) -> Option<User> {
-    Some(User {
-        id: u64::try_from(id).ok()?,
-        username,
-        hash,
-        permissions: serde_json::from_str(&permissions).unwrap_or_default(),
-    })
 }
 
 impl Accounts {
@@ -125,17 +113,17 @@ impl Accounts {
 
     /// Accounts in the SQLite database of `pool`.
     pub fn sqlite(pool: sqlx::SqlitePool) -> Accounts {
-        Accounts(Backend::Sqlite(pool))
+        Accounts(Backend::Sql(Database::Sqlite(pool)))
     }
 
     /// Accounts in the PostgreSQL database of `pool`.
     pub fn postgres(pool: sqlx::PgPool) -> Accounts {
-        Accounts(Backend::Postgres(pool))
+        Accounts(Backend::Sql(Database::Postgres(pool)))
     }
 
     /// Accounts in the MySQL / MariaDB database of `pool`.
     pub fn mysql(pool: sqlx::MySqlPool) -> Accounts {
-        Accounts(Backend::MySql(pool))
+        Accounts(Backend::Sql(Database::MySql(pool)))
     }
 
     /// Accounts on the Redis server or Cluster of `conn`.
@@ -150,59 +138,20 @@ impl Accounts {
     /// A one-line reason when the backend refuses.
     pub async fn seed(&self) -> Result<(), String> {
         let why = |e: &dyn std::fmt::Display| format!("accounts: {e}").replace('\n', " ");
-        self.create_table().await.map_err(|e| why(&e))?;
         let users = tokio::task::spawn_blocking(demo_users)
             .await
             .map_err(|e| why(&e))??;
+        if let Backend::Sql(sql) = &self.0 {
+            sql.create_table().await.map_err(|e| why(&e))?;
+        }
         for user in users {
             self.insert_if_missing(user).await.map_err(|e| why(&e))?;
         }
         Ok(())
     }
 
-    async fn create_table(&self) -> keyfob::Result<()> {
-        match &self.0 {
-            Backend::Memory(_) | Backend::Redis(_) => Ok(()),
-            Backend::Sqlite(pool) => sqlx::query(&format!(
-                "CREATE TABLE IF NOT EXISTS {TABLE} (id INTEGER PRIMARY KEY, \
-                 username TEXT NOT NULL UNIQUE, hash TEXT NOT NULL, permissions TEXT NOT NULL)"
-            ))
-            .execute(pool)
-            .await
-            .map(drop)
-            .map_err(failed),
-            Backend::Postgres(pool) => {
-                // Two replicas starting at once: CREATE … IF NOT EXISTS can
-                // still collide in the catalog, so one at a time.
-                let mut tx = pool.begin().await.map_err(failed)?;
-                sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-                    .bind(TABLE)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(failed)?;
-                sqlx::query(&format!(
-                    "CREATE TABLE IF NOT EXISTS {TABLE} (id BIGINT PRIMARY KEY, \
-                     username TEXT NOT NULL UNIQUE, hash TEXT NOT NULL, permissions TEXT NOT NULL)"
-                ))
-                .execute(&mut *tx)
-                .await
-                .map_err(failed)?;
-                tx.commit().await.map_err(failed)
-            }
-            Backend::MySql(pool) => sqlx::query(&format!(
-                "CREATE TABLE IF NOT EXISTS {TABLE} (id BIGINT PRIMARY KEY, \
-                 username VARCHAR(64) NOT NULL UNIQUE, hash TEXT NOT NULL, permissions TEXT NOT NULL)"
-            ))
-            .execute(pool)
-            .await
-            .map(drop)
-            .map_err(failed),
-        }
-    }
-
     async fn insert_if_missing(&self, user: &User) -> keyfob::Result<()> {
         let permissions = serde_json::to_string(&user.permissions).map_err(failed)?;
-        let id = i64::try_from(user.id).map_err(failed)?;
         match &self.0 {
             Backend::Memory(map) => {
                 if let Ok(mut map) = map.lock() {
@@ -210,40 +159,7 @@ impl Accounts {
                 }
                 Ok(())
             }
-            Backend::Sqlite(pool) => sqlx::query(&format!(
-                "INSERT OR IGNORE INTO {TABLE} (id, username, hash, permissions) VALUES (?, ?, ?, ?)"
-            ))
-            .bind(id)
-            .bind(&user.username)
-            .bind(&user.hash)
-            .bind(&permissions)
-            .execute(pool)
-            .await
-            .map(drop)
-            .map_err(failed),
-            Backend::Postgres(pool) => sqlx::query(&format!(
-                "INSERT INTO {TABLE} (id, username, hash, permissions) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT DO NOTHING"
-            ))
-            .bind(id)
-            .bind(&user.username)
-            .bind(&user.hash)
-            .bind(&permissions)
-            .execute(pool)
-            .await
-            .map(drop)
-            .map_err(failed),
-            Backend::MySql(pool) => sqlx::query(&format!(
-                "INSERT IGNORE INTO {TABLE} (id, username, hash, permissions) VALUES (?, ?, ?, ?)"
-            ))
-            .bind(id)
-            .bind(&user.username)
-            .bind(&user.hash)
-            .bind(&permissions)
-            .execute(pool)
-            .await
-            .map(drop)
-            .map_err(failed),
+            Backend::Sql(sql) => sql.insert_if_missing(user, &permissions).await,
             Backend::Redis(conn) => {
                 let mut conn = conn.clone();
                 // HSETNX per field: an existing account keeps every field.
@@ -277,30 +193,9 @@ impl Accounts {
     /// # Errors
     /// The backend failed (`503`).
     pub async fn by_id(&self, id: u64) -> keyfob::Result<Option<User>> {
-        let Ok(sql_id) = i64::try_from(id) else {
-            return Ok(None);
-        };
-        let select = format!("SELECT id, username, hash, permissions FROM {TABLE} WHERE id = ");
-        Ok(match &self.0 {
-            Backend::Memory(map) => map.lock().ok().and_then(|m| m.get(&id).cloned()),
-            Backend::Sqlite(pool) => sqlx::query_as::<_, Row>(&format!("{select}?"))
-                .bind(sql_id)
-                .fetch_optional(pool)
-                .await
-                .map_err(failed)?
-                .and_then(from_row),
-            Backend::Postgres(pool) => sqlx::query_as::<_, Row>(&format!("{select}$1"))
-                .bind(sql_id)
-                .fetch_optional(pool)
-                .await
-                .map_err(failed)?
-                .and_then(from_row),
-            Backend::MySql(pool) => sqlx::query_as::<_, Row>(&format!("{select}?"))
-                .bind(sql_id)
-                .fetch_optional(pool)
-                .await
-                .map_err(failed)?
-                .and_then(from_row),
+        match &self.0 {
+            Backend::Memory(map) => Ok(map.lock().ok().and_then(|m| m.get(&id).cloned())),
+            Backend::Sql(sql) => sql.user("id", Arg::Id(id)).await,
             Backend::Redis(conn) => {
                 let mut conn = conn.clone();
                 let fields: HashMap<String, String> = redis::cmd("HGETALL")
@@ -309,59 +204,45 @@ impl Accounts {
                     .await
                     .map_err(failed)?;
                 let field = |f: &str| fields.get(f).cloned();
-                match (field("username"), field("hash"), field("permissions")) {
-                    (Some(u), Some(h), Some(p)) => from_row((sql_id, u, h, p)),
-                    _ => None,
-                }
+                Ok(
+                    match (field("username"), field("hash"), field("permissions")) {
+                        (Some(username), Some(hash), Some(p)) => {
+                            Some(user_from(id, username, hash, &p))
+                        }
+                        _ => None,
+                    },
+                )
             }
-        })
+        }
     }
 
-    /// The account with this username.
+    /// The account with this username (one query on SQL; Redis finds the
+    /// id first, then the account).
     ///
     /// # Errors
     /// The backend failed (`503`).
     pub async fn by_name(&self, username: &str) -> keyfob::Result<Option<User>> {
-        let id: Option<i64> = match &self.0 {
-            Backend::Memory(map) => map.lock().ok().and_then(|m| {
-                m.values()
-                    .find(|u| u.username == username)
-                    .and_then(|u| i64::try_from(u.id).ok())
-            }),
-            Backend::Sqlite(pool) => {
-                sqlx::query_scalar(&format!("SELECT id FROM {TABLE} WHERE username = ?"))
-                    .bind(username)
-                    .fetch_optional(pool)
-                    .await
-                    .map_err(failed)?
-            }
-            Backend::Postgres(pool) => {
-                sqlx::query_scalar(&format!("SELECT id FROM {TABLE} WHERE username = $1"))
-                    .bind(username)
-                    .fetch_optional(pool)
-                    .await
-                    .map_err(failed)?
-            }
-            Backend::MySql(pool) => {
-                sqlx::query_scalar(&format!("SELECT id FROM {TABLE} WHERE username = ?"))
-                    .bind(username)
-                    .fetch_optional(pool)
-                    .await
-                    .map_err(failed)?
-            }
+        let found = match &self.0 {
+            Backend::Memory(map) => map
+                .lock()
+                .ok()
+                .and_then(|m| m.values().find(|u| u.username == username).cloned()),
+            Backend::Sql(sql) => sql.user("username", Arg::Text(username)).await?,
             Backend::Redis(conn) => {
                 let mut conn = conn.clone();
-                redis::cmd("GET")
+                let id: Option<u64> = redis::cmd("GET")
                     .arg(redis_name_key(username))
                     .query_async(&mut conn)
                     .await
-                    .map_err(failed)?
+                    .map_err(failed)?;
+                match id {
+                    Some(id) => self.by_id(id).await?,
+                    None => None,
+                }
             }
         };
-        match id.and_then(|id| u64::try_from(id).ok()) {
-            Some(id) => Ok(self.by_id(id).await?.filter(|u| u.username == username)),
-            None => Ok(None),
-        }
+        // Exact match only (MySQL's collation compares case-insensitively).
+        Ok(found.filter(|u| u.username == username))
     }
 
     /// Replaces the permissions of `username`; `false` when there is no such user.
@@ -377,7 +258,30 @@ impl Accounts {
             return Ok(false);
         };
         let json = serde_json::to_string(permissions).map_err(failed)?;
-        self.set_field(user.id, "permissions", &json).await?;
+        match &self.0 {
+            Backend::Memory(map) => {
+                if let Some(u) = map.lock().ok().as_mut().and_then(|m| m.get_mut(&user.id)) {
+                    u.permissions = permissions.to_vec();
+                }
+            }
+            Backend::Sql(sql) => {
+                sql.execute(
+                    &format!("UPDATE {TABLE} SET permissions = ? WHERE id = ?"),
+                    &[Arg::Text(&json), Arg::Id(user.id)],
+                )
+                .await?;
+            }
+            Backend::Redis(conn) => {
+                let mut conn = conn.clone();
+                redis::cmd("HSET")
+                    .arg(redis_key(user.id))
+                    .arg("permissions")
+                    .arg(&json)
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(failed)?;
+            }
+        }
         Ok(true)
     }
 
@@ -388,13 +292,6 @@ impl Accounts {
     /// # Errors
     /// The backend failed (`503`); nothing changed.
     pub async fn replace_hash(&self, id: u64, old: &str, new: &str) -> keyfob::Result<bool> {
-        let sql_id = i64::try_from(id).map_err(failed)?;
-        let update = |p: [&str; 3]| {
-            format!(
-                "UPDATE {TABLE} SET hash = {} WHERE id = {} AND hash = {}",
-                p[0], p[1], p[2]
-            )
-        };
         Ok(match &self.0 {
             Backend::Memory(map) => {
                 let mut map = map
@@ -408,37 +305,12 @@ impl Accounts {
                     _ => false,
                 }
             }
-            Backend::Sqlite(pool) => {
-                sqlx::query(&update(["?", "?", "?"]))
-                    .bind(new)
-                    .bind(sql_id)
-                    .bind(old)
-                    .execute(pool)
-                    .await
-                    .map_err(failed)?
-                    .rows_affected()
-                    == 1
-            }
-            Backend::Postgres(pool) => {
-                sqlx::query(&update(["$1", "$2", "$3"]))
-                    .bind(new)
-                    .bind(sql_id)
-                    .bind(old)
-                    .execute(pool)
-                    .await
-                    .map_err(failed)?
-                    .rows_affected()
-                    == 1
-            }
-            Backend::MySql(pool) => {
-                sqlx::query(&update(["?", "?", "?"]))
-                    .bind(new)
-                    .bind(sql_id)
-                    .bind(old)
-                    .execute(pool)
-                    .await
-                    .map_err(failed)?
-                    .rows_affected()
+            Backend::Sql(sql) => {
+                sql.execute(
+                    &format!("UPDATE {TABLE} SET hash = ? WHERE id = ? AND hash = ?"),
+                    &[Arg::Text(new), Arg::Id(id), Arg::Text(old)],
+                )
+                .await?
                     == 1
             }
             Backend::Redis(conn) => {
@@ -458,55 +330,15 @@ impl Accounts {
             }
         })
     }
+}
 
-    async fn set_field(&self, id: u64, field: &'static str, value: &str) -> keyfob::Result<()> {
-        let sql_id = i64::try_from(id).map_err(failed)?;
-        let sql = |placeholder: fn(usize) -> String| {
-            format!(
-                "UPDATE {TABLE} SET {field} = {} WHERE id = {}",
-                placeholder(1),
-                placeholder(2)
-            )
-        };
-        match &self.0 {
-            Backend::Memory(map) => {
-                if let Some(user) = map.lock().ok().as_mut().and_then(|m| m.get_mut(&id)) {
-                    user.permissions = serde_json::from_str(value).unwrap_or_default();
-                }
-                Ok(())
-            }
-            Backend::Sqlite(pool) => sqlx::query(&sql(|_| "?".into()))
-                .bind(value)
-                .bind(sql_id)
-                .execute(pool)
-                .await
-                .map(drop)
-                .map_err(failed),
-            Backend::Postgres(pool) => sqlx::query(&sql(|n| format!("${n}")))
-                .bind(value)
-                .bind(sql_id)
-                .execute(pool)
-                .await
-                .map(drop)
-                .map_err(failed),
-            Backend::MySql(pool) => sqlx::query(&sql(|_| "?".into()))
-                .bind(value)
-                .bind(sql_id)
-                .execute(pool)
-                .await
-                .map(drop)
-                .map_err(failed),
-            Backend::Redis(conn) => {
-                let mut conn = conn.clone();
-                redis::cmd("HSET")
-                    .arg(redis_key(id))
-                    .arg(field)
-                    .arg(value)
-                    .query_async::<()>(&mut conn)
-                    .await
-                    .map_err(failed)
-            }
-        }
+/// An account from its stored parts (permissions as JSON text).
+pub(crate) fn user_from(id: u64, username: String, hash: String, permissions: &str) -> User {
+    User {
+        id,
+        username,
+        hash,
+        permissions: serde_json::from_str(permissions).unwrap_or_default(),
     }
 }
 

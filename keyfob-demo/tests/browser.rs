@@ -196,39 +196,8 @@ async fn browser_flow_login_counter_transfer_forgery_and_logout() {
     let b = Browser::start().await;
     let c = &b.client;
 
-    // Anonymous: the login form.
-    c.goto(&format!("{base}/")).await.unwrap();
-    assert!(b.shows_login_form().await, "{}", b.body().await);
-
-    // Log in through the form: the dashboard.
-    c.find(Locator::Css("input[name=username]"))
-        .await
-        .unwrap()
-        .send_keys("alice")
-        .await
-        .unwrap();
-    c.find(Locator::Css("input[name=password]"))
-        .await
-        .unwrap()
-        .send_keys("correct horse")
-        .await
-        .unwrap();
-    c.find(Locator::Css("form[action='/login'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.wait()
-        .at_most(Duration::from_secs(5))
-        .for_element(Locator::Css("#user"))
-        .await
-        .unwrap();
-    assert!(
-        b.text("#user").await.contains("alice"),
-        "{}",
-        b.body().await
-    );
+    // Anonymous: the login form; logged in through it: the dashboard.
+    log_in(&b, &base, "alice", "correct horse").await;
 
     // The session cookie is HttpOnly: invisible to page scripts.
     let cookies = c.execute("return document.cookie", vec![]).await.unwrap();

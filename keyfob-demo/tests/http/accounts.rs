@@ -14,28 +14,35 @@ const OLD: &str = "battery staple";
 const NEW: &str = "a much longer passphrase";
 
 impl Client {
-    async fn put_permissions(&mut self, user: &str, body: &str, token: Option<&str>) -> StatusCode {
+    /// A JSON request, with the CSRF token when given.
+    async fn json(
+        &mut self,
+        method: reqwest::Method,
+        path: &str,
+        body: &str,
+        token: Option<&str>,
+    ) -> crate::common::Reply {
         let mut req = self
             .http
-            .put(format!("{}/admin/users/{user}/permissions", self.base))
-            .header("content-type", "application/json")
-            .body(body.to_owned());
-        if let Some(t) = token {
-            req = req.header("x-csrf-token", t);
-        }
-        self.send(req).await.status
-    }
-
-    async fn change_password(&mut self, body: &str, token: Option<&str>) -> crate::common::Reply {
-        let mut req = self
-            .http
-            .post(format!("{}/account/password", self.base))
+            .request(method, format!("{}{path}", self.base))
             .header("content-type", "application/json")
             .body(body.to_owned());
         if let Some(t) = token {
             req = req.header("x-csrf-token", t);
         }
         self.send(req).await
+    }
+
+    async fn put_permissions(&mut self, user: &str, body: &str, token: Option<&str>) -> StatusCode {
+        let path = format!("/admin/users/{user}/permissions");
+        self.json(reqwest::Method::PUT, &path, body, token)
+            .await
+            .status
+    }
+
+    async fn change_password(&mut self, body: &str, token: Option<&str>) -> crate::common::Reply {
+        self.json(reqwest::Method::POST, "/account/password", body, token)
+            .await
     }
 
     async fn logged_in_as(&mut self, user: &str, password: &str) -> StatusCode {

@@ -219,17 +219,22 @@ mod stores {
         postgres_on(&unique("sessions")).await
     }
 
+    /// A pool of its own on the test server.
+    #[cfg(feature = "postgres")]
+    async fn postgres_pool() -> sqlx::PgPool {
+        let url = server_url("KEYFOB_TEST_POSTGRES_URL");
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url}: {e}"))
+    }
+
     /// A store on `table` with a pool of its own (as another process has),
     /// migrated, its near cache serving.
     #[cfg(feature = "postgres")]
     pub async fn postgres_on(table: &str) -> keyfob::PostgresStore {
-        let url = server_url("KEYFOB_TEST_POSTGRES_URL");
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(8)
-            .connect(&url)
-            .await
-            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url}: {e}"));
-        let store = keyfob::PostgresStore::new(pool)
+        let store = keyfob::PostgresStore::new(postgres_pool().await)
             .with_table_name(table)
             .unwrap();
         store.migrate().await.unwrap();
@@ -263,13 +268,7 @@ mod stores {
     /// PostgreSQL with the near cache off: every load is a round trip.
     #[cfg(feature = "postgres")]
     pub async fn postgres_uncached() -> Arc<dyn SessionStore> {
-        let url = server_url("KEYFOB_TEST_POSTGRES_URL");
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(8)
-            .connect(&url)
-            .await
-            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {url}: {e}"));
-        let store = keyfob::PostgresStore::new(pool)
+        let store = keyfob::PostgresStore::new(postgres_pool().await)
             .without_near_cache()
             .with_table_name(&unique("sessions"))
             .unwrap();

@@ -26,17 +26,9 @@ mod sqlite {
     /// wal-index is checked before a cached record is served.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn another_process_commit_is_seen_before_a_cached_record_is_served() {
-        let here = stores::sqlite_store().await;
-        let url = format!(
-            "sqlite://{}",
-            here.pool().connect_options().get_filename().display()
-        );
-        // Another "process": a pool and a writer of its own on the same file.
-        let there = keyfob::SqliteStore::connect(&url).await.unwrap();
-        let now = OffsetDateTime::now_utc();
         let h = Handle::from_bytes([5; 32]);
-        let r = Record::new(now, Some(now + Duration::hours(1)), None);
-        here.create(&h, &r).await.unwrap();
+        let (here, there) = two_on_one_file(&h).await;
+        let now = OffsetDateTime::now_utc();
         for round in 0..20 {
             let cached = here.load(&h, now).await.unwrap().unwrap().version();
             let touch = Update::touch(now, Some(now + Duration::hours(1)));
@@ -57,7 +49,8 @@ mod sqlite {
         );
     }
 
-    /// Two stores on one file, `here` with `h` in its near cache.
+    /// Two stores on one file (the second, another "process": a pool and a
+    /// writer of its own), `here` with `h` in its near cache.
     async fn two_on_one_file(h: &Handle) -> (keyfob::SqliteStore, keyfob::SqliteStore) {
         let here = stores::sqlite_store().await;
         let url = format!(
