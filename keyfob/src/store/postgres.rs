@@ -66,7 +66,11 @@ use crate::{
 ///   goes to the server until it has subscribed again. A logout or
 ///   revocation made through this process is seen by its very next
 ///   request; one made through another process, within the notification
-///   latency (about a millisecond on loopback; see `BENCHMARKS.md`).
+///   latency (p50 about 0.15 ms, p99 about 4 ms on loopback; see
+///   `BENCHMARKS.md`). Within that window a request routed to another
+///   replica can read the session as it was before: a value it computes
+///   from the old one (a counter) then overwrites the newer one, as two
+///   concurrent requests would. Keys written independently still merge.
 ///
 /// Caveats: `jsonb` normalises JSON (key order, whitespace), so a value reads
 /// back equal but not necessarily byte-identical. The listener holds one
