@@ -50,40 +50,75 @@ pub(crate) mod reserved {
 
 /// The key/value data of a session. Values are JSON text.
 ///
-/// Kept as a small vector: sessions hold a handful of keys, and a vector
-/// costs far less memory per session than a hash map.
+/// Kept in one string, each entry as `{key length}:{key}{value length}:{value}`
+/// (lengths in decimal bytes, as a netstring): a record is kept per session,
+/// and one allocation costs far less than a vector of boxed keys and values
+/// (three to five allocations for a one-key session). Sessions hold a
+/// handful of keys, so a lookup scans; a write rebuilds the string.
 #[derive(Clone, Default)]
-pub(crate) struct Data(Vec<(Box<str>, Box<RawValue>)>);
+pub(crate) struct Data(Box<str>);
+
+/// Splits one `{len}:{text}` field off the front of `rest`.
+fn field<'a>(rest: &mut &'a str) -> Option<&'a str> {
+    let (len, tail) = rest.split_once(':')?;
+    let len: usize = len.parse().ok()?;
+    let text = tail.get(..len)?;
+    *rest = tail.get(len..)?;
+    Some(text)
+}
+
+/// The entries of a [`Data`], in order.
+pub(crate) struct Entries<'a>(&'a str);
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let key = field(&mut self.0)?;
+        let value = field(&mut self.0)?;
+        Some((key, value))
+    }
+}
+
+/// Appends one entry in [`Data`]'s encoding.
+fn push_entry(buf: &mut String, key: &str, value: &str) {
+    let mut n = itoa::Buffer::new();
+    buf.push_str(n.format(key.len()));
+    buf.push(':');
+    buf.push_str(key);
+    buf.push_str(n.format(value.len()));
+    buf.push(':');
+    buf.push_str(value);
+}
 
 impl PartialEq for Data {
     fn eq(&self, other: &Self) -> bool {
-        self.0.len() == other.0.len()
-            && self
-                .0
-                .iter()
-                .all(|(k, v)| other.get(k).is_some_and(|o| o.get() == v.get()))
+        self.len() == other.len() && self.entries().all(|(k, v)| other.get(k) == Some(v))
     }
 }
 
 impl Data {
-    pub(crate) fn get(&self, key: &str) -> Option<&RawValue> {
-        self.0.iter().find(|(k, _)| &**k == key).map(|(_, v)| &**v)
+    /// The JSON text stored under `key`.
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
+        self.entries().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
-    pub(crate) fn set(&mut self, key: &str, value: Box<RawValue>) {
-        match self.0.iter_mut().find(|(k, _)| &**k == key) {
-            Some(slot) => slot.1 = value,
-            None => self.0.push((key.into(), value)),
-        }
-    }
-
-    pub(crate) fn remove(&mut self, key: &str) -> Option<Box<RawValue>> {
-        let i = self.0.iter().position(|(k, _)| &**k == key)?;
-        Some(self.0.swap_remove(i).1)
-    }
-
-    pub(crate) fn clear(&mut self) {
-        self.0.clear();
+    /// Sets `key` to `value`, in place if the key is there, else last.
+    pub(crate) fn set(&mut self, key: &str, value: &RawValue) {
+        let value = value.get();
+        let mut buf = if self.get(key).is_some() {
+            let mut buf = String::with_capacity(self.0.len() + value.len());
+            for (k, v) in self.entries() {
+                push_entry(&mut buf, k, if k == key { value } else { v });
+            }
+            buf
+        } else {
+            let mut buf = String::from(std::mem::take(&mut self.0));
+            push_entry(&mut buf, key, value);
+            buf
+        };
+        buf.shrink_to_fit();
+        self.0 = buf.into_boxed_str();
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -91,15 +126,21 @@ impl Data {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.0.len()
+        self.entries().count()
     }
 
-    pub(crate) fn entries(&self) -> impl Iterator<Item = (&str, &RawValue)> {
-        self.0.iter().map(|(k, v)| (&**k, &**v))
+    /// Each key with its JSON text, in order.
+    pub(crate) fn entries(&self) -> Entries<'_> {
+        Entries(&self.0)
     }
 
     pub(crate) fn keys(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|(k, _)| &**k)
+        self.entries().map(|(k, _)| k)
+    }
+
+    /// The bytes of its keys and values.
+    fn payload_bytes(&self) -> usize {
+        self.entries().map(|(k, v)| k.len() + v.len()).sum()
     }
 }
 
@@ -112,9 +153,12 @@ impl fmt::Debug for Data {
 
 impl Serialize for Data {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in &self.0 {
-            map.serialize_entry(k, v)?;
+        let mut map = s.serialize_map(Some(self.len()))?;
+        for (k, v) in self.entries() {
+            // Stored text came from a `RawValue`, so it is one JSON value;
+            // borrowing it back checks that without copying.
+            let raw: &RawValue = serde_json::from_str(v).map_err(serde::ser::Error::custom)?;
+            map.serialize_entry(k, raw)?;
         }
         map.end()
     }
@@ -129,14 +173,67 @@ impl<'de> Deserialize<'de> for Data {
                 f.write_str("a JSON object of session values")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Data, A::Error> {
-                let mut data = Data::default();
+                // A key given twice keeps its last value, as a JSON object read
+                // into a map would.
+                let mut changes = ChangeSet::default();
                 while let Some((k, v)) = map.next_entry::<String, Box<RawValue>>()? {
-                    data.set(&k, v);
+                    changes.set(&k, Some(v));
                 }
+                let mut data = Data::default();
+                changes.apply_to(&mut data);
                 Ok(data)
             }
         }
         d.deserialize_map(V)
+    }
+}
+
+/// A deadline in Unix seconds, or none, in 8 bytes: `i64::MAX`, later than
+/// any time a deadline can name, stands for none (an `Option<i64>` takes 16,
+/// and a record is kept per session). Serialized as an optional integer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Deadline(i64);
+
+impl Deadline {
+    const NONE: Deadline = Deadline(i64::MAX);
+
+    /// The deadline, if any.
+    pub(crate) fn get(self) -> Option<i64> {
+        (self != Self::NONE).then_some(self.0)
+    }
+
+    pub(crate) fn is_none(&self) -> bool {
+        *self == Self::NONE
+    }
+}
+
+impl Default for Deadline {
+    fn default() -> Self {
+        Self::NONE
+    }
+}
+
+impl From<Option<i64>> for Deadline {
+    fn from(secs: Option<i64>) -> Self {
+        secs.map_or(Self::NONE, Deadline)
+    }
+}
+
+impl fmt::Debug for Deadline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
+impl Serialize for Deadline {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.get().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Deadline {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Option::<i64>::deserialize(d).map(Deadline::from)
     }
 }
 
@@ -187,14 +284,15 @@ pub struct Record {
     pub(crate) created: i64,
     #[serde(rename = "s")]
     pub(crate) last_seen: i64,
-    #[serde(rename = "i", default, skip_serializing_if = "Option::is_none")]
-    pub(crate) idle_deadline: Option<i64>,
-    #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
-    pub(crate) absolute_deadline: Option<i64>,
+    #[serde(rename = "i", default, skip_serializing_if = "Deadline::is_none")]
+    pub(crate) idle_deadline: Deadline,
+    #[serde(rename = "a", default, skip_serializing_if = "Deadline::is_none")]
+    pub(crate) absolute_deadline: Deadline,
     #[serde(rename = "o", default, skip_serializing_if = "Option::is_none")]
     pub(crate) owner: Option<Box<str>>,
+    /// Boxed: rarely set, and a record is kept per session (8 bytes, not 24).
     #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
-    pub(crate) expiry: Option<Expiry>,
+    pub(crate) expiry: Option<Box<Expiry>>,
     #[serde(rename = "v", default)]
     pub(crate) version: u64,
 }
@@ -210,8 +308,8 @@ impl Record {
             data: Data::default(),
             created: secs(now),
             last_seen: secs(now),
-            idle_deadline: idle_deadline.map(secs),
-            absolute_deadline: absolute_deadline.map(secs),
+            idle_deadline: idle_deadline.map(secs).into(),
+            absolute_deadline: absolute_deadline.map(secs).into(),
             owner: None,
             expiry: None,
             version: 1,
@@ -234,7 +332,7 @@ impl Record {
     }
 
     pub(crate) fn expires_secs(&self) -> Option<i64> {
-        match (self.idle_deadline, self.absolute_deadline) {
+        match (self.idle_deadline.get(), self.absolute_deadline.get()) {
             (Some(i), Some(a)) => Some(i.min(a)),
             (i, a) => i.or(a),
         }
@@ -242,7 +340,12 @@ impl Record {
 
     /// The absolute deadline, set at creation and never extended.
     pub fn absolute_deadline(&self) -> Option<OffsetDateTime> {
-        self.absolute_deadline.map(instant)
+        self.absolute_deadline.get().map(instant)
+    }
+
+    /// The per-session expiry set with `Session::set_expiry`, if any.
+    pub(crate) fn expiry(&self) -> Option<Expiry> {
+        self.expiry.as_deref().copied()
     }
 
     /// True when a deadline has passed: such a record must not be returned.
@@ -276,12 +379,7 @@ impl Record {
         allow(dead_code)
     )]
     pub(crate) fn payload_bytes(&self) -> usize {
-        self.owner().map_or(0, str::len)
-            + self
-                .data
-                .entries()
-                .map(|(k, v)| k.len() + v.get().len())
-                .sum::<usize>()
+        self.owner().map_or(0, str::len) + self.data.payload_bytes()
     }
 
     /// Applies a request's update to this (current) record and bumps the version.
@@ -291,9 +389,9 @@ impl Record {
         update.changes.apply_to(&mut self.data);
         self.last_seen = update.seen;
         if let Some(expiry) = update.expiry {
-            self.expiry = expiry;
+            self.expiry = expiry.map(Box::new);
         }
-        self.idle_deadline = update.idle_deadline;
+        self.idle_deadline = update.idle_deadline.into();
         if let Some(owner) = &update.owner {
             self.owner.clone_from(owner);
         }
@@ -386,18 +484,37 @@ impl ChangeSet {
             .map(|(_, v)| v.as_deref())
     }
 
+    /// Applies the change-set to `data`, building its new string in one pass.
     pub(crate) fn apply_to(&self, data: &mut Data) {
-        if self.clear {
-            data.clear();
+        if self.is_empty() {
+            return;
         }
+        let old = if self.clear { "" } else { &data.0 };
+        let mut buf = String::with_capacity(
+            old.len()
+                + self
+                    .ops
+                    .iter()
+                    .map(|(k, v)| k.len() + v.as_ref().map_or(0, |v| v.get().len()) + 8)
+                    .sum::<usize>(),
+        );
+        // Keys already there keep their place; a removed one is left out.
+        for (k, v) in Entries(old) {
+            match self.lookup(k) {
+                Some(Some(new)) => push_entry(&mut buf, k, new.get()),
+                Some(None) => {}
+                None => push_entry(&mut buf, k, v),
+            }
+        }
+        // New keys go last, in the order they were first set.
         for (k, v) in &self.ops {
-            match v {
-                Some(v) => data.set(k, v.clone()),
-                None => {
-                    data.remove(k);
+            if let Some(v) = v {
+                if Entries(old).all(|(old_key, _)| old_key != &**k) {
+                    push_entry(&mut buf, k, v.get());
                 }
             }
         }
+        data.0 = buf.into_boxed_str();
     }
 }
 
@@ -503,20 +620,20 @@ mod tests {
     #[test]
     fn change_set_applies_to_the_current_record_not_a_stale_copy() {
         let mut stored = Data::default();
-        stored.set("a", raw("1"));
-        stored.set("b", raw("2"));
+        stored.set("a", &raw("1"));
+        stored.set("b", &raw("2"));
         // Another request wrote `b` meanwhile; this request only set `c`.
         let mut changes = ChangeSet::default();
         changes.set("c", Some(raw("3")));
         changes.apply_to(&mut stored);
-        assert_eq!(stored.get("b").unwrap().get(), "2");
-        assert_eq!(stored.get("c").unwrap().get(), "3");
+        assert_eq!(stored.get("b").unwrap(), "2");
+        assert_eq!(stored.get("c").unwrap(), "3");
     }
 
     #[test]
     fn clear_then_set_keeps_only_the_new_key() {
         let mut stored = Data::default();
-        stored.set("a", raw("1"));
+        stored.set("a", &raw("1"));
         let mut changes = ChangeSet::default();
         changes.set("x", Some(raw("0")));
         changes.clear();
@@ -531,16 +648,53 @@ mod tests {
         changes.set("a", Some(raw("1")));
         changes.set("a", None);
         let mut data = Data::default();
-        data.set("a", raw("0"));
+        data.set("a", &raw("0"));
         changes.apply_to(&mut data);
         assert!(data.get("a").is_none());
+    }
+
+    #[test]
+    fn data_keeps_keys_that_look_like_its_own_encoding() {
+        // Keys are the app's: colons, digits, multi-byte characters, empty.
+        let keys = ["", ":", "3:abc", "12", "clé:é", "a\u{0}b", "keyfob.user"];
+        let mut data = Data::default();
+        for (i, k) in keys.iter().enumerate() {
+            data.set(k, &raw(&serde_json::to_string(&format!("{k}{i}")).unwrap()));
+        }
+        assert_eq!(data.keys().collect::<Vec<_>>(), keys);
+        // Set in place keeps the order; every other value is untouched.
+        data.set("3:abc", &raw("[1,2,3]"));
+        assert_eq!(data.keys().collect::<Vec<_>>(), keys);
+        assert_eq!(data.get("3:abc").unwrap(), "[1,2,3]");
+        assert_eq!(data.get("clé:é").unwrap(), "\"clé:é4\"");
+        assert!(data.get("3").is_none() && data.get("abc").is_none());
+        let text = serde_json::to_string(&data).unwrap();
+        let back: Data = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, data);
+        assert_eq!(back.len(), keys.len());
+    }
+
+    #[test]
+    fn a_change_set_removes_sets_and_appends_in_one_pass() {
+        let mut data = Data::default();
+        for (k, v) in [("a", "1"), ("b", "2"), ("c", "3")] {
+            data.set(k, &raw(v));
+        }
+        let mut changes = ChangeSet::default();
+        changes.set("b", None);
+        changes.set("d", Some(raw("4")));
+        changes.set("a", Some(raw("10")));
+        changes.apply_to(&mut data);
+        let entries: Vec<_> = data.entries().collect();
+        assert_eq!(entries, [("a", "10"), ("c", "3"), ("d", "4")]);
+        assert_eq!(data.len(), 3);
     }
 
     #[test]
     fn data_serializes_as_a_json_object_and_dedupes_keys_on_read() {
         let d: Data = serde_json::from_str(r#"{"a":1,"b":[2],"a":3}"#).unwrap();
         assert_eq!(d.len(), 2);
-        assert_eq!(d.get("a").unwrap().get(), "3");
+        assert_eq!(d.get("a").unwrap(), "3");
         let text = serde_json::to_string(&d).unwrap();
         let back: Data = serde_json::from_str(&text).unwrap();
         assert_eq!(back, d);

@@ -88,7 +88,7 @@ pub async fn list_sessions(session: &Session) -> Result<Vec<SessionInfo>> {
                 .record
                 .data
                 .get(keys::DEVICE)
-                .and_then(|v| serde_json::from_str(v.get()).ok())
+                .and_then(|v| serde_json::from_str(v).ok())
                 .unwrap_or_default();
             SessionInfo {
                 browser: device.browser,

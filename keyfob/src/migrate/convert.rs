@@ -48,12 +48,12 @@ pub(super) fn convert(
             continue;
         }
         match serde_json::value::to_raw_value(&v) {
-            Ok(raw) => record.data.set(&k, raw),
+            Ok(raw) => record.data.set(&k, &raw),
             Err(_) => return Row::Undecodable,
         }
     }
     match serde_json::value::to_raw_value(&true) {
-        Ok(mark) => record.data.set(crate::record::reserved::LEGACY, mark),
+        Ok(mark) => record.data.set(crate::record::reserved::LEGACY, &mark),
         Err(_) => return Row::Undecodable,
     }
     if record.is_expired(now) {

@@ -404,7 +404,7 @@ mod tests {
             panic!("not live");
         };
         assert_eq!(Some(handle), legacy_handle(key.as_bytes()));
-        assert_eq!(record.data.get("n").unwrap().get(), "7");
+        assert_eq!(record.data.get("n").unwrap(), "7");
         assert!(record.data.get(crate::record::reserved::LEGACY).is_some());
         assert_eq!(
             record.expires_at().unwrap().unix_timestamp(),

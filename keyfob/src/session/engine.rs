@@ -5,6 +5,8 @@
 
 use std::sync::{atomic::Ordering, Arc};
 
+use serde_json::value::RawValue;
+
 use time::OffsetDateTime;
 use tokio::sync::MutexGuard;
 
@@ -12,7 +14,7 @@ use tokio::sync::MutexGuard;
 use crate::store::cookie::CookieStore;
 use crate::{
     cookie::CookieConfig,
-    error::{Error, Result},
+    error::{Error, ErrorKind, Result},
     expiry::secs,
     expiry::{Clock, Policy},
     id::{Handle, SessionId},
@@ -115,7 +117,9 @@ impl Session {
         self.delete().await?;
         let mut st = self.state().await?;
         for (k, v) in data.entries() {
-            st.changes.set(k, Some(v.to_owned()));
+            let raw = RawValue::from_string(v.to_owned())
+                .map_err(|e| Error::with_source(ErrorKind::Serialize, e))?;
+            st.changes.set(k, Some(raw));
         }
         if expiry.is_some() {
             st.expiry = Some(expiry);
@@ -260,7 +264,7 @@ impl Session {
             (None, Some(_)) => Some(id.handle()),
             (None, None) => None,
         };
-        let absolute = st.base.as_ref().and_then(|b| b.absolute_deadline);
+        let absolute = st.base.as_ref().and_then(|b| b.absolute_deadline.get());
         // Drop our reference first, so a memory store can update in place;
         // hand it over to a store that writes by compare-and-swap on it.
         let base = st.base.take().filter(|_| shared.store.update_uses_base());
@@ -338,7 +342,7 @@ impl Session {
         let mut record = Record::new(now, idle, absolute);
         record.data = data;
         record.owner = owner;
-        record.expiry = expiry;
+        record.expiry = expiry.map(Box::new);
         Some(record)
     }
 
@@ -347,7 +351,7 @@ impl Session {
         let Some(record) = self.fresh_record(st, now) else {
             return Ok(CookieOut::Keep);
         };
-        let expiry = record.expiry;
+        let expiry = record.expiry();
         let mut id = match st.rotate_to.take() {
             Some(id) => id,
             None => SessionId::generate()?,
@@ -378,7 +382,11 @@ impl Session {
         let max_age = if shared.policy.browser_session(expiry) {
             None
         } else {
-            cookie_max_age(record.idle_deadline, record.absolute_deadline, now)
+            cookie_max_age(
+                record.idle_deadline.get(),
+                record.absolute_deadline.get(),
+                now,
+            )
         };
         Ok(CookieOut::Set { id, max_age })
     }

@@ -55,9 +55,9 @@ struct State {
 }
 
 impl State {
-    fn lookup(&self, key: &str) -> Option<&RawValue> {
+    fn lookup(&self, key: &str) -> Option<&str> {
         match self.changes.lookup(key) {
-            Some(v) => v,
+            Some(v) => v.map(RawValue::get),
             None if self.changes.is_cleared() => None,
             None => self.base.as_ref().and_then(|b| b.data.get(key)),
         }
@@ -75,7 +75,7 @@ impl State {
     fn expiry(&self) -> Option<Expiry> {
         match self.expiry {
             Some(e) => e,
-            None => self.base.as_ref().and_then(|b| b.expiry),
+            None => self.base.as_ref().and_then(|b| b.expiry()),
         }
     }
 
@@ -561,9 +561,9 @@ fn writable(key: &str) -> Result<()> {
     Ok(())
 }
 
-fn decode<T: DeserializeOwned>(key: &str, raw: Option<&RawValue>) -> Option<T> {
+fn decode<T: DeserializeOwned>(key: &str, raw: Option<&str>) -> Option<T> {
     let raw = raw?;
-    match serde_json::from_str(raw.get()) {
+    match serde_json::from_str(raw) {
         Ok(v) => Some(v),
         Err(err) => {
             tracing::warn!(key, error = %err, "keyfob: session value does not deserialize into the requested type; reading it as absent");

@@ -111,7 +111,7 @@ impl Session {
         let sliding = policy
             .idle_timeout
             .map(|d| secs(crate::expiry::later(now, d)));
-        match record.and_then(|r| r.absolute_deadline) {
+        match record.and_then(|r| r.absolute_deadline.get()) {
             Some(abs) => Some(abs),
             None => match (record.and_then(Record::expires_secs), sliding) {
                 (Some(a), Some(b)) => Some(a.max(b)),
@@ -154,10 +154,14 @@ impl Session {
     ) -> Result<CookieOut> {
         let shared = &*self.inner.shared;
         let value = client.seal(&shared.cookie.name, &id, &record)?;
-        let max_age = if shared.policy.browser_session(record.expiry) {
+        let max_age = if shared.policy.browser_session(record.expiry()) {
             None
         } else {
-            cookie_max_age(record.idle_deadline, record.absolute_deadline, now)
+            cookie_max_age(
+                record.idle_deadline.get(),
+                record.absolute_deadline.get(),
+                now,
+            )
         };
         let line = shared.cookie.set_cookie_len(value.len(), max_age);
         if line > MAX_SET_COOKIE {

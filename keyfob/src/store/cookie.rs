@@ -352,7 +352,7 @@ impl CookieStore {
                 let update = Update {
                     changes: crate::record::ChangeSet::default(),
                     seen: record.last_seen,
-                    idle_deadline: record.idle_deadline,
+                    idle_deadline: record.idle_deadline.get(),
                     owner: None,
                     expiry: None,
                     rename_to: None,
@@ -411,7 +411,7 @@ mod tests {
             Some(now + Duration::hours(8)),
         );
         r.data
-            .set("user", serde_json::value::to_raw_value(&"alice").unwrap());
+            .set("user", &serde_json::value::to_raw_value(&"alice").unwrap());
         r
     }
 

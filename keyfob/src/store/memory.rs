@@ -7,7 +7,7 @@ use std::{
     collections::HashMap,
     hash::{BuildHasherDefault, Hasher},
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicI64, AtomicUsize, Ordering},
         Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
     },
 };
@@ -25,9 +25,9 @@ use crate::{
 const SHARDS: usize = 64;
 const SWEEP_EVERY: usize = 256;
 /// What one record costs beyond its key, value and owner bytes, for the
-/// byte bound: the map slot, the shared record and its allocations, as the
-/// benchmark's seeding measured it (406 B at 100k sessions, 430 B at 1M).
-const RECORD_OVERHEAD: usize = 400;
+/// byte bound: the map slot, the shared record and its data allocation, as
+/// the benchmark's seeding measured it (181 B at 100k sessions, 189 B at 1M).
+const RECORD_OVERHEAD: usize = 200;
 /// A full shard evicts this fraction of its anonymous sessions at once (at
 /// least one), so a flood pays for one scan per many creates, not per create.
 const EVICT_FRACTION: usize = 16;
@@ -54,12 +54,29 @@ impl Hasher for HandleHasher {
     }
 }
 
-type Map<V> = HashMap<Handle, V, BuildHasherDefault<HandleHasher>>;
+/// What a shard's map is keyed by: the first 128 bits of the handle.
+///
+/// A map slot holds its key and an `Arc` (24 bytes, not the 40 a whole
+/// handle takes), and slots are up to half empty, so this is 16 to 34 of
+/// the bytes a session costs. Handles are SHA-256 digests of random IDs: two
+/// handles alike in 128 bits are a collision no one can aim for (a targeted
+/// one is 2^128 work, a chance one needs about 2^64 sessions), the same
+/// margin as a 128-bit session ID.
+type Key = [u8; 16];
+
+fn key_of(handle: &Handle) -> Key {
+    let mut key = [0; 16];
+    key.copy_from_slice(&handle.as_bytes()[..16]);
+    key
+}
+
+type Map<V> = HashMap<Key, V, BuildHasherDefault<HandleHasher>>;
 
 #[derive(Default)]
 struct Shard {
     records: Map<Arc<Record>>,
-    /// owner -> handles of this shard recorded for that owner.
+    /// owner -> handles of this shard recorded for that owner (whole: the
+    /// session list answers with them).
     owners: HashMap<Box<str>, Vec<Handle>>,
     /// The [`weight`] of every record held.
     bytes: usize,
@@ -70,7 +87,7 @@ impl Shard {
     fn put(&mut self, handle: Handle, record: Arc<Record>) {
         self.index_add(record.owner(), handle);
         self.bytes += weight(&record);
-        if let Some(old) = self.records.insert(handle, record) {
+        if let Some(old) = self.records.insert(key_of(&handle), record) {
             self.bytes = self.bytes.saturating_sub(weight(&old));
         }
     }
@@ -80,18 +97,29 @@ impl Shard {
             || self.bytes + adding > limits.bytes
     }
 
-    /// Evicts the least recently used anonymous sessions (by last seen,
-    /// precise to the touch interval) until `adding` more bytes fit, a
-    /// batch at a time; logged-in sessions are never evicted. `false` when
-    /// only logged-in sessions are left to make room.
-    fn make_room(&mut self, limits: &Limits, adding: usize) -> bool {
+    /// Makes room for `adding` more bytes: drops expired sessions, then
+    /// evicts the least recently used anonymous ones (by last seen, precise to
+    /// the touch interval), a batch at a time; logged-in sessions are never
+    /// evicted. One pass over the shard finds both kinds, so a flood pays for
+    /// one scan per batch. `false` when only logged-in sessions are left to
+    /// make room.
+    fn make_room(&mut self, limits: &Limits, adding: usize, now: i64) -> bool {
+        if !self.over(limits, adding) {
+            return true;
+        }
+        let mut expired = Vec::new();
+        let mut anonymous: Vec<(i64, Key)> = Vec::new();
+        for (key, r) in &self.records {
+            if r.expires_secs().is_some_and(|e| now >= e) {
+                expired.push(*key);
+            } else if r.owner().is_none() {
+                anonymous.push((r.last_seen, *key));
+            }
+        }
+        for key in &expired {
+            self.remove(key);
+        }
         while self.over(limits, adding) {
-            let mut anonymous: Vec<(i64, Handle)> = self
-                .records
-                .iter()
-                .filter(|(_, r)| r.owner().is_none())
-                .map(|(h, r)| (r.last_seen, *h))
-                .collect();
             if anonymous.is_empty() {
                 return false;
             }
@@ -99,8 +127,8 @@ impl Shard {
             if batch < anonymous.len() {
                 anonymous.select_nth_unstable(batch - 1);
             }
-            for (_, h) in &anonymous[..batch] {
-                self.remove(h);
+            for (_, key) in anonymous.drain(..batch) {
+                self.remove(&key);
             }
             metrics::counter!("keyfob_evictions_total", "store" => "memory")
                 .increment(batch as u64);
@@ -122,10 +150,10 @@ impl Shard {
         }
     }
 
-    fn index_remove(&mut self, owner: Option<&str>, handle: &Handle) {
+    fn index_remove(&mut self, owner: Option<&str>, key: &Key) {
         if let Some(owner) = owner {
             if let Some(list) = self.owners.get_mut(owner) {
-                list.retain(|h| h != handle);
+                list.retain(|h| key_of(h) != *key);
                 if list.is_empty() {
                     self.owners.remove(owner);
                 }
@@ -133,16 +161,16 @@ impl Shard {
         }
     }
 
-    fn remove(&mut self, handle: &Handle) -> Option<Arc<Record>> {
-        let record = self.records.remove(handle)?;
-        self.index_remove(record.owner(), handle);
+    fn remove(&mut self, key: &Key) -> Option<Arc<Record>> {
+        let record = self.records.remove(key)?;
+        self.index_remove(record.owner(), key);
         self.bytes = self.bytes.saturating_sub(weight(&record));
         Some(record)
     }
 
     fn sweep(&mut self, now: OffsetDateTime, limit: usize) -> usize {
         let now_secs = secs(now);
-        let expired: Vec<Handle> = self
+        let expired: Vec<Key> = self
             .records
             .iter()
             .filter(|(_, r)| r.expires_secs().is_some_and(|e| now_secs >= e))
@@ -171,9 +199,14 @@ impl Shard {
 ///   `RwLock`; a load takes one shard's read lock and clones an `Arc`, never
 ///   the record;
 /// - expired records are invisible at once and removed in bounded passes:
-///   every 256th create sweeps one shard, and [`SessionStore::delete_expired`]
-///   (run by [`cleanup`](crate::store::cleanup)) sweeps in batches, so memory
-///   cannot grow without bound even when no cleanup task runs;
+///   every 256th create (at most once a second) sweeps one shard, a full
+///   shard drops its expired records before it evicts anything, and
+///   [`SessionStore::delete_expired`] (run by
+///   [`cleanup`](crate::store::cleanup)) sweeps in batches;
+/// - a session costs about 200 bytes beyond its keys and values (181 B each
+///   at 100,000 sessions, 189 B at 1,000,000, measured by `scripts/bench
+///   --rss`): a map slot keyed by 128 bits of the handle, one allocation
+///   for the record and one for all its keys and values;
 /// - a rotation (`rename_to`) moves the record between shards under both
 ///   shard locks, taken in index order, so it is atomic;
 /// - the store is bounded (by default 250,000 sessions or 256 MiB, see
@@ -199,6 +232,8 @@ struct Shards {
     shards: Box<[RwLock<Shard>]>,
     creates: AtomicUsize,
     sweep_cursor: AtomicUsize,
+    /// When (Unix seconds) a create last swept a shard.
+    last_sweep: AtomicI64,
     /// Each shard's share of the capacity.
     limits: Limits,
 }
@@ -230,11 +265,11 @@ fn shard_of(handle: &Handle) -> usize {
 }
 
 impl MemoryStore {
-    /// The default most sessions a store holds: 250,000 (about 110 MB of
+    /// The default most sessions a store holds: 250,000 (about 60 MB of
     /// small sessions).
     pub const DEFAULT_MAX_SESSIONS: usize = 250_000;
     /// The default most bytes a store's sessions count for (their keys,
-    /// values and owners, plus a fixed 400 bytes each): 256 MiB.
+    /// values and owners, plus a fixed 200 bytes each): 256 MiB.
     pub const DEFAULT_MAX_BYTES: usize = 256 << 20;
 
     /// An empty store with the default capacity
@@ -246,7 +281,7 @@ impl MemoryStore {
 
     /// An empty store that holds at most `sessions` sessions counting for at
     /// most `bytes` bytes (each session counts for its keys, values and owner
-    /// plus a fixed 400 bytes, about what it costs in memory).
+    /// plus a fixed 200 bytes, about what it costs in memory).
     ///
     /// When a new session would pass either bound, the store evicts the
     /// least recently used sessions that hold no logged-in user (a security
@@ -269,6 +304,7 @@ impl MemoryStore {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             creates: AtomicUsize::new(0),
             sweep_cursor: AtomicUsize::new(0),
+            last_sweep: AtomicI64::new(0),
             limits: Limits {
                 sessions: sessions.div_ceil(SHARDS).max(1),
                 bytes: bytes.div_ceil(SHARDS).max(RECORD_OVERHEAD),
@@ -301,7 +337,7 @@ impl MemoryStore {
     #[cfg(test)]
     pub(crate) fn insert_record(&self, handle: Handle, record: Record) {
         let mut shard = write(&self.0.shards[shard_of(&handle)]);
-        shard.remove(&handle);
+        shard.remove(&key_of(&handle));
         shard.put(handle, Arc::new(record));
     }
 
@@ -310,29 +346,30 @@ impl MemoryStore {
         let i = shard_of(handle);
         {
             let mut shard = write(&self.0.shards[i]);
-            if let Some(existing) = shard.records.get(handle) {
+            if let Some(existing) = shard.records.get(&key_of(handle)) {
                 if !existing.is_expired(now) {
                     return Ok(Created::Collision);
                 }
-                shard.remove(handle);
+                shard.remove(&key_of(handle));
             }
             let adding = weight(record);
-            if shard.over(&self.0.limits, adding) {
-                shard.sweep(now, usize::MAX);
-                if !shard.make_room(&self.0.limits, adding) {
-                    tracing::warn!(
-                        event = "session.refused",
-                        "keyfob: memory store full of logged-in sessions; new session refused"
-                    );
-                    return Err(Error::store_msg(
-                        "memory store full: every session it holds belongs to a logged-in user \
-                         (raise MemoryStore::with_capacity, or use a persistent store)",
-                    ));
-                }
+            if !shard.make_room(&self.0.limits, adding, secs(now)) {
+                tracing::warn!(
+                    event = "session.refused",
+                    "keyfob: memory store full of logged-in sessions; new session refused"
+                );
+                return Err(Error::store_msg(
+                    "memory store full: every session it holds belongs to a logged-in user \
+                     (raise MemoryStore::with_capacity, or use a persistent store)",
+                ));
             }
             shard.put(*handle, Arc::new(record.clone()));
         }
-        if self.0.creates.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+        // A sweep reads every record of a shard (a cache miss each in a big
+        // store): at most one a second, whatever the rate of creates.
+        if self.0.creates.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1
+            && self.0.last_sweep.swap(secs(now), Ordering::Relaxed) != secs(now)
+        {
             let j = self.0.sweep_cursor.fetch_add(1, Ordering::Relaxed) % SHARDS;
             write(&self.0.shards[j]).sweep(now, usize::MAX);
         }
@@ -345,6 +382,31 @@ impl MemoryStore {
         let to = target.as_ref().map_or(from, shard_of);
         if from == to {
             let mut shard = write(&self.0.shards[from]);
+            if target.is_none() && update.owner_change().is_none() {
+                // The common write (`/count`, a touch): in place, unless the
+                // record grew past the byte bound.
+                let key = key_of(handle);
+                let Some(slot) = shard.records.get_mut(&key) else {
+                    return Updated::Gone;
+                };
+                if slot.is_expired(now) {
+                    shard.remove(&key);
+                    return Updated::Gone;
+                }
+                let before = weight(slot);
+                Arc::make_mut(slot).apply(update);
+                let after = weight(slot);
+                shard.bytes = shard.bytes.saturating_sub(before) + after;
+                if after <= before || !shard.over(&self.0.limits, 0) {
+                    return Updated::Applied;
+                }
+                let Some(record) = shard.remove(&key) else {
+                    return Updated::Gone;
+                };
+                shard.make_room(&self.0.limits, after, secs(now));
+                shard.put(*handle, record);
+                return Updated::Applied;
+            }
             let Some(mut record) = take_live(&mut shard, handle, now) else {
                 return Updated::Gone;
             };
@@ -352,7 +414,7 @@ impl MemoryStore {
             let dest = target.unwrap_or(*handle);
             // An update is never refused: a grown session pushes out
             // anonymous ones, a logged-in one may pass the byte bound.
-            shard.make_room(&self.0.limits, weight(&record));
+            shard.make_room(&self.0.limits, weight(&record), secs(now));
             shard.put(dest, record);
             return Updated::Applied;
         }
@@ -370,7 +432,7 @@ impl MemoryStore {
         };
         Arc::make_mut(&mut record).apply(update);
         let dest = target.unwrap_or(*handle);
-        dst.make_room(&self.0.limits, weight(&record));
+        dst.make_room(&self.0.limits, weight(&record), secs(now));
         dst.put(dest, record);
         Updated::Applied
     }
@@ -378,7 +440,7 @@ impl MemoryStore {
 
 /// Removes and returns the live record (dropping an expired one).
 fn take_live(shard: &mut Shard, handle: &Handle, now: OffsetDateTime) -> Option<Arc<Record>> {
-    let record = shard.remove(handle)?;
+    let record = shard.remove(&key_of(handle))?;
     (!record.is_expired(now)).then_some(record)
 }
 
@@ -404,7 +466,7 @@ impl SessionStore for MemoryStore {
     ) -> BoxFuture<'a, Result<Option<Arc<Record>>>> {
         let found = read(&self.0.shards[shard_of(handle)])
             .records
-            .get(handle)
+            .get(&key_of(handle))
             .filter(|r| !r.is_expired(now))
             .cloned();
         Box::pin(std::future::ready(Ok(found)))
@@ -417,7 +479,7 @@ impl SessionStore for MemoryStore {
     ) -> BoxFuture<'a, Result<bool>> {
         let expired = read(&self.0.shards[shard_of(handle)])
             .records
-            .get(handle)
+            .get(&key_of(handle))
             .is_some_and(|r| r.is_expired(now));
         Box::pin(std::future::ready(Ok(expired)))
     }
@@ -443,7 +505,7 @@ impl SessionStore for MemoryStore {
 
     fn delete<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Result<bool>> {
         let removed = write(&self.0.shards[shard_of(handle)])
-            .remove(handle)
+            .remove(&key_of(handle))
             .is_some();
         Box::pin(std::future::ready(Ok(removed)))
     }
@@ -474,7 +536,7 @@ impl SessionStore for MemoryStore {
                     if out.len() >= limit {
                         break;
                     }
-                    if let Some(r) = shard.records.get(h).filter(|r| !r.is_expired(now)) {
+                    if let Some(r) = shard.records.get(&key_of(h)).filter(|r| !r.is_expired(now)) {
                         out.push(OwnedSession {
                             handle: *h,
                             record: r.clone(),
@@ -502,7 +564,7 @@ impl SessionStore for MemoryStore {
                 None => continue,
             };
             for h in &doomed {
-                if shard.remove(h).is_some() {
+                if shard.remove(&key_of(h)).is_some() {
                     n += 1;
                 }
             }

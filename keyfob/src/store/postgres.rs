@@ -262,10 +262,10 @@ fn record_from(row: &PgRow, at: usize, handle: &Handle) -> Result<Option<Record>
         data,
         created: get_i64(0)?,
         last_seen: get_i64(1)?,
-        idle_deadline: get_opt(2)?,
-        absolute_deadline: get_opt(3)?,
+        idle_deadline: get_opt(2)?.into(),
+        absolute_deadline: get_opt(3)?.into(),
         owner: owner.map(String::into_boxed_str),
-        expiry,
+        expiry: expiry.map(Box::new),
         version: u64::try_from(get_i64(6)?).unwrap_or(0),
     }))
 }
@@ -595,11 +595,11 @@ impl SessionStore for PostgresStore {
                 .bind(record.last_seen)
                 .bind(record.created)
                 .bind(record.last_seen)
-                .bind(record.idle_deadline)
-                .bind(record.absolute_deadline)
+                .bind(record.idle_deadline.get())
+                .bind(record.absolute_deadline.get())
                 .bind(record.expires_secs())
                 .bind(record.owner())
-                .bind(record.expiry.as_ref().map(to_json).transpose()?)
+                .bind(record.expiry.as_deref().map(to_json).transpose()?)
                 .bind(i64::try_from(record.version).unwrap_or(i64::MAX))
                 .bind(to_json(&record.data)?)
                 .execute(&self.pool)

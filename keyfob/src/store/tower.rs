@@ -153,10 +153,7 @@ fn to_tower(handle: &Handle, record: &Record) -> Result<TowerRecord> {
     let json = |e| Error::with_source(ErrorKind::Serialize, e);
     let mut data = HashMap::with_capacity(record.len() + 1);
     for (key, value) in record.data.entries() {
-        data.insert(
-            key.to_owned(),
-            serde_json::from_str(value.get()).map_err(json)?,
-        );
+        data.insert(key.to_owned(), serde_json::from_str(value).map_err(json)?);
     }
     let meta = Record {
         data: Data::default(),
@@ -181,7 +178,7 @@ fn from_tower(tower: TowerRecord) -> Option<Record> {
     for (key, value) in data {
         record
             .data
-            .set(&key, serde_json::value::to_raw_value(&value).ok()?);
+            .set(&key, &serde_json::value::to_raw_value(&value).ok()?);
     }
     Some(record)
 }

@@ -13,10 +13,10 @@ pub(super) fn encode(record: &Record) -> Result<Vec<(String, Vec<u8>)>> {
         ("c".into(), record.created.to_string().into_bytes()),
         ("s".into(), record.last_seen.to_string().into_bytes()),
     ];
-    if let Some(i) = record.idle_deadline {
+    if let Some(i) = record.idle_deadline.get() {
         f.push(("i".into(), i.to_string().into_bytes()));
     }
-    if let Some(a) = record.absolute_deadline {
+    if let Some(a) = record.absolute_deadline.get() {
         f.push(("a".into(), a.to_string().into_bytes()));
     }
     if let Some(o) = &record.owner {
@@ -27,7 +27,7 @@ pub(super) fn encode(record: &Record) -> Result<Vec<(String, Vec<u8>)>> {
     }
     for key in record.data.keys() {
         if let Some(v) = record.data.get(key) {
-            f.push((format!("d:{key}"), v.get().as_bytes().to_vec()));
+            f.push((format!("d:{key}"), v.as_bytes().to_vec()));
         }
     }
     Ok(f)
@@ -59,8 +59,8 @@ pub(super) fn decode(fields: &[(Vec<u8>, Vec<u8>)]) -> std::result::Result<Decod
             b"v" => version = Some(int(v)?),
             b"c" => created = Some(int(v)?),
             b"s" => seen = Some(int(v)?),
-            b"i" => record.idle_deadline = Some(int(v)?),
-            b"a" => record.absolute_deadline = Some(int(v)?),
+            b"i" => record.idle_deadline = Some(int(v)?).into(),
+            b"a" => record.absolute_deadline = Some(int(v)?).into(),
             b"o" => {
                 let owner = std::str::from_utf8(v).map_err(|_| "the owner is not UTF-8")?;
                 record.owner = Some(owner.into());
@@ -68,7 +68,7 @@ pub(super) fn decode(fields: &[(Vec<u8>, Vec<u8>)]) -> std::result::Result<Decod
             b"e" => {
                 let e: Expiry =
                     serde_json::from_slice(v).map_err(|_| "the expiry is not valid JSON")?;
-                record.expiry = Some(e);
+                record.expiry = Some(Box::new(e));
             }
             b"x" => {}
             other => {
@@ -78,7 +78,7 @@ pub(super) fn decode(fields: &[(Vec<u8>, Vec<u8>)]) -> std::result::Result<Decod
                 let key = std::str::from_utf8(key).map_err(|_| "a data key is not UTF-8")?;
                 let text = String::from_utf8(v.clone()).map_err(|_| "a value is not UTF-8")?;
                 let value = RawValue::from_string(text).map_err(|_| "a value is not JSON")?;
-                data.set(key, value);
+                data.set(key, &value);
             }
         }
     }
@@ -102,7 +102,7 @@ mod tests {
         let mut record = Record::new(now, Some(now + time::Duration::hours(1)), None);
         record.data.set(
             "big",
-            RawValue::from_string("12345678901234567890".into()).unwrap(),
+            &RawValue::from_string("12345678901234567890".into()).unwrap(),
         );
         record.owner = Some("u1".into());
         let fields: Vec<(Vec<u8>, Vec<u8>)> = encode(&record)
