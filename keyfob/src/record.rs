@@ -58,10 +58,23 @@ pub(crate) mod reserved {
 #[derive(Clone, Default)]
 pub(crate) struct Data(Box<str>);
 
-/// Splits one `{len}:{text}` field off the front of `rest`.
+/// Splits one `{len}:{text}` field off the front of `rest` (a hand-written
+/// digit loop: this runs for every key a request reads, and `split_once`
+/// plus `parse` cost three times as much in a profile of `/count`).
 fn field<'a>(rest: &mut &'a str) -> Option<&'a str> {
-    let (len, tail) = rest.split_once(':')?;
-    let len: usize = len.parse().ok()?;
+    let bytes = rest.as_bytes();
+    let mut len = 0usize;
+    let mut i = 0;
+    loop {
+        let b = *bytes.get(i)?;
+        i += 1;
+        if b == b':' {
+            break;
+        }
+        let digit = b.checked_sub(b'0').filter(|d| *d < 10)?;
+        len = len.checked_mul(10)?.checked_add(usize::from(digit))?;
+    }
+    let tail = rest.get(i..)?;
     let text = tail.get(..len)?;
     *rest = tail.get(len..)?;
     Some(text)
@@ -138,9 +151,10 @@ impl Data {
         self.entries().map(|(k, _)| k)
     }
 
-    /// The bytes of its keys and values.
+    /// The bytes of its keys and values as kept (with their few length
+    /// digits): what a bound on memory counts, without a scan.
     fn payload_bytes(&self) -> usize {
-        self.entries().map(|(k, v)| k.len() + v.len()).sum()
+        self.0.len()
     }
 }
 
