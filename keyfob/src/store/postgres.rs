@@ -74,11 +74,15 @@ use crate::{
 ///
 /// Caveats: `jsonb` normalises JSON (key order, whitespace), so a value reads
 /// back equal but not necessarily byte-identical. The listener holds one
-/// connection of the pool. A connection that dies silently (a network
-/// partition, no FIN) is noticed only when TCP gives up on it; until then
-/// notifications from the other side are missed, as every client of
-/// `LISTEN` misses them; keep TCP keepalives short where that matters, or
-/// turn the cache off ([`without_near_cache`](Self::without_near_cache)).
+/// connection of the pool, and each second sends its own channel a ping
+/// through another (one `pg_notify` a second per process, heard by every
+/// process). A `LISTEN` connection that hears nothing for 3 seconds, not
+/// even its pings, is taken for dead (a network partition, a frozen peer:
+/// no FIN, so TCP would take hours) and the cache stops serving until it
+/// has subscribed again: a silently broken channel can leave this process
+/// serving what another one changed for at most those 3 seconds. Turn the
+/// cache off ([`without_near_cache`](Self::without_near_cache)) where even
+/// that matters.
 ///
 /// ```no_run
 /// use keyfob::{SessionLayer, PostgresStore};
@@ -806,10 +810,25 @@ async fn listen(pool: PgPool, channel: String, has_trigger: String, cache: Arc<N
                 cache.start();
                 backoff = StdDuration::from_millis(50);
                 warned = false;
-                // Until the connection is lost (`None`) or fails: nothing
-                // heard after that can be trusted.
-                while let Ok(Some(n)) = listener.try_recv().await {
-                    heard(&cache, n.payload());
+                // Pings through the pool prove the channel still delivers: a
+                // connection that died without a word (a dropped route, a
+                // frozen peer) would otherwise look like a quiet one until TCP
+                // gives up, hours later.
+                let _pinger = AbortOnDrop(tokio::spawn(ping_every(pool.clone(), channel.clone())));
+                // Until the connection is lost (`None`), fails, or is silent
+                // past the heartbeat: nothing heard after that can be trusted.
+                loop {
+                    match tokio::time::timeout(SILENCE, listener.try_recv()).await {
+                        Ok(Ok(Some(n))) => heard(&cache, n.payload()),
+                        Ok(_) => break,
+                        Err(_) => {
+                            tracing::warn!(
+                                silent_ms = SILENCE.as_millis() as u64,
+                                "keyfob: near cache not serving: no notification (not even its own ping) on the LISTEN connection; resubscribing"
+                            );
+                            break;
+                        }
+                    }
                 }
                 cache.stop();
             }
@@ -844,6 +863,40 @@ fn heard(cache: &NearCache, payload: &str) {
 
 /// The payload a listener sends itself to prove its channel delivers.
 const PING: &str = "ping";
+
+/// How often a listening store pings its own channel through the pool.
+const HEARTBEAT: StdDuration = StdDuration::from_secs(1);
+
+/// How long a `LISTEN` connection may hear nothing, its own pings included,
+/// before it is taken for dead: the longest a silently broken channel can
+/// leave the cache serving what another process changed.
+const SILENCE: StdDuration = StdDuration::from_secs(3);
+
+/// Aborts a task when dropped (the pinger ends with its listener).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends [`PING`] on `channel` every [`HEARTBEAT`]. A ping that fails
+/// (the server unreachable) is not retried sooner: the listener's silence
+/// then stops the cache, which is what an unreachable server calls for.
+async fn ping_every(pool: PgPool, channel: String) {
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        let sent = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(&channel)
+            .bind(PING)
+            .execute(&pool)
+            .await;
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "keyfob: near cache heartbeat not sent");
+        }
+    }
+}
 
 /// A `LISTEN`ing connection, once the trigger that notifies is known to
 /// exist and a notification sent on the channel has come back through it

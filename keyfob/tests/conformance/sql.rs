@@ -299,6 +299,102 @@ mod postgres {
         assert!(eventually(&here, &h, |r| r.is_none()).await);
     }
 
+    /// A TCP proxy to the test server that can fall silent: after
+    /// [`Partition::freeze`] it forwards nothing either way but keeps every
+    /// socket open, as a network partition looks to both ends (no FIN, no RST).
+    struct Partition {
+        port: u16,
+        frozen: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Partition {
+        async fn to(target: std::net::SocketAddr) -> Self {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let f = frozen.clone();
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                        continue;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::spawn(Self::pump(cr, sw, f.clone()));
+                    tokio::spawn(Self::pump(sr, cw, f.clone()));
+                }
+            });
+            Partition { port, frozen }
+        }
+
+        /// Copies `from` to `to` until frozen; then reads and drops.
+        async fn pump(
+            mut from: tokio::net::tcp::OwnedReadHalf,
+            mut to: tokio::net::tcp::OwnedWriteHalf,
+            frozen: Arc<std::sync::atomic::AtomicBool>,
+        ) {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                let n = match from.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if frozen.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+
+        fn freeze(&self) {
+            self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_channel_that_falls_silent_stops_the_near_cache_within_three_seconds() {
+        use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+        use std::str::FromStr;
+        let options =
+            PgConnectOptions::from_str(&stores::server_url("KEYFOB_TEST_POSTGRES_URL")).unwrap();
+        let target = tokio::net::lookup_host((options.get_host(), options.get_port()))
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+        let partition = Partition::to(target).await;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(std::time::Duration::from_secs(2))
+            .connect_with(options.port(partition.port))
+            .await
+            .unwrap();
+        let store = keyfob::PostgresStore::new(pool)
+            .with_table_name(&stores::unique("silent"))
+            .unwrap();
+        store.migrate().await.unwrap();
+        stores::near_cache_serving(&store).await;
+        // Quiet is not dead: with no writes at all, the pings keep it serving.
+        tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+        assert!(
+            store.near_cache_serving(),
+            "a quiet channel was taken for dead"
+        );
+        partition.freeze();
+        let frozen_at = std::time::Instant::now();
+        while store.near_cache_serving() {
+            assert!(
+                frozen_at.elapsed() < std::time::Duration::from_secs(6),
+                "the cache still serves 6 s into the partition"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(frozen_at.elapsed() >= std::time::Duration::from_secs(2));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres_keeps_only_hashes_of_ids() {
         let store = stores::postgres_store().await;
