@@ -117,6 +117,7 @@ impl Data {
     }
 
     /// Sets `key` to `value`, in place if the key is there, else last.
+    #[cfg(test)]
     pub(crate) fn set(&mut self, key: &str, value: &RawValue) {
         let value = value.get();
         let mut buf = if self.get(key).is_some() {
@@ -132,6 +133,20 @@ impl Data {
         };
         buf.shrink_to_fit();
         self.0 = buf.into_boxed_str();
+    }
+
+    /// Data holding `entries`, built in one pass (a key given twice keeps its
+    /// last value, at its last place): for a record read from a store.
+    pub(crate) fn from_entries<K: AsRef<str>>(
+        entries: impl IntoIterator<Item = (K, Box<RawValue>)>,
+    ) -> Data {
+        let mut changes = ChangeSet::default();
+        for (k, v) in entries {
+            changes.set(k.as_ref(), Some(v));
+        }
+        let mut data = Data::default();
+        changes.apply_to(&mut data);
+        data
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -151,8 +166,8 @@ impl Data {
         self.entries().map(|(k, _)| k)
     }
 
-    /// The bytes of its keys and values as kept (with their few length
-    /// digits): what a bound on memory counts, without a scan.
+    /// The bytes of its keys and values as encoded (with their length
+    /// digits and separators): what a bound on memory counts, without a scan.
     fn payload_bytes(&self) -> usize {
         self.0.len()
     }
@@ -189,13 +204,11 @@ impl<'de> Deserialize<'de> for Data {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Data, A::Error> {
                 // A key given twice keeps its last value, as a JSON object read
                 // into a map would.
-                let mut changes = ChangeSet::default();
-                while let Some((k, v)) = map.next_entry::<String, Box<RawValue>>()? {
-                    changes.set(&k, Some(v));
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Box<RawValue>>()? {
+                    entries.push(entry);
                 }
-                let mut data = Data::default();
-                changes.apply_to(&mut data);
-                Ok(data)
+                Ok(Data::from_entries(entries))
             }
         }
         d.deserialize_map(V)
@@ -387,7 +400,8 @@ impl Record {
         self.data.is_empty()
     }
 
-    /// The bytes of its keys, values and owner: what a bound on memory counts.
+    /// The bytes of its keys, values (as encoded: with their length digits)
+    /// and owner: what a bound on memory counts.
     #[cfg_attr(
         not(any(feature = "memory", feature = "postgres", feature = "sqlite")),
         allow(dead_code)
@@ -520,7 +534,7 @@ impl ChangeSet {
                 None => push_entry(&mut buf, k, v),
             }
         }
-        // New keys go last, in the order they were first set.
+        // New keys go last, in the order they were last set.
         for (k, v) in &self.ops {
             if let Some(v) = v {
                 if Entries(old).all(|(old_key, _)| old_key != &**k) {

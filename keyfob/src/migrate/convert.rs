@@ -40,6 +40,7 @@ pub(super) fn convert(
         return Row::Expired;
     }
     let mut record = Record::new(now, Some(legacy.expiry_date), absolute);
+    let mut entries = Vec::with_capacity(legacy.data.len() + 1);
     for (k, v) in legacy.data {
         // keyfob's own namespace is never imported: a tower-sessions app that
         // stored a client-chosen key name could otherwise plant `keyfob.user`.
@@ -48,14 +49,15 @@ pub(super) fn convert(
             continue;
         }
         match serde_json::value::to_raw_value(&v) {
-            Ok(raw) => record.data.set(&k, &raw),
+            Ok(raw) => entries.push((k, raw)),
             Err(_) => return Row::Undecodable,
         }
     }
     match serde_json::value::to_raw_value(&true) {
-        Ok(mark) => record.data.set(crate::record::reserved::LEGACY, &mark),
+        Ok(mark) => entries.push((crate::record::reserved::LEGACY.to_owned(), mark)),
         Err(_) => return Row::Undecodable,
     }
+    record.data = crate::record::Data::from_entries(entries);
     if record.is_expired(now) {
         return Row::Expired;
     }

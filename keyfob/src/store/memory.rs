@@ -271,7 +271,7 @@ impl MemoryStore {
     /// small sessions).
     pub const DEFAULT_MAX_SESSIONS: usize = 250_000;
     /// The default most bytes a store's sessions count for (their keys,
-    /// values and owners, plus a fixed 200 bytes each): 256 MiB.
+    /// values and owners as encoded, plus a fixed 200 bytes each): 256 MiB.
     pub const DEFAULT_MAX_BYTES: usize = 256 << 20;
 
     /// An empty store with the default capacity
@@ -283,7 +283,8 @@ impl MemoryStore {
 
     /// An empty store that holds at most `sessions` sessions counting for at
     /// most `bytes` bytes (each session counts for its keys, values and owner
-    /// plus a fixed 200 bytes, about what it costs in memory).
+    /// as encoded, each entry with a few length digits, plus a fixed 200
+    /// bytes, about what it costs in memory).
     ///
     /// When a new session would pass either bound, the store evicts the
     /// least recently used sessions that hold no logged-in user (a security

@@ -74,9 +74,11 @@ use crate::{
 ///
 /// Caveats: `jsonb` normalises JSON (key order, whitespace), so a value reads
 /// back equal but not necessarily byte-identical. The listener holds one
-/// connection of the pool, and each second sends its own channel a ping
-/// through another (one `pg_notify` a second per process, heard by every
-/// process). A `LISTEN` connection that hears nothing for 3 seconds, not
+/// connection (on the pool's connect options, outside the pool, so not
+/// through an `after_connect` hook: name the table with its schema, or set
+/// the search path in the options) and each second sends its own channel a
+/// ping through a second one (one `pg_notify` a second per process, heard by
+/// every process). A `LISTEN` connection that hears nothing for 3 seconds, not
 /// even its pings, is taken for dead (a network partition, a frozen peer:
 /// no FIN, so TCP would take hours) and the cache stops serving until it
 /// has subscribed again: a silently broken channel can leave this process
@@ -805,16 +807,34 @@ async fn listen(pool: PgPool, channel: String, has_trigger: String, cache: Arc<N
     let mut backoff = StdDuration::from_millis(50);
     let mut warned = false;
     loop {
-        match subscribe(&pool, &channel, &has_trigger).await {
+        // A pool of its own for each subscription, on the app pool's connect
+        // options: the LISTEN connection and the pings never queue behind
+        // the app's queries (a busy pool must not pass for a dead channel),
+        // and a connection that hangs on a dead socket (sqlx sends `UNLISTEN`
+        // as a listener drops) holds a slot of a pool no one uses any more,
+        // never one of the app's.
+        let own = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(SILENCE)
+            .connect_lazy_with((*pool.connect_options()).clone());
+        let subscribed =
+            tokio::time::timeout(SUBSCRIBE_LIMIT, subscribe(&own, &channel, &has_trigger))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::store_msg(
+                        "subscribing to change notifications timed out",
+                    ))
+                });
+        match subscribed {
             Ok(mut listener) => {
                 cache.start();
                 backoff = StdDuration::from_millis(50);
                 warned = false;
-                // Pings through the pool prove the channel still delivers: a
-                // connection that died without a word (a dropped route, a
-                // frozen peer) would otherwise look like a quiet one until TCP
-                // gives up, hours later.
-                let _pinger = AbortOnDrop(tokio::spawn(ping_every(pool.clone(), channel.clone())));
+                // Pings prove the channel still delivers: a connection that
+                // died without a word (a dropped route, a frozen peer) would
+                // otherwise look like a quiet one until TCP gives up, hours
+                // later.
+                let _pinger = AbortOnDrop(tokio::spawn(ping_every(own.clone(), channel.clone())));
                 // Until the connection is lost (`None`), fails, or is silent
                 // past the heartbeat: nothing heard after that can be trusted.
                 loop {
@@ -867,6 +887,9 @@ const PING: &str = "ping";
 /// How often a listening store pings its own channel through the pool.
 const HEARTBEAT: StdDuration = StdDuration::from_secs(1);
 
+/// The longest a subscription may take before it is retried.
+const SUBSCRIBE_LIMIT: StdDuration = StdDuration::from_secs(5);
+
 /// How long a `LISTEN` connection may hear nothing, its own pings included,
 /// before it is taken for dead: the longest a silently broken channel can
 /// leave the cache serving what another process changed.
@@ -881,19 +904,21 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Sends [`PING`] on `channel` every [`HEARTBEAT`]. A ping that fails
-/// (the server unreachable) is not retried sooner: the listener's silence
-/// then stops the cache, which is what an unreachable server calls for.
+/// Sends [`PING`] on `channel` every [`HEARTBEAT`], each given at most
+/// [`SILENCE`]. A ping that fails (the server unreachable) is not retried
+/// sooner: the listener's silence then stops the cache, which is what an
+/// unreachable server calls for.
 async fn ping_every(pool: PgPool, channel: String) {
     loop {
         tokio::time::sleep(HEARTBEAT).await;
-        let sent = sqlx::query("SELECT pg_notify($1, $2)")
+        let ping = sqlx::query("SELECT pg_notify($1, $2)")
             .bind(&channel)
             .bind(PING)
-            .execute(&pool)
-            .await;
-        if let Err(e) = sent {
-            tracing::debug!(error = %e, "keyfob: near cache heartbeat not sent");
+            .execute(&pool);
+        match tokio::time::timeout(SILENCE, ping).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "keyfob: near cache heartbeat not sent"),
+            Err(_) => tracing::debug!("keyfob: near cache heartbeat timed out"),
         }
     }
 }

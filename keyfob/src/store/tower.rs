@@ -175,11 +175,11 @@ fn to_tower(handle: &Handle, record: &Record) -> Result<TowerRecord> {
 fn from_tower(tower: TowerRecord) -> Option<Record> {
     let mut data = tower.data;
     let mut record: Record = serde_json::from_value(data.remove(META)?).ok()?;
-    for (key, value) in data {
-        record
-            .data
-            .set(&key, &serde_json::value::to_raw_value(&value).ok()?);
-    }
+    let entries = data
+        .into_iter()
+        .map(|(key, value)| Some((key, serde_json::value::to_raw_value(&value).ok()?)))
+        .collect::<Option<Vec<_>>>()?;
+    record.data = Data::from_entries(entries);
     Some(record)
 }
 

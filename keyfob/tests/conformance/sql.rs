@@ -392,7 +392,54 @@ mod postgres {
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        assert!(frozen_at.elapsed() >= std::time::Duration::from_secs(2));
+        // Not before the silence is long enough (pings came every second).
+        assert!(frozen_at.elapsed() >= std::time::Duration::from_millis(1500));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_exhausted_app_pool_is_not_taken_for_a_dead_channel() {
+        use sqlx::Connection as _;
+        let url = stores::server_url("KEYFOB_TEST_POSTGRES_URL");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+            .await
+            .unwrap();
+        let table = stores::unique("busy");
+        let store = keyfob::PostgresStore::new(pool.clone())
+            .with_table_name(&table)
+            .unwrap();
+        store.migrate().await.unwrap();
+        stores::near_cache_serving(&store).await;
+        let now = OffsetDateTime::now_utc();
+        let h = Handle::from_bytes([11; 32]);
+        store.create(&h, &record(now)).await.unwrap();
+        let cached = store.load(&h, now).await.unwrap().unwrap().version();
+        // A change the cache is never told of (triggers off for that
+        // connection): the copy it holds stays until the cache is reset,
+        // which makes a reset visible.
+        let mut quiet = sqlx::PgConnection::connect(&url).await.unwrap();
+        sqlx::query("SET session_replication_role = replica")
+            .execute(&mut quiet)
+            .await
+            .unwrap();
+        sqlx::query(&format!("UPDATE {table} SET version = version + 5"))
+            .execute(&mut quiet)
+            .await
+            .unwrap();
+        // Every connection of the app's pool busy (long queries, open
+        // transactions) for longer than the heartbeat's silence limit.
+        let mut held = Vec::new();
+        while let Ok(Ok(c)) =
+            tokio::time::timeout(std::time::Duration::from_millis(300), pool.acquire()).await
+        {
+            held.push(c);
+        }
+        assert_eq!(held.len(), 2);
+        tokio::time::sleep(std::time::Duration::from_millis(4500)).await;
+        drop(held);
+        let seen = store.load(&h, now).await.unwrap().unwrap().version();
+        assert_eq!(seen, cached, "the busy pool reset the near cache");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,7 +52,7 @@ pub(super) fn decode(fields: &[(Vec<u8>, Vec<u8>)]) -> std::result::Result<Decod
             .and_then(|s| s.parse().ok())
             .ok_or("a metadata field is not an integer")
     };
-    let mut data = Data::default();
+    let mut entries = Vec::new();
     for (k, v) in fields {
         match k.as_slice() {
             b"moved" => return Ok(Decoded::Moved),
@@ -78,7 +78,7 @@ pub(super) fn decode(fields: &[(Vec<u8>, Vec<u8>)]) -> std::result::Result<Decod
                 let key = std::str::from_utf8(key).map_err(|_| "a data key is not UTF-8")?;
                 let text = String::from_utf8(v.clone()).map_err(|_| "a value is not UTF-8")?;
                 let value = RawValue::from_string(text).map_err(|_| "a value is not JSON")?;
-                data.set(key, &value);
+                entries.push((key, value));
             }
         }
     }
@@ -88,7 +88,7 @@ pub(super) fn decode(fields: &[(Vec<u8>, Vec<u8>)]) -> std::result::Result<Decod
     record.version = u64::try_from(version).map_err(|_| "the version is negative")?;
     record.created = created;
     record.last_seen = seen;
-    record.data = data;
+    record.data = Data::from_entries(entries);
     Ok(Decoded::Record(record))
 }
 
