@@ -806,7 +806,12 @@ async fn listen(pool: PgPool, channel: String, has_trigger: String, cache: Arc<N
     let _stopping = Stopping(cache.clone());
     let mut backoff = StdDuration::from_millis(50);
     let mut warned = false;
+    let mut closed = pool.close_event();
     loop {
+        if pool.is_closed() {
+            // The app closed its pool (shutting down): so does the listener.
+            return;
+        }
         // A pool of its own for each subscription, on the app pool's connect
         // options: the LISTEN connection and the pings never queue behind
         // the app's queries (a busy pool must not pass for a dead channel),
@@ -838,7 +843,11 @@ async fn listen(pool: PgPool, channel: String, has_trigger: String, cache: Arc<N
                 // Until the connection is lost (`None`), fails, or is silent
                 // past the heartbeat: nothing heard after that can be trusted.
                 loop {
-                    match tokio::time::timeout(SILENCE, listener.try_recv()).await {
+                    let next = tokio::select! {
+                        next = tokio::time::timeout(SILENCE, listener.try_recv()) => next,
+                        () = &mut closed => return,
+                    };
+                    match next {
                         Ok(Ok(Some(n))) => heard(&cache, n.payload()),
                         Ok(_) => break,
                         Err(_) => {

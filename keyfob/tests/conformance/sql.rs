@@ -443,6 +443,20 @@ mod postgres {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn closing_the_app_pool_ends_the_listener_and_the_cache() {
+        let store = stores::postgres_store().await;
+        assert!(store.near_cache_serving());
+        store.pool().close().await;
+        for _ in 0..200 {
+            if !store.near_cache_serving() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the near cache still serves 2 s after its pool was closed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres_keeps_only_hashes_of_ids() {
         let store = stores::postgres_store().await;
         let (pool, table) = (store.pool().clone(), store.table().to_owned());
