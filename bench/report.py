@@ -71,6 +71,34 @@ for store in stores:
         barec_r = f"{med(cratio):.2f}×" if cratio else "–"
         print(f"| `/{route}`{note} | {fmt_rps(krps)} | {fmt_p99([float(x['p99_us']) for x in k.values()])} | {fmt_rps(trps)} | {fmt_p99([float(x['p99_us']) for x in t.values()])} | {ratio} | {bare_r} | {barec_r} | {wr} |")
     print()
+    # What each implementation cost the store, per request (scripts/bench's
+    # store_counters): summed over the runs, divided by their requests.
+    side = {"wal_bytes": "WAL bytes", "redo_bytes": "redo log bytes",
+            "disk_write_bytes": "bytes written to disk", "redis_cmds": "Redis commands",
+            "redis_dirty": "Redis key changes", "redis_cpu_us": "Redis CPU µs"}
+    impls = ["keyfob", "tower-sessions", "axum_session"]
+    per = {}  # (route, impl) -> {field: per request}
+    for route in routes:
+        for impl in impls:
+            runs = cell.get(("http", store, route, impl), {}).values()
+            reqs = sum(int(x["requests"]) for x in runs)
+            sums = defaultdict(int)
+            for x in runs:
+                for f in x["extra"].split():
+                    name, _, v = f.partition("=")
+                    if name in side:
+                        sums[name] += int(v)
+            if reqs and sums:
+                per[(route, impl)] = {n: v / reqs for n, v in sums.items()}
+    fields = [n for n in side if any(n in v for v in per.values())]
+    if fields:
+        shown = [i for i in impls if any((r, i) in per for r in routes)]
+        print("| route | " + " | ".join(f"{side[n]} / request: {i}" for n in fields for i in shown) + " |")
+        print("|---|" + "---|" * (len(fields) * len(shown)))
+        for route in routes:
+            vals = [per.get((route, i), {}).get(n) for n in fields for i in shown]
+            print(f"| `/{route}` | " + " | ".join("–" if v is None else f"{v:,.1f}" for v in vals) + " |")
+        print()
     # The second peer, where it ran (memory, SQLite): axum_session 0.22.
     peer = [(route, cell.get(("http", store, route, "axum_session"), {})) for route in routes]
     if any(a for _, a in peer):
