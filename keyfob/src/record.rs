@@ -119,34 +119,33 @@ impl Data {
     /// Sets `key` to `value`, in place if the key is there, else last.
     #[cfg(test)]
     pub(crate) fn set(&mut self, key: &str, value: &RawValue) {
-        let value = value.get();
-        let mut buf = if self.get(key).is_some() {
-            let mut buf = String::with_capacity(self.0.len() + value.len());
-            for (k, v) in self.entries() {
-                push_entry(&mut buf, k, if k == key { value } else { v });
-            }
-            buf
-        } else {
-            let mut buf = String::from(std::mem::take(&mut self.0));
-            push_entry(&mut buf, key, value);
-            buf
-        };
-        buf.shrink_to_fit();
-        self.0 = buf.into_boxed_str();
+        let mut changes = ChangeSet::default();
+        changes.set(key, Some(value.to_owned()));
+        changes.apply_to(self);
     }
 
-    /// Data holding `entries`, built in one pass (a key given twice keeps its
-    /// last value, at its last place): for a record read from a store.
+    /// Data holding `entries`, built in one pass without copying a key (a
+    /// key given twice keeps its last value, at its first place): for a
+    /// record read from a store.
     pub(crate) fn from_entries<K: AsRef<str>>(
         entries: impl IntoIterator<Item = (K, Box<RawValue>)>,
     ) -> Data {
-        let mut changes = ChangeSet::default();
+        let mut kept: Vec<(K, Box<RawValue>)> = Vec::new();
         for (k, v) in entries {
-            changes.set(k.as_ref(), Some(v));
+            match kept.iter_mut().find(|(x, _)| x.as_ref() == k.as_ref()) {
+                Some(slot) => slot.1 = v,
+                None => kept.push((k, v)),
+            }
         }
-        let mut data = Data::default();
-        changes.apply_to(&mut data);
-        data
+        let mut buf = String::with_capacity(
+            kept.iter()
+                .map(|(k, v)| k.as_ref().len() + v.get().len() + 8)
+                .sum(),
+        );
+        for (k, v) in &kept {
+            push_entry(&mut buf, k.as_ref(), v.get());
+        }
+        Data(buf.into_boxed_str())
     }
 
     pub(crate) fn is_empty(&self) -> bool {

@@ -105,14 +105,14 @@ impl Shard {
     /// evicted. One pass over the shard finds both kinds, so a flood pays for
     /// one scan per batch. `false` when only logged-in sessions are left to
     /// make room.
-    fn make_room(&mut self, limits: &Limits, adding: usize, now: i64) -> bool {
+    fn make_room(&mut self, limits: &Limits, adding: usize, now: OffsetDateTime) -> bool {
         if !self.over(limits, adding) {
             return true;
         }
         let mut expired = Vec::new();
         let mut anonymous: Vec<(i64, Key)> = Vec::new();
         for (key, r) in &self.records {
-            if r.expires_secs().is_some_and(|e| now >= e) {
+            if r.is_expired(now) {
                 expired.push(*key);
             } else if r.owner().is_none() {
                 anonymous.push((r.last_seen, *key));
@@ -171,11 +171,10 @@ impl Shard {
     }
 
     fn sweep(&mut self, now: OffsetDateTime, limit: usize) -> usize {
-        let now_secs = secs(now);
         let expired: Vec<Key> = self
             .records
             .iter()
-            .filter(|(_, r)| r.expires_secs().is_some_and(|e| now_secs >= e))
+            .filter(|(_, r)| r.is_expired(now))
             .map(|(h, _)| *h)
             .take(limit)
             .collect();
@@ -356,7 +355,7 @@ impl MemoryStore {
                 shard.remove(&key_of(handle));
             }
             let adding = weight(record);
-            if !shard.make_room(&self.0.limits, adding, secs(now)) {
+            if !shard.make_room(&self.0.limits, adding, now) {
                 tracing::warn!(
                     event = "session.refused",
                     "keyfob: memory store full of logged-in sessions; new session refused"
@@ -406,7 +405,7 @@ impl MemoryStore {
                 let Some(record) = shard.remove(&key) else {
                     return Updated::Gone;
                 };
-                shard.make_room(&self.0.limits, after, secs(now));
+                shard.make_room(&self.0.limits, after, now);
                 shard.put(*handle, record);
                 return Updated::Applied;
             }
@@ -417,7 +416,7 @@ impl MemoryStore {
             let dest = target.unwrap_or(*handle);
             // An update is never refused: a grown session pushes out
             // anonymous ones, a logged-in one may pass the byte bound.
-            shard.make_room(&self.0.limits, weight(&record), secs(now));
+            shard.make_room(&self.0.limits, weight(&record), now);
             shard.put(dest, record);
             return Updated::Applied;
         }
@@ -435,7 +434,7 @@ impl MemoryStore {
         };
         Arc::make_mut(&mut record).apply(update);
         let dest = target.unwrap_or(*handle);
-        dst.make_room(&self.0.limits, weight(&record), secs(now));
+        dst.make_room(&self.0.limits, weight(&record), now);
         dst.put(dest, record);
         Updated::Applied
     }

@@ -893,6 +893,16 @@ fn heard(cache: &NearCache, payload: &str) {
 /// The payload a listener sends itself to prove its channel delivers.
 const PING: &str = "ping";
 
+/// Sends [`PING`] on `channel` through `on`.
+async fn ping<'c>(on: impl sqlx::PgExecutor<'c>, channel: &str) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(channel)
+        .bind(PING)
+        .execute(on)
+        .await
+        .map(drop)
+}
+
 /// How often a listening store pings its own channel through the pool.
 const HEARTBEAT: StdDuration = StdDuration::from_secs(1);
 
@@ -920,11 +930,7 @@ impl Drop for AbortOnDrop {
 async fn ping_every(pool: PgPool, channel: String) {
     loop {
         tokio::time::sleep(HEARTBEAT).await;
-        let ping = sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(&channel)
-            .bind(PING)
-            .execute(&pool);
-        match tokio::time::timeout(SILENCE, ping).await {
+        match tokio::time::timeout(SILENCE, ping(&pool, &channel)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::debug!(error = %e, "keyfob: near cache heartbeat not sent"),
             Err(_) => tracing::debug!("keyfob: near cache heartbeat timed out"),
@@ -950,12 +956,7 @@ async fn subscribe(pool: &PgPool, channel: &str, has_trigger: &str) -> Result<Pg
             "the table has no notify trigger: run `PostgresStore::migrate`",
         ));
     }
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(channel)
-        .bind(PING)
-        .execute(&mut listener)
-        .await
-        .map_err(Error::store)?;
+    ping(&mut listener, channel).await.map_err(Error::store)?;
     let echoed = tokio::time::timeout(StdDuration::from_secs(2), async {
         // Notifications before the echo are of writes made before this
         // subscription: the cache starts empty anyway.
