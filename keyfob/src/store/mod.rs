@@ -33,7 +33,7 @@ pub(crate) mod cookie;
 pub(crate) mod memory;
 #[cfg(feature = "mysql")]
 pub(crate) mod mysql;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "redis"))]
 pub(crate) mod near;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;

@@ -1,7 +1,7 @@
 //! The near cache: a bounded in-process copy of recently used records, kept
 //! coherent by the store's own change notifications, never by a TTL.
 //!
-//! A store that owns one (PostgreSQL; see its docs) answers a load from it
+//! A store that owns one (PostgreSQL, Redis; see their docs) answers a load from it
 //! only while its notification channel is subscribed ([`NearCache::start`]),
 //! and refreshes it with the row each of its own writes returns. Rules:
 //! - an entry is served only while the cache is *serving*: from the moment
@@ -98,7 +98,7 @@ impl NearCache {
     }
 
     /// The channel is lost: stop serving at once, and forget everything.
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    #[cfg_attr(not(any(feature = "postgres", feature = "redis")), allow(dead_code))]
     pub(crate) fn stop(&self) {
         let was = self.serving.swap(false, Ordering::SeqCst);
         self.epoch.fetch_add(1, Ordering::SeqCst);

@@ -56,6 +56,32 @@ async fn setup(var: &str) -> (RedisStore, String, Raw) {
     (store, prefix, raw)
 }
 
+/// Polls `store` (at most 2 s) until it loads nothing for `h`.
+async fn gone_within_2s(store: &RedisStore, h: &Handle) -> bool {
+    eventually(store, h, |r| r.is_none()).await
+}
+
+/// Polls `store` (at most 2 s) until `done` holds for what it loads.
+async fn eventually(
+    store: &RedisStore,
+    h: &Handle,
+    done: impl Fn(Option<&Record>) -> bool,
+) -> bool {
+    for _ in 0..200 {
+        if done(
+            store
+                .load(h, OffsetDateTime::now_utc())
+                .await
+                .unwrap()
+                .as_deref(),
+        ) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}
+
 fn record(now: OffsetDateTime) -> Record {
     Record::new(
         now,
@@ -86,7 +112,9 @@ async fn corrupted_record_reads_as_no_session(var: &str) {
         let _: i64 = raw
             .query(redis::cmd("HSET").arg(&key).arg(field).arg(value))
             .await;
-        assert!(store.load(&h, now).await.unwrap().is_none(), "{field}");
+        // Another connection's write: the near cache hears of it within
+        // its invalidation latency, then loads the corrupt hash.
+        assert!(gone_within_2s(&store, &h).await, "{field}");
         let touch = keyfob::Update::touch(now, Some(now + Duration::hours(1)));
         if update_sees_it {
             assert_eq!(
@@ -249,6 +277,212 @@ async fn an_unreachable_or_malformed_url_is_refused_at_connect() {
     for bad in ["postgres://x", "redis+cluster://", "redis://[::1"] {
         let err = RedisStore::connect(bad).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config, "{bad}");
+    }
+}
+
+/// The near cache on a single server (a Cluster store has none).
+mod near_cache {
+    use super::*;
+
+    /// Two "processes" (stores with connections of their own) on one
+    /// prefix, each near cache serving.
+    async fn two_processes() -> (RedisStore, RedisStore) {
+        let prefix = stores::unique_prefix();
+        let here = serving(prefix.clone()).await;
+        let there = serving(prefix).await;
+        (here, there)
+    }
+
+    async fn serving(prefix: String) -> RedisStore {
+        let store = stores::redis_store(STANDALONE)
+            .await
+            .with_key_prefix(prefix);
+        wait_serving(&store).await;
+        store
+    }
+
+    async fn wait_serving(store: &RedisStore) {
+        let probe = Handle::from_bytes([0; 32]);
+        for _ in 0..500 {
+            store.load(&probe, OffsetDateTime::now_utc()).await.unwrap();
+            if store.near_cache_serving() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the near cache never started serving");
+    }
+
+    /// The IDs of the server's connections named as the near cache of
+    /// stores on `prefix`.
+    async fn tracking_connections(raw: &mut Raw, prefix: &str) -> Vec<String> {
+        let list: String = raw.query(&redis::cmd("CLIENT").arg("LIST")).await;
+        let name = format!(" name=keyfob-near-cache:{prefix}:s: ");
+        list.lines()
+            .filter(|l| l.contains(&name))
+            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn another_process_write_and_delete_reach_the_near_cache() {
+        let (here, there) = two_processes().await;
+        let now = OffsetDateTime::now_utc();
+        let h = Handle::from_bytes([7; 32]);
+        here.create(&h, &record(now)).await.unwrap();
+        let v1 = here.load(&h, now).await.unwrap().unwrap().version();
+        let touch = keyfob::Update::touch(now, Some(now + Duration::hours(1)));
+        there.update(&h, &touch, now).await.unwrap();
+        assert!(eventually(&here, &h, |r| r.is_some_and(|r| r.version() > v1)).await);
+        there.delete(&h).await.unwrap();
+        assert!(gone_within_2s(&here, &h).await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn own_revocations_are_seen_at_once() {
+        let (here, _there) = two_processes().await;
+        let app = App::new(std::sync::Arc::new(here.clone()));
+        for _ in 0..3 {
+            let r = app.send("POST", "/login/u1", None).await;
+            assert_eq!(r.status, StatusCode::OK);
+        }
+        let now = OffsetDateTime::now_utc();
+        let mine = here.list_by_owner("u1", now, 10).await.unwrap();
+        assert_eq!(mine.len(), 3);
+        for s in &mine {
+            assert!(here.load(&s.handle, now).await.unwrap().is_some());
+        }
+        let keep = mine[0].handle;
+        assert_eq!(here.delete_by_owner("u1", Some(&keep)).await.unwrap(), 2);
+        for s in &mine[1..] {
+            assert!(
+                here.load(&s.handle, now).await.unwrap().is_none(),
+                "revoked: no wait"
+            );
+        }
+        assert!(here.delete(&keep).await.unwrap());
+        assert!(
+            here.load(&keep, now).await.unwrap().is_none(),
+            "deleted: no wait"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_channel_stops_the_near_cache_until_it_is_back() {
+        let prefix = stores::unique_prefix();
+        let here = serving(prefix.clone()).await;
+        let there = stores::redis_store(STANDALONE)
+            .await
+            .with_key_prefix(prefix.clone())
+            .without_near_cache();
+        let (_, _, mut raw) = setup(STANDALONE).await;
+        let now = OffsetDateTime::now_utc();
+        let h = Handle::from_bytes([9; 32]);
+        here.create(&h, &record(now)).await.unwrap();
+        assert!(here.load(&h, now).await.unwrap().is_some());
+        // Kill `here`'s tracking connection (`there` has none).
+        let ids = tracking_connections(&mut raw, &prefix).await;
+        assert_eq!(ids.len(), 1);
+        for id in ids {
+            let _: redis::Value = raw
+                .query(redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id))
+                .await;
+        }
+        let mut stopped = false;
+        for _ in 0..500 {
+            if !here.near_cache_serving() {
+                stopped = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        assert!(stopped, "the cache noticed the lost channel");
+        // A delete elsewhere while no invalidation can arrive: not served.
+        there.delete(&h).await.unwrap();
+        assert!(here.load(&h, now).await.unwrap().is_none());
+        // Back: it serves again, and hears of changes again.
+        wait_serving(&here).await;
+        here.create(&h, &record(now)).await.unwrap();
+        assert!(here.load(&h, now).await.unwrap().is_some());
+        there.delete(&h).await.unwrap();
+        assert!(gone_within_2s(&here, &h).await);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_change_by_another_client_or_by_redis_itself_reaches_the_near_cache() {
+        let (here, prefix, mut raw) = setup(STANDALONE).await;
+        wait_serving(&here).await;
+        let now = OffsetDateTime::now_utc();
+        let h = Handle::from_bytes([10; 32]);
+        here.create(&h, &record(now)).await.unwrap();
+        assert!(here.load(&h, now).await.unwrap().is_some());
+        // An admin's DEL, not through any keyfob store.
+        let key = format!("{prefix}:s:{h}");
+        let _: i64 = raw.query(redis::cmd("DEL").arg(&key)).await;
+        assert!(gone_within_2s(&here, &h).await, "deleted by hand");
+        // Redis's own expiry (the record's deadline is still an hour off).
+        here.create(&h, &record(now)).await.unwrap();
+        assert!(here.load(&h, now).await.unwrap().is_some());
+        let _: i64 = raw.query(redis::cmd("PEXPIRE").arg(&key).arg(1)).await;
+        assert!(gone_within_2s(&here, &h).await, "expired by Redis");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_channel_that_falls_silent_stops_the_near_cache_within_four_seconds() {
+        let url = stores::server_url(STANDALONE);
+        let addr = url.strip_prefix("redis://").unwrap().trim_end_matches('/');
+        let target = tokio::net::lookup_host(addr).await.unwrap().next().unwrap();
+        let partition = crate::support::Partition::to(target).await;
+        let store = RedisStore::connect(&format!("redis://127.0.0.1:{}", partition.port))
+            .await
+            .unwrap()
+            .with_key_prefix(stores::unique_prefix());
+        wait_serving(&store).await;
+        let now = OffsetDateTime::now_utc();
+        let h = Handle::from_bytes([12; 32]);
+        store.create(&h, &record(now)).await.unwrap();
+        // Quiet is not dead: with no writes at all, the pings keep it serving.
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        assert!(
+            store.near_cache_serving(),
+            "a quiet channel was taken for dead"
+        );
+        partition.freeze();
+        let frozen_at = std::time::Instant::now();
+        // A cached read makes no round trip: it answers though Redis cannot.
+        for _ in 0..20 {
+            assert!(store.load(&h, now).await.unwrap().is_some());
+        }
+        assert!(
+            frozen_at.elapsed() < std::time::Duration::from_millis(200),
+            "cached loads waited for Redis"
+        );
+        while store.near_cache_serving() {
+            assert!(
+                frozen_at.elapsed() < std::time::Duration::from_secs(6),
+                "the cache still serves 6 s into the partition"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // Not before a ping had the time to go unanswered.
+        assert!(frozen_at.elapsed() >= std::time::Duration::from_millis(1500));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cluster_or_a_given_connection_has_no_near_cache() {
+        let cluster = stores::redis_store(CLUSTER).await;
+        cluster
+            .load(&Handle::from_bytes([1; 32]), OffsetDateTime::now_utc())
+            .await
+            .unwrap();
+        assert!(!cluster.near_cache_serving());
+        let off = stores::redis_store(STANDALONE).await.without_near_cache();
+        off.load(&Handle::from_bytes([1; 32]), OffsetDateTime::now_utc())
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!off.near_cache_serving());
     }
 }
 

@@ -299,61 +299,6 @@ mod postgres {
         assert!(eventually(&here, &h, |r| r.is_none()).await);
     }
 
-    /// A TCP proxy to the test server that can fall silent: after
-    /// [`Partition::freeze`] it forwards nothing either way but keeps every
-    /// socket open, as a network partition looks to both ends (no FIN, no RST).
-    struct Partition {
-        port: u16,
-        frozen: Arc<std::sync::atomic::AtomicBool>,
-    }
-
-    impl Partition {
-        async fn to(target: std::net::SocketAddr) -> Self {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let port = listener.local_addr().unwrap().port();
-            let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let f = frozen.clone();
-            tokio::spawn(async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    let Ok(server) = tokio::net::TcpStream::connect(target).await else {
-                        continue;
-                    };
-                    let (cr, cw) = client.into_split();
-                    let (sr, sw) = server.into_split();
-                    tokio::spawn(Self::pump(cr, sw, f.clone()));
-                    tokio::spawn(Self::pump(sr, cw, f.clone()));
-                }
-            });
-            Partition { port, frozen }
-        }
-
-        /// Copies `from` to `to` until frozen; then reads and drops.
-        async fn pump(
-            mut from: tokio::net::tcp::OwnedReadHalf,
-            mut to: tokio::net::tcp::OwnedWriteHalf,
-            frozen: Arc<std::sync::atomic::AtomicBool>,
-        ) {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                let n = match from.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                if frozen.load(std::sync::atomic::Ordering::SeqCst) {
-                    continue;
-                }
-                if to.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
-            }
-        }
-
-        fn freeze(&self) {
-            self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_channel_that_falls_silent_stops_the_near_cache_within_three_seconds() {
         use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -365,7 +310,7 @@ mod postgres {
             .unwrap()
             .next()
             .unwrap();
-        let partition = Partition::to(target).await;
+        let partition = crate::support::Partition::to(target).await;
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(std::time::Duration::from_secs(2))

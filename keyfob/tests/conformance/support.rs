@@ -477,3 +477,60 @@ pub async fn send_raw_cookie(app: &App, uri: &str, value: &str) -> Option<Reply>
         .unwrap();
     Some(app.raw(req).await)
 }
+
+/// A TCP proxy to the test server that can fall silent: after
+/// [`Partition::freeze`] it forwards nothing either way but keeps every
+/// socket open, as a network partition looks to both ends (no FIN, no RST).
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub struct Partition {
+    pub port: u16,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[cfg(any(feature = "postgres", feature = "redis"))]
+impl Partition {
+    pub async fn to(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = frozen.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(Self::pump(cr, sw, f.clone()));
+                tokio::spawn(Self::pump(sr, cw, f.clone()));
+            }
+        });
+        Partition { port, frozen }
+    }
+
+    /// Copies `from` to `to` until frozen; then reads and drops.
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        frozen: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if frozen.load(std::sync::atomic::Ordering::SeqCst) {
+                continue;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    pub fn freeze(&self) {
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}

@@ -1,7 +1,7 @@
 //! One connection type over a single server and a Cluster.
 
 use redis::{
-    aio::{ConnectionLike, ConnectionManager},
+    aio::{ConnectionLike, ConnectionManager, MultiplexedConnection},
     cluster_async::ClusterConnection,
     Cmd, Pipeline, RedisFuture, Value,
 };
@@ -12,6 +12,9 @@ use redis::{
 pub(super) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    /// The near cache's tracking connection (see `tracking`): session writes
+    /// go through it while it is up, so Redis does not echo them back.
+    Tracked(MultiplexedConnection),
 }
 
 impl ConnectionLike for Conn {
@@ -19,6 +22,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Tracked(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -31,6 +35,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Tracked(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -38,6 +43,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
+            Conn::Tracked(c) => c.get_db(),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::{
     fmt,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex,
     },
 };
 
@@ -15,7 +15,10 @@ use redis::{aio::ConnectionManager, cluster_async::ClusterConnection};
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
 
-use super::{BoxFuture, Created, OwnedSession, SessionStore, Updated};
+use super::{
+    near::{self, NearCache},
+    BoxFuture, Created, OwnedSession, SessionStore, Updated,
+};
 use crate::{
     error::{Error, Result},
     expiry::secs,
@@ -30,6 +33,7 @@ pub use self::conn::RedisConnection;
 mod owner;
 mod purge;
 mod scripts;
+mod tracking;
 
 use self::{
     codec::{decode, encode, text, Decoded},
@@ -80,12 +84,13 @@ const DEFAULT_PREFIX: &str = "keyfob";
 ///   metadata item (`v` version, `c` created, `s` last seen, `i`/`a` idle and
 ///   absolute deadlines, `o` owner, `e` per-session expiry) and one field
 ///   `d:<key>` per data key holding the value's JSON text. The change-set maps
-///   one to one onto `HSET`/`HDEL`, so the script never parses JSON (Lua's
-///   `cjson` would rewrite values: big integers, escapes, key order) and a
-///   write costs the size of what changed, not of the whole session;
+///   one to one onto one `HDEL` and one `HSET` (of the fields that change),
+///   so the script never parses JSON (Lua's `cjson` would rewrite values: big
+///   integers, escapes, key order) and a write costs the size of what
+///   changed, not of the whole session;
 /// - every update runs as one script on that one key: it checks the record is
 ///   live *at the caller's clock*, applies the change-set to the hash as it is
-///   now, bumps the version and sets `EXPIREAT` to the record's deadline, so
+///   now, bumps the version and moves `EXPIREAT` with the record's deadline, so
 ///   concurrent writers of different keys all persist, an update of a
 ///   deleted or expired record writes nothing, and Redis drops expired
 ///   sessions by itself;
@@ -106,6 +111,23 @@ const DEFAULT_PREFIX: &str = "keyfob";
 ///   watermark has passed or whose record expired, and deletes unfile theirs.
 ///   (A plain set could not tell "already gone" from "being written right
 ///   now"; the score can);
+/// - **near cache**, on by default on a single server reached through
+///   [`connect`](Self::connect) (50 000 sessions or 64 MiB, see
+///   [`with_near_cache`](Self::with_near_cache)): a load of a cached
+///   session makes no round trip, and a write is one script that also
+///   tells whether the request's copy was current, so the copy plus the
+///   change is cached without reading it back. It is kept coherent by Redis
+///   itself (RESP3 `CLIENT TRACKING` on a connection of its own, named
+///   `keyfob-near-cache:<prefix>:s:`): any change to a cached session made
+///   elsewhere (another process, an admin, an expiry, an eviction, a flush)
+///   drops the copy, within the invalidation latency (see `BENCHMARKS.md`);
+///   this process's own writes, deletes and revocations are seen on its very
+///   next request. The cache answers only while that connection is up and
+///   answers a ping every second within 3 s; otherwise it is empty and every
+///   load asks Redis until the connection is back. There is none on a
+///   Cluster or on a store built from a connection ([`new`](Self::new),
+///   [`cluster`](Self::cluster)); [`without_near_cache`](Self::without_near_cache)
+///   turns it off;
 /// - a hash that cannot be decoded reads as "no session" with a
 ///   `tracing::warn!`, and a Redis failure is an [`Error`] of kind
 ///   [`Store`](crate::ErrorKind::Store), never a panic.
@@ -144,6 +166,14 @@ const DEFAULT_PREFIX: &str = "keyfob";
 ///   clock: keep the app servers' and Redis's clocks in sync (NTP);
 /// - a key at a session's name that is not a hash (another app writing into
 ///   this prefix) is a store error, not "no session": it is loud on purpose;
+/// - the near cache needs Redis 6 or later and an account allowed `CLIENT`
+///   (`TRACKING`, `SETNAME`); without them it stays off, with one warning.
+///   Redis remembers, per tracking connection, the session keys it read (its
+///   `tracking-table-max-keys` bounds that; past it, Redis drops entries and
+///   the cache drops the matching copies);
+/// - the key's expiry is kept equal to the record's deadline by every write,
+///   and is only sent when the deadline moves: a tool that changes a
+///   session's TTL by hand changes when Redis drops it, not when it expires;
 /// - `rediss://` needs one of the `redis` crate's TLS features enabled in
 ///   the app; the `redis` crate's timeouts apply (500 ms per response and
 ///   1 s to connect by default on a single server).
@@ -169,12 +199,45 @@ pub struct RedisStore {
     scripts: Arc<Scripts>,
     creates: Arc<AtomicU64>,
     purge_cursor: Arc<AtomicU64>,
+    /// The near cache and its tracking task; `None` when off.
+    near: Option<Arc<Near>>,
+}
+
+/// The near cache of one store, the task that keeps it coherent, and what
+/// it needs to build a new one (a changed prefix tracks other keys).
+struct Near {
+    cache: Arc<NearCache>,
+    slot: tracking::Slot,
+    task: Mutex<Option<tokio::task::AbortHandle>>,
+    /// A RESP3 client for the tracking connection.
+    client: redis::Client,
+    bounds: (u64, u64),
+}
+
+impl Near {
+    fn new(client: redis::Client, bounds: (u64, u64)) -> Arc<Near> {
+        Arc::new(Near {
+            cache: Arc::new(NearCache::new(bounds.0, bounds.1)),
+            slot: Arc::new(Mutex::new(None)),
+            task: Mutex::new(None),
+            client,
+            bounds,
+        })
+    }
+}
+
+impl Drop for Near {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.lock().ok().and_then(|mut t| t.take()) {
+            task.abort();
+        }
+    }
 }
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self.conn {
-            Conn::Single(_) => "single",
+            Conn::Single(_) | Conn::Tracked(_) => "single",
             Conn::Cluster(_) => "cluster",
         };
         f.debug_struct("RedisStore")
@@ -192,6 +255,7 @@ impl RedisStore {
             scripts: Arc::new(Scripts::new()),
             creates: Arc::new(AtomicU64::new(0)),
             purge_cursor: Arc::new(AtomicU64::new(0)),
+            near: None,
         }
     }
 
@@ -287,11 +351,13 @@ impl RedisStore {
             let config = redis::aio::ConnectionManagerConfig::new()
                 .set_min_delay(std::time::Duration::from_millis(50))
                 .set_max_delay(std::time::Duration::from_millis(250));
-            Self::new(
-                ConnectionManager::new_with_config(client, config)
-                    .await
-                    .map_err(Error::store)?,
-            )
+            let manager = ConnectionManager::new_with_config(client.clone(), config)
+                .await
+                .map_err(Error::store)?;
+            let mut store = Self::new(manager);
+            store.near =
+                resp3(&client).map(|c| Near::new(c, (near::DEFAULT_ENTRIES, near::DEFAULT_BYTES)));
+            store
         } else {
             // The URL may hold a password: name only its scheme.
             let scheme = url.split_once("://").map_or("(none)", |(s, _)| s);
@@ -329,7 +395,96 @@ impl RedisStore {
     #[must_use]
     pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into().into();
+        // Other keys to track: a cache of its own.
+        if let Some(near) = self.near.take() {
+            self.near = Some(Near::new(near.client.clone(), near.bounds));
+        }
         self
+    }
+
+    /// Bounds the near cache (default 50 000 sessions and 64 MiB, whichever
+    /// is reached first). The near cache is there on a store built by
+    /// [`connect`](Self::connect) with a single-server URL; on a store
+    /// built from a connection ([`new`](Self::new), [`cluster`](Self::cluster))
+    /// or on a Cluster there is none, and this changes nothing.
+    ///
+    /// ```no_run
+    /// # async fn f() -> keyfob::Result<()> {
+    /// let store = keyfob::RedisStore::connect("redis://127.0.0.1")
+    ///     .await?
+    ///     .with_near_cache(200_000, 256 << 20);
+    /// # let _ = store; Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn with_near_cache(mut self, max_sessions: u64, max_bytes: u64) -> Self {
+        if let Some(near) = self.near.take() {
+            self.near = Some(Near::new(near.client.clone(), (max_sessions, max_bytes)));
+        }
+        self
+    }
+
+    /// Turns the near cache off: every load asks Redis, and writes read
+    /// the session first no more than they do with it on.
+    ///
+    /// ```no_run
+    /// # async fn f() -> keyfob::Result<()> {
+    /// let store = keyfob::RedisStore::connect("redis://127.0.0.1")
+    ///     .await?
+    ///     .without_near_cache();
+    /// assert!(!store.near_cache_serving());
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn without_near_cache(mut self) -> Self {
+        self.near = None;
+        self
+    }
+
+    /// Whether the near cache answers loads right now: it is on, and its
+    /// tracking connection is up. It starts on the store's first use.
+    ///
+    /// ```no_run
+    /// # async fn f(store: keyfob::RedisStore) {
+    /// if !store.near_cache_serving() {
+    ///     eprintln!("every session load is a Redis round trip right now");
+    /// }
+    /// # }
+    /// ```
+    pub fn near_cache_serving(&self) -> bool {
+        self.near.as_ref().is_some_and(|n| n.cache.is_serving())
+    }
+
+    /// The near cache, its tracking task started (on first use: it needs
+    /// the runtime). A task that ended (its runtime shut down, a panic) is
+    /// started again; it stopped the cache as it went. (On a server that
+    /// cannot track, the task stays, idle, so it does not retry.)
+    fn near(&self) -> Option<&NearCache> {
+        let near = self.near.as_ref()?;
+        // `try_lock`: a load never waits here; whoever holds it is checking.
+        if let Ok(mut task) = near.task.try_lock() {
+            if task.as_ref().is_none_or(|t| t.is_finished()) {
+                *task = Some(
+                    tokio::spawn(tracking::track(
+                        near.client.clone(),
+                        format!("{}:s:", self.prefix),
+                        near.cache.clone(),
+                        near.slot.clone(),
+                    ))
+                    .abort_handle(),
+                );
+            }
+        }
+        Some(&near.cache)
+    }
+
+    /// Where commands on session keys go: the tracking connection while it
+    /// is up (`true`: what it reads, Redis tracks for this cache, and what it
+    /// writes, Redis does not echo back), else the store's (`false`).
+    fn session_conn(&self) -> (Conn, bool) {
+        match self.near.as_ref().and_then(|n| n.slot.lock().ok()?.clone()) {
+            Some(tracked) => (Conn::Tracked(tracked), true),
+            None => (self.conn.clone(), false),
+        }
     }
 
     fn session_key(&self, handle: &Handle) -> String {
@@ -346,7 +501,10 @@ impl RedisStore {
 
     /// What the session key holds; a corrupt hash is logged and read as missing.
     async fn fetch(&self, handle: &Handle) -> Result<Decoded> {
-        let mut conn = self.conn.clone();
+        self.fetch_on(self.conn.clone(), handle).await
+    }
+
+    async fn fetch_on(&self, mut conn: Conn, handle: &Handle) -> Result<Decoded> {
         let fields: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
             .arg(self.session_key(handle))
             .query_async(&mut conn)
@@ -358,14 +516,25 @@ impl RedisStore {
         }))
     }
 
-    async fn load_inner(&self, handle: &Handle, now: OffsetDateTime) -> Result<Option<Record>> {
-        Ok(match self.fetch(handle).await? {
+    /// The live record, and whether it was read on the tracking connection
+    /// (only such a read may be cached: Redis tells that connection of
+    /// every later change to the key).
+    async fn load_inner(
+        &self,
+        handle: &Handle,
+        now: OffsetDateTime,
+    ) -> Result<(Option<Record>, bool)> {
+        let (conn, tracked) = self.session_conn();
+        let found = match self.fetch_on(conn, handle).await? {
             Decoded::Record(r) => Some(r).filter(|r| !r.is_expired(now)),
             Decoded::Missing | Decoded::Moved => None,
-        })
+        };
+        Ok((found, tracked))
     }
 
-    async fn create_inner(&self, handle: &Handle, record: &Record) -> Result<Created> {
+    /// Whether it was stored, and on the tracking connection (see
+    /// [`load_inner`](Self::load_inner)).
+    async fn create_inner(&self, handle: &Handle, record: &Record) -> Result<(Created, bool)> {
         let expire_at = record.expires_secs();
         // Filed and indexed first: a crash in between leaves a stale entry
         // (pruned later), never a live session the index does not know.
@@ -398,28 +567,33 @@ impl RedisStore {
         now: i64,
         expire_at: Option<i64>,
         fields: &[(String, Vec<u8>)],
-    ) -> Result<Created> {
-        let mut conn = self.conn.clone();
+    ) -> Result<(Created, bool)> {
+        let (mut conn, tracked) = self.session_conn();
         let mut call = self.scripts.create.key(self.session_key(handle));
         call.arg(now)
-            .arg(expire_at.map(|e| e.to_string()).unwrap_or_default());
+            .arg(expire_at.map(|e| e.to_string()).unwrap_or_default())
+            .arg(track_flag(tracked));
         for (k, v) in fields {
             call.arg(k).arg(v);
         }
         let stored: i64 = call.invoke_async(&mut conn).await.map_err(Error::store)?;
-        Ok(if stored == 1 {
+        let created = if stored == 1 {
             Created::Stored
         } else {
             Created::Collision
-        })
+        };
+        Ok((created, tracked))
     }
 
+    /// The outcome, and for an update in place on the tracking connection
+    /// the version it was applied to (the caller's copy plus the change is
+    /// the new record when it had that version).
     async fn update_inner(
         &self,
         handle: &Handle,
         update: &Update,
         now: OffsetDateTime,
-    ) -> Result<Updated> {
+    ) -> Result<(Updated, Option<u64>)> {
         // A new owner is indexed before the script makes it visible, with a
         // provisional watermark (the deadline is the script's to know; an
         // index score only ever rises, so it must not start at "never"). The
@@ -431,7 +605,7 @@ impl RedisStore {
                     .await?;
             }
         }
-        let mut conn = self.conn.clone();
+        let (mut conn, tracked) = self.session_conn();
         let mut call = self.scripts.update.key(self.session_key(handle));
         call.arg(secs(now))
             .arg(update.seen)
@@ -463,7 +637,8 @@ impl RedisStore {
                     .unwrap_or_default(),
             )
             .arg(OWNER_SLACK_SECS)
-            .arg(TOMBSTONE_MS);
+            .arg(TOMBSTONE_MS)
+            .arg(track_flag(tracked));
         for (key, value) in update.changes.ops() {
             call.arg(key).arg(value.map_or("", RawValue::get));
         }
@@ -475,19 +650,20 @@ impl RedisStore {
                 if !owner.is_empty() && !mark.is_empty() {
                     self.index(owner, handle, mark).await?;
                 }
-                Ok(Updated::Applied)
+                let was = text(reply.get(3)).parse().ok().filter(|_| tracked);
+                Ok((Updated::Applied, was))
             }
             Some(b"2") => match update.rename_to() {
-                Some(to) => self.finish_rotation(handle, to, now, &reply).await,
+                Some(to) => Ok((self.finish_rotation(handle, to, now, &reply).await?, None)),
                 None => Err(Error::store_msg(
                     "Redis update script moved a record without a target",
                 )),
             },
             Some(b"-1") => {
                 tracing::warn!(handle = %handle.short(), "keyfob: undecodable Redis session; the update is dropped");
-                Ok(Updated::Gone)
+                Ok((Updated::Gone, None))
             }
-            _ => Ok(Updated::Gone),
+            _ => Ok((Updated::Gone, None)),
         }
     }
 
@@ -523,6 +699,7 @@ impl RedisStore {
         if self
             .create_fields(to, secs(now), expire_at, &fields)
             .await?
+            .0
             == Created::Collision
         {
             return Err(Error::store_msg(
@@ -547,7 +724,7 @@ impl RedisStore {
     }
 
     async fn delete_inner(&self, handle: &Handle) -> Result<bool> {
-        let mut conn = self.conn.clone();
+        let (mut conn, _) = self.session_conn();
         let reply: Vec<Vec<u8>> = self
             .scripts
             .delete
@@ -564,6 +741,28 @@ impl RedisStore {
     }
 }
 
+/// Asks a script to read its key once more after writing it, on the
+/// tracking connection: a write ends Redis's tracking of the key, and the
+/// read files it again for this connection.
+fn track_flag(tracked: bool) -> &'static str {
+    if tracked {
+        "1"
+    } else {
+        ""
+    }
+}
+
+/// The same server and settings, spoken in RESP3 (push messages), for the
+/// near cache's tracking connection.
+fn resp3(client: &redis::Client) -> Option<redis::Client> {
+    let info = client.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    redis::Client::open(info.set_redis_settings(settings)).ok()
+}
+
 fn bad_url(e: redis::RedisError) -> Error {
     Error::with_source(crate::ErrorKind::Config, e)
 }
@@ -573,12 +772,32 @@ impl SessionStore for RedisStore {
         "redis"
     }
 
+    /// With the near cache, a write is one script that checks the version
+    /// it applies to against the request's copy: the copy plus the change
+    /// is then the new record, cached without reading it back.
+    fn update_uses_base(&self) -> bool {
+        self.near.is_some()
+    }
+
     fn load<'a>(
         &'a self,
         handle: &'a Handle,
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<Option<Arc<Record>>>> {
-        Box::pin(async move { Ok(self.load_inner(handle, now).await?.map(Arc::new)) })
+        Box::pin(async move {
+            let near = self.near();
+            if let Some(hit) = near.and_then(|c| c.get(handle, now)) {
+                return Ok(Some(hit));
+            }
+            let ticket = near.map(|c| c.ticket(handle));
+            let (found, tracked) = self.load_inner(handle, now).await?;
+            let found = found.map(Arc::new);
+            if let (Some(cache), Some(ticket), Some(record), true) = (near, ticket, &found, tracked)
+            {
+                cache.put(handle, record.clone(), ticket);
+            }
+            Ok(found)
+        })
     }
 
     fn holds_expired<'a>(
@@ -598,7 +817,20 @@ impl SessionStore for RedisStore {
         handle: &'a Handle,
         record: &'a Record,
     ) -> BoxFuture<'a, Result<Created>> {
-        Box::pin(self.create_inner(handle, record))
+        Box::pin(async move {
+            let near = self.near();
+            let ticket = near.map(|c| c.ticket(handle));
+            let created = self.create_inner(handle, record).await;
+            if let Some(cache) = near {
+                match created {
+                    Ok((Created::Stored, true)) => {
+                        cache.written(handle, Arc::new(record.clone()), ticket)
+                    }
+                    _ => cache.forget(handle),
+                }
+            }
+            created.map(|(c, _)| c)
+        })
     }
 
     fn update<'a>(
@@ -607,11 +839,42 @@ impl SessionStore for RedisStore {
         update: &'a Update,
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<Updated>> {
-        Box::pin(self.update_inner(handle, update, now))
+        Box::pin(async move {
+            let near = self.near();
+            let ticket = near.map(|c| c.ticket(handle));
+            let done = self.update_inner(handle, update, now).await;
+            let Some(cache) = near else {
+                return done.map(|(updated, _)| updated);
+            };
+            match (&done, update.base()) {
+                // Applied to the version this request had: its copy plus
+                // the change is what Redis now holds.
+                (Ok((Updated::Applied, Some(was))), Some(base)) if *was == base.version => {
+                    let mut record = Record::clone(base);
+                    record.apply(update);
+                    cache.written(handle, Arc::new(record), ticket);
+                }
+                // Merged into a later version, moved, gone, or unknown: no
+                // copy of it may stay.
+                _ => {
+                    cache.forget(handle);
+                    if let Some(to) = update.rename_to() {
+                        cache.forget(to);
+                    }
+                }
+            }
+            done.map(|(updated, _)| updated)
+        })
     }
 
     fn delete<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Result<bool>> {
-        Box::pin(self.delete_inner(handle))
+        Box::pin(async move {
+            let deleted = self.delete_inner(handle).await;
+            if let Some(cache) = self.near() {
+                cache.forget(handle);
+            }
+            deleted
+        })
     }
 
     fn delete_expired(&self, now: OffsetDateTime, batch: usize) -> BoxFuture<'_, Result<u64>> {

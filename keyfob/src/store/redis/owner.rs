@@ -34,17 +34,18 @@ impl RedisStore {
     /// Deletes a session or a tombstone and, for a tombstone, the session it
     /// points to (a rotation in flight), unless that is `keep`.
     pub(super) async fn revoke(&self, handle: &str, keep: Option<&str>) -> Result<bool> {
-        let mut conn = self.conn.clone();
+        let (mut conn, _) = self.session_conn();
         let mut key = format!("{}:s:{handle}", self.prefix);
+        let mut at = handle.to_owned();
         // A tombstone may point to a session rotated again: follow a few hops.
         for _ in 0..4 {
-            let reply: Vec<Vec<u8>> = self
-                .scripts
-                .revoke
-                .key(&key)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(Error::store)?;
+            let reply = self.scripts.revoke.key(&key).invoke_async(&mut conn).await;
+            // After the delete (a load racing it cannot leave a copy): this
+            // process sees its own revocation on its next request.
+            if let (Some(cache), Ok(h)) = (self.near(), at.parse::<Handle>()) {
+                cache.forget(&h);
+            }
+            let reply: Vec<Vec<u8>> = reply.map_err(Error::store)?;
             match reply.first().map(Vec::as_slice) {
                 Some(b"1") => return Ok(true),
                 Some(b"2") => {
@@ -53,6 +54,7 @@ impl RedisStore {
                         return Ok(false);
                     }
                     key = format!("{}:s:{target}", self.prefix);
+                    target.clone_into(&mut at);
                 }
                 _ => return Ok(false),
             }

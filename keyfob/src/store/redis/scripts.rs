@@ -10,7 +10,7 @@ const LUA_COMMON: &str = include_str!("lua/common.lua");
 
 /// Replies are arrays of strings (status first) so they decode as bytes.
 /// Returns `{status, ...}`: 0 gone, -1 corrupt, 1 applied `{1, owner,
-/// watermark}`, 2 moved `{2, owner, expire_at, watermark, field, value, ...}`.
+/// watermark, version applied to}`, 2 moved `{2, owner, expire_at, watermark, field, value, ...}`.
 const LUA_UPDATE: &str = include_str!("lua/update.lua");
 
 /// `1` stored, `0` a live record (or a tombstone) holds the key.

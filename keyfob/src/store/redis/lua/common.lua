@@ -4,3 +4,10 @@ local function deadline(i, a)
   if i and a then return math.min(i, a) end
   return i or a
 end
+-- One command for `list` from index `first` on (in slices, so a session
+-- of thousands of keys stays inside Lua's stack limit).
+local function many(cmd, h, list, first)
+  for n = first or 1, #list, 512 do
+    redis.call(cmd, h, unpack(list, n, math.min(n + 511, #list)))
+  end
+end

@@ -6,6 +6,8 @@ if m[1] then
   if not e or tonumber(ARGV[1]) < e then return 0 end
 end
 redis.call('DEL', h)
-for n = 3, #ARGV, 2 do redis.call('HSET', h, ARGV[n], ARGV[n + 1]) end
+many('HSET', h, ARGV, 4)
 if ARGV[2] ~= '' then redis.call('EXPIREAT', h, ARGV[2]) end
+-- Tracked again after the write (see update.lua).
+if ARGV[3] == '1' then redis.call('EXISTS', h) end
 return 1

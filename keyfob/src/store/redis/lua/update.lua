@@ -10,30 +10,42 @@ end
 -- is not updated either. (Data values are checked only when loaded.)
 for _, n in ipairs({1, 7, 8}) do if not tonumber(m[n]) then return {'-1'} end end
 if (m[2] and not tonumber(m[2])) or (m[3] and not tonumber(m[3])) then return {'-1'} end
-local e = deadline(m[2], m[3])
-if e and now >= e then redis.call('DEL', h) return {'0'} end
+local was = deadline(m[2], m[3])
+if was and now >= was then redis.call('DEL', h) return {'0'} end
+-- Every change is gathered first and written with one HDEL and one HSET
+-- (deletions first: a cleared key set again survives), and only fields
+-- that change are written, so a write costs Redis what changed.
+local set, del = {}, {}
+local function put(k, v) set[#set + 1] = k set[#set + 1] = v end
 if ARGV[6] == '1' then
   for _, k in ipairs(redis.call('HKEYS', h)) do
-    if string.sub(k, 1, 2) == 'd:' then redis.call('HDEL', h, k) end
+    if string.sub(k, 1, 2) == 'd:' then del[#del + 1] = k end
   end
 end
-for n = 10, #ARGV, 2 do
-  if ARGV[n + 1] == '' then redis.call('HDEL', h, 'd:' .. ARGV[n])
-  else redis.call('HSET', h, 'd:' .. ARGV[n], ARGV[n + 1]) end
+for n = 11, #ARGV, 2 do
+  if ARGV[n + 1] == '' then del[#del + 1] = 'd:' .. ARGV[n]
+  else put('d:' .. ARGV[n], ARGV[n + 1]) end
 end
-redis.call('HSET', h, 's', ARGV[2])
-if ARGV[3] == '' then redis.call('HDEL', h, 'i') else redis.call('HSET', h, 'i', ARGV[3]) end
+if ARGV[2] ~= m[8] then put('s', ARGV[2]) end
+if ARGV[3] == '' then
+  if m[2] then del[#del + 1] = 'i' end
+elseif ARGV[3] ~= m[2] then put('i', ARGV[3]) end
 local owner = m[5]
-if ARGV[4] == '-' then redis.call('HDEL', h, 'o') owner = nil
+if ARGV[4] == '-' then
+  if owner then del[#del + 1] = 'o' end
+  owner = nil
 elseif string.sub(ARGV[4], 1, 1) == '=' then
   owner = string.sub(ARGV[4], 2)
-  if owner ~= m[5] then redis.call('HDEL', h, 'x') m[6] = nil end
-  redis.call('HSET', h, 'o', owner)
+  if owner ~= m[5] then
+    if m[6] then del[#del + 1] = 'x' end
+    m[6] = nil
+    put('o', owner)
+  end
 end
-if ARGV[5] == '-' then redis.call('HDEL', h, 'e')
-elseif string.sub(ARGV[5], 1, 1) == '=' then redis.call('HSET', h, 'e', string.sub(ARGV[5], 2)) end
-redis.call('HINCRBY', h, 'v', 1)
-e = deadline(ARGV[3] ~= '' and ARGV[3] or nil, m[3])
+if ARGV[5] == '-' then del[#del + 1] = 'e'
+elseif string.sub(ARGV[5], 1, 1) == '=' then put('e', string.sub(ARGV[5], 2)) end
+put('v', string.format('%.0f', tonumber(m[1]) + 1))
+local e = deadline(ARGV[3] ~= '' and ARGV[3] or nil, m[3])
 -- The owner set must outlive its sessions: ask the caller to push its TTL
 -- when this deadline passes the watermark last pushed.
 local mark = ''
@@ -43,8 +55,10 @@ if owner then
   elseif m[6] ~= 'inf' and (not tonumber(m[6]) or e > tonumber(m[6])) then
     mark = tostring(e + tonumber(ARGV[8]))
   end
-  if mark ~= '' then redis.call('HSET', h, 'x', mark) end
+  if mark ~= '' then put('x', mark) end
 end
+if #del > 0 then many('HDEL', h, del) end
+many('HSET', h, set)
 if ARGV[7] ~= '' then
   local all = redis.call('HGETALL', h)
   redis.call('DEL', h)
@@ -54,5 +68,14 @@ if ARGV[7] ~= '' then
   for n = 1, #all do out[#out + 1] = all[n] end
   return out
 end
-if e then redis.call('EXPIREAT', h, e) else redis.call('PERSIST', h) end
-return {'1', owner or '', mark}
+-- The key's expiry is always its record's deadline (create and every
+-- update keep it so), so it is set only when the deadline moves.
+if e ~= was then
+  if e then redis.call('EXPIREAT', h, e) else redis.call('PERSIST', h) end
+end
+-- On the near cache's tracking connection: a write ends the key's
+-- tracking, and this read files it again for the caller.
+if ARGV[10] == '1' then redis.call('EXISTS', h) end
+-- The version the change was applied to: the caller's copy is current
+-- only when it was at that version.
+return {'1', owner or '', mark, m[1]}
