@@ -6,8 +6,9 @@
 //! keyfob-bench login --port PORT --n N --out COOKIES     (N logins over HTTP, cookies to a file)
 //! keyfob-bench seed  --port PORT --n N --out COOKIES     (keyfob memory store seeded directly,
 //!                                                         RSS before/after printed, then serve)
-//! keyfob-bench invalidation --url POSTGRES_URL [--n N]   (near-cache invalidation latency
-//!                                                         between two stores, p50/p99)
+//! keyfob-bench invalidation --url POSTGRES_OR_REDIS_URL [--n N]
+//!                                        (near-cache invalidation latency between two
+//!                                         stores, p50/p99)
 //! ```
 //!
 //! Both implementations get the same cookie settings: name `id`, HttpOnly,
@@ -448,25 +449,52 @@ fn login(port: u16, n: usize, conns: usize, out: &str) {
 }
 
 /// Waits until the store's near cache serves (its LISTEN is subscribed).
-async fn serving(store: &keyfob::PostgresStore) {
+/// A store with a near cache, for the invalidation measurement.
+trait Near: SessionStore {
+    fn serving(&self) -> bool;
+}
+
+impl Near for keyfob::PostgresStore {
+    fn serving(&self) -> bool {
+        self.near_cache_serving()
+    }
+}
+
+impl Near for keyfob::RedisStore {
+    fn serving(&self) -> bool {
+        self.near_cache_serving()
+    }
+}
+
+async fn serving(store: &impl Near) {
     let probe = Handle::from_bytes([0; 32]);
-    while !store.near_cache_serving() {
+    while !store.serving() {
         store.load(&probe, OffsetDateTime::now_utc()).await.expect("load");
         tokio::time::sleep(StdDuration::from_millis(5)).await;
     }
 }
 
-/// How long after a delete through one PostgreSQL store another store (its
-/// own pool and LISTEN connection, as another process has) stops serving
-/// the session from its near cache: `n` sessions, each created through
-/// `here`, loaded (cached) through `there`, deleted through `here`; the
-/// clock runs from the moment the delete is acknowledged until `there`
-/// first loads nothing.
+/// How long after a delete through one store another store (its own
+/// connections and notification channel, as another process has) stops
+/// serving the session from its near cache: `n` sessions, each created
+/// through `here`, loaded (cached) through `there`, deleted through `here`;
+/// the clock runs from the moment the delete is acknowledged until `there`
+/// first loads nothing. PostgreSQL or Redis, by the URL's scheme.
 async fn invalidation(url: &str, n: usize) {
-    let here = keyfob::PostgresStore::connect(url).await.expect("postgres");
-    let there = keyfob::PostgresStore::connect(url).await.expect("postgres");
-    serving(&here).await;
-    serving(&there).await;
+    if url.starts_with("redis") {
+        let here = keyfob::RedisStore::connect(url).await.expect("redis");
+        let there = keyfob::RedisStore::connect(url).await.expect("redis");
+        invalidation_between("redis", &here, &there, n).await;
+    } else {
+        let here = keyfob::PostgresStore::connect(url).await.expect("postgres");
+        let there = keyfob::PostgresStore::connect(url).await.expect("postgres");
+        invalidation_between("postgres", &here, &there, n).await;
+    }
+}
+
+async fn invalidation_between(name: &str, here: &impl Near, there: &impl Near, n: usize) {
+    serving(here).await;
+    serving(there).await;
     let mut micros = Vec::with_capacity(n);
     for _ in 0..n {
         let mut bytes = [0u8; 32];
@@ -486,7 +514,7 @@ async fn invalidation(url: &str, n: usize) {
     micros.sort_unstable();
     let at = |q: f64| micros[((micros.len() as f64 - 1.0) * q).round() as usize];
     println!(
-        "INVALIDATION postgres n={n} p50_us={} p99_us={} max_us={}",
+        "INVALIDATION {name} n={n} p50_us={} p99_us={} max_us={}",
         at(0.5),
         at(0.99),
         micros.last().copied().unwrap_or(0)

@@ -171,9 +171,11 @@ const DEFAULT_PREFIX: &str = "keyfob";
 ///   Redis remembers, per tracking connection, the session keys it read (its
 ///   `tracking-table-max-keys` bounds that; past it, Redis drops entries and
 ///   the cache drops the matching copies);
-/// - the key's expiry is kept equal to the record's deadline by every write,
-///   and is only sent when the deadline moves: a tool that changes a
-///   session's TTL by hand changes when Redis drops it, not when it expires;
+/// - Redis drops a session's key on the whole minute after its record's
+///   deadline (loads go by the deadline itself), so a session written many
+///   times a minute moves its key's expiry once a minute, not on every
+///   write. Every write keeps it so: a tool that changes a session's TTL by
+///   hand changes when Redis drops it, not when it expires;
 /// - `rediss://` needs one of the `redis` crate's TLS features enabled in
 ///   the app; the `redis` crate's timeouts apply (500 ms per response and
 ///   1 s to connect by default on a single server).

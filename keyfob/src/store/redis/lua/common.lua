@@ -11,3 +11,11 @@ local function many(cmd, h, list, first)
     redis.call(cmd, h, unpack(list, n, math.min(n + 511, #list)))
   end
 end
+-- When Redis drops a key whose record's deadline is `e`: on the next whole
+-- minute, so a session written many times a minute moves its key's
+-- expiry once a minute, not on every write. (Loads go by the deadline
+-- itself; the key only outlives it by less than a minute.)
+local function drop_at(e)
+  if e then return math.ceil(e / 60) * 60 end
+  return nil
+end

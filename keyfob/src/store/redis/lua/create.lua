@@ -7,7 +7,7 @@ if m[1] then
 end
 redis.call('DEL', h)
 many('HSET', h, ARGV, 4)
-if ARGV[2] ~= '' then redis.call('EXPIREAT', h, ARGV[2]) end
+if ARGV[2] ~= '' then redis.call('EXPIREAT', h, drop_at(tonumber(ARGV[2]))) end
 -- Tracked again after the write (see update.lua).
 if ARGV[3] == '1' then redis.call('EXISTS', h) end
 return 1

@@ -68,10 +68,11 @@ if ARGV[7] ~= '' then
   for n = 1, #all do out[#out + 1] = all[n] end
   return out
 end
--- The key's expiry is always its record's deadline (create and every
--- update keep it so), so it is set only when the deadline moves.
-if e ~= was then
-  if e then redis.call('EXPIREAT', h, e) else redis.call('PERSIST', h) end
+-- The key's expiry is always `drop_at` of its record's deadline (create
+-- and every update keep it so), so it is set only when that moves.
+local drop = drop_at(e)
+if drop ~= drop_at(was) then
+  if drop then redis.call('EXPIREAT', h, drop) else redis.call('PERSIST', h) end
 end
 -- On the near cache's tracking connection: a write ends the key's
 -- tracking, and this read files it again for the caller.
