@@ -190,6 +190,34 @@ impl NearCache {
         self.generations[shard(handle)].fetch_add(1, Ordering::SeqCst);
     }
 
+    /// This process wrote the change a request made to its copy `base_version`
+    /// and got `record` back. Unlike [`written`](Self::written), the copy is
+    /// put only over the entry it came from: a change made elsewhere that
+    /// the write could not tell from its version (an admin's edit of the
+    /// stored record) has dropped that entry, and then nothing is cached.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn written_over(
+        &self,
+        handle: &Handle,
+        base_version: u64,
+        record: Arc<Record>,
+        ticket: Option<Ticket>,
+    ) {
+        use moka::ops::compute::Op;
+        let current = ticket.is_none_or(|t| self.still(handle, t));
+        if current && self.is_serving() {
+            let _ = self.map.entry(*handle).and_compute_with(|old| match old {
+                Some(e) if e.value().version == base_version => Op::Put(record),
+                Some(_) => Op::Remove,
+                None => Op::Nop,
+            });
+        }
+        if !current || ticket.is_some_and(|t| !self.still(handle, t)) {
+            self.map.invalidate(handle);
+        }
+        self.generations[shard(handle)].fetch_add(1, Ordering::SeqCst);
+    }
+
     /// This process changed or deleted the record in a way it has no copy
     /// of: drop it (and void the tickets of its shard).
     pub(crate) fn forget(&self, handle: &Handle) {

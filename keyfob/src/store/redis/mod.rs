@@ -463,16 +463,19 @@ impl RedisStore {
     fn near(&self) -> Option<&NearCache> {
         let near = self.near.as_ref()?;
         // `try_lock`: a load never waits here; whoever holds it is checking.
-        if let Ok(mut task) = near.task.try_lock() {
+        if let (Ok(mut task), Ok(runtime)) =
+            (near.task.try_lock(), tokio::runtime::Handle::try_current())
+        {
             if task.as_ref().is_none_or(|t| t.is_finished()) {
                 *task = Some(
-                    tokio::spawn(tracking::track(
-                        near.client.clone(),
-                        format!("{}:s:", self.prefix),
-                        near.cache.clone(),
-                        near.slot.clone(),
-                    ))
-                    .abort_handle(),
+                    runtime
+                        .spawn(tracking::track(
+                            near.client.clone(),
+                            format!("{}:s:", self.prefix),
+                            near.cache.clone(),
+                            near.slot.clone(),
+                        ))
+                        .abort_handle(),
                 );
             }
         }
@@ -854,7 +857,7 @@ impl SessionStore for RedisStore {
                 (Ok((Updated::Applied, Some(was))), Some(base)) if *was == base.version => {
                     let mut record = Record::clone(base);
                     record.apply(update);
-                    cache.written(handle, Arc::new(record), ticket);
+                    cache.written_over(handle, base.version, Arc::new(record), ticket);
                 }
                 // Merged into a later version, moved, gone, or unknown: no
                 // copy of it may stay.

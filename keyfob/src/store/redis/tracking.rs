@@ -33,7 +33,10 @@
 //! not allowed `CLIENT` leaves the cache off for good, with one warning.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -79,12 +82,22 @@ pub(super) async fn track(client: redis::Client, keys: String, cache: Arc<NearCa
     let _stopping = Stopping(cache.clone(), slot.clone());
     let mut backoff = Duration::from_millis(50);
     let mut warned = false;
+    // Which connection is the live one: an abandoned connection's late
+    // `Disconnection` must not stop the cache its successor serves.
+    let live = Arc::new(AtomicU64::new(0));
     loop {
+        let serial = live.fetch_add(1, Ordering::SeqCst) + 1;
         let (lost_tx, mut lost) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let subscribed =
-            tokio::time::timeout(SUBSCRIBE_LIMIT, subscribe(&client, &keys, &cache, lost_tx))
-                .await
-                .unwrap_or_else(|_| Err(Failure::Transient("timed out".into())));
+        let push = Push {
+            cache: cache.clone(),
+            keys: keys.clone(),
+            live: live.clone(),
+            serial,
+            lost: lost_tx,
+        };
+        let subscribed = tokio::time::timeout(SUBSCRIBE_LIMIT, subscribe(&client, &keys, push))
+            .await
+            .unwrap_or_else(|_| Err(Failure::Transient("timed out".into())));
         match subscribed {
             Ok(conn) => {
                 set(&slot, Some(conn.clone()));
@@ -146,23 +159,31 @@ async fn watch(
     }
 }
 
-/// A RESP3 connection of its own, tracking `keys` for `cache`.
+/// What one tracking connection's pushes act on.
+struct Push {
+    cache: Arc<NearCache>,
+    keys: String,
+    live: Arc<AtomicU64>,
+    serial: u64,
+    lost: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+/// A RESP3 connection of its own, tracking `keys` for `push.cache`.
 async fn subscribe(
     client: &redis::Client,
     keys: &str,
-    cache: &Arc<NearCache>,
-    lost: tokio::sync::mpsc::UnboundedSender<()>,
+    push: Push,
 ) -> Result<MultiplexedConnection, Failure> {
-    let transient = |e: redis::RedisError| Failure::Transient(e.to_string());
-    let (c, k) = (cache.clone(), keys.to_owned());
     // Called by the connection's reader as each push arrives, before any
     // reply read after it is handed out.
-    let on_push = move |push: PushInfo| -> Result<(), redis::aio::SendError> {
-        if push.kind == PushKind::Disconnection {
-            c.stop();
-            let _ = lost.send(());
+    let on_push = move |info: PushInfo| -> Result<(), redis::aio::SendError> {
+        if info.kind == PushKind::Disconnection {
+            if push.live.load(Ordering::SeqCst) == push.serial {
+                push.cache.stop();
+            }
+            let _ = push.lost.send(());
         } else {
-            heard(&c, &k, &push);
+            heard(&push.cache, &push.keys, &info);
         }
         Ok(())
     };
@@ -173,7 +194,7 @@ async fn subscribe(
     let mut conn = client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-        .map_err(transient)?;
+        .map_err(refused)?;
     // Named, so an operator's `CLIENT LIST` tells what it is and for which
     // keys (a name has no spaces: any other character becomes `_`).
     let name: String = format!("{CONNECTION_NAME}:{keys}")
@@ -196,13 +217,17 @@ async fn subscribe(
     Ok(conn)
 }
 
-/// A failed `CLIENT` command: the connection's trouble is worth a retry,
-/// the server's answer (no permission, unknown command) is not.
+/// A failed connect or `CLIENT` command: no permission, or a command the
+/// server does not know (`HELLO` before Redis 6, `CLIENT TRACKING`), is
+/// for good; anything else (the network, a busy server) is worth a retry.
 fn refused(e: redis::RedisError) -> Failure {
-    if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
-        Failure::Transient(e.to_string())
-    } else {
+    let unknown = e.code() == Some("ERR")
+        && e.detail()
+            .is_some_and(|d| d.to_ascii_lowercase().contains("unknown"));
+    if e.code() == Some("NOPERM") || unknown {
         Failure::Permanent(e.to_string())
+    } else {
+        Failure::Transient(e.to_string())
     }
 }
 
