@@ -340,6 +340,59 @@ mod near_cache {
         assert!(gone_within_2s(&here, &h).await);
     }
 
+    /// What a cached load answers after each kind of write through the
+    /// cache (the request's copy plus its change) is what Redis holds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_cached_copy_after_each_kind_of_write_is_what_redis_holds() {
+        let prefix = stores::unique_prefix();
+        let here = serving(prefix.clone()).await;
+        let plain = stores::redis_store(STANDALONE)
+            .await
+            .with_key_prefix(prefix)
+            .without_near_cache();
+        let app = App::new(std::sync::Arc::new(here.clone()));
+        let plain_app = App::new(std::sync::Arc::new(plain.clone()));
+        let now = OffsetDateTime::now_utc;
+        let cookie = app.send("POST", "/login/u1", None).await.cookie().unwrap();
+        let h = here.list_by_owner("u1", now(), 10).await.unwrap()[0].handle;
+        let view = |r: Option<&Record>| {
+            r.map(|r| {
+                (
+                    r.version(),
+                    r.owner().map(str::to_owned),
+                    r.expires_at(),
+                    r.last_seen(),
+                    r.created(),
+                    r.absolute_deadline(),
+                    r.len(),
+                )
+            })
+        };
+        for step in [
+            "/set/a/1",
+            "/set/b/2",
+            "/remove/a",
+            "/expiry-secs/600",
+            "/set/c/3",
+            "/set/b/4",
+            "/clear",
+        ] {
+            let r = app.send("POST", step, Some(&cookie)).await;
+            assert_eq!(r.status, StatusCode::OK, "{step}: {}", r.body);
+            let cached = here.load(&h, now()).await.unwrap();
+            let stored = plain.load(&h, now()).await.unwrap();
+            assert_eq!(view(cached.as_deref()), view(stored.as_deref()), "after {step}");
+            for key in ["a", "b", "c", "k"] {
+                let path = format!("/get/{key}");
+                assert_eq!(
+                    app.send("GET", &path, Some(&cookie)).await.body,
+                    plain_app.send("GET", &path, Some(&cookie)).await.body,
+                    "{key} after {step}"
+                );
+            }
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn own_revocations_are_seen_at_once() {
         let (here, _there) = two_processes().await;
