@@ -381,7 +381,11 @@ mod near_cache {
             assert_eq!(r.status, StatusCode::OK, "{step}: {}", r.body);
             let cached = here.load(&h, now()).await.unwrap();
             let stored = plain.load(&h, now()).await.unwrap();
-            assert_eq!(view(cached.as_deref()), view(stored.as_deref()), "after {step}");
+            assert_eq!(
+                view(cached.as_deref()),
+                view(stored.as_deref()),
+                "after {step}"
+            );
             for key in ["a", "b", "c", "k"] {
                 let path = format!("/get/{key}");
                 assert_eq!(
