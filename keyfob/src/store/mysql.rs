@@ -12,7 +12,7 @@ use sqlx::{
 use time::OffsetDateTime;
 
 use super::{
-    sql::{decode_record, encode_record, owned_session, valid_identifier},
+    sql::{decode_record, encode_record, owned_session, sweep_at, valid_identifier},
     BoxFuture, Created, OwnedSession, SessionStore, Updated,
 };
 use crate::{
@@ -49,6 +49,12 @@ const MAX_TRIES: usize = 1000;
 ///   Concurrent writers of different keys all persist; a row that vanished
 ///   (logout, revocation, expiry) makes the update report it gone, so it is
 ///   never written back;
+/// - the indexed expiry column holds the deadline rounded up to the minute
+///   (only the expired-row sweep reads it; a load goes by the record's own
+///   deadline), so a session written many times a minute changes its index
+///   entry once a minute, not on every write, and
+///   [`delete_expired`](crate::SessionStore::delete_expired) removes a row
+///   within a minute after its deadline;
 /// - records are keyed by the 32-byte handle, never the ID; a row that does
 ///   not decode reads as no session, with a warning.
 ///
@@ -99,6 +105,8 @@ struct Queries {
 impl Queries {
     fn new(name: &str) -> Self {
         let t = format!("`{name}`");
+        // `expires_at` is the sweep's minute (`sweep_at`): a row it calls live
+        // may still be past its deadline, which the record itself tells.
         let live = "(expires_at IS NULL OR expires_at > ?)";
         Queries {
             load: format!("SELECT record, version FROM {t} WHERE handle = ? AND {live}"),
@@ -279,10 +287,12 @@ impl SessionStore for MySqlStore {
             let text: String = row.try_get(0).map_err(Error::store)?;
             let version: i64 = row.try_get(1).map_err(Error::store)?;
             // The version column is what the compare-and-swap checks.
-            Ok(decode_record(handle, &text).map(|mut record| {
-                record.version = u64::try_from(version).unwrap_or(0);
-                Arc::new(record)
-            }))
+            Ok(decode_record(handle, &text)
+                .filter(|r| !r.is_expired(now))
+                .map(|mut record| {
+                    record.version = u64::try_from(version).unwrap_or(0);
+                    Arc::new(record)
+                }))
         })
     }
 
@@ -292,16 +302,17 @@ impl SessionStore for MySqlStore {
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
-            let row: Option<i32> = sqlx::query_scalar(&format!(
-                "SELECT 1 FROM `{}` WHERE handle = ? AND expires_at <= ?",
+            let row: Option<String> = sqlx::query_scalar(&format!(
+                "SELECT record FROM `{}` WHERE handle = ?",
                 self.q.name
             ))
             .bind(&handle.as_bytes()[..])
-            .bind(secs(now))
             .fetch_optional(&self.pool)
             .await
             .map_err(Error::store)?;
-            Ok(row.is_some())
+            Ok(row
+                .and_then(|text| decode_record(handle, &text))
+                .is_some_and(|r| r.is_expired(now)))
         })
     }
 
@@ -320,7 +331,7 @@ impl SessionStore for MySqlStore {
             let done = sqlx::query(&self.q.insert)
                 .bind(&handle.as_bytes()[..])
                 .bind(record.owner())
-                .bind(record.expires_secs())
+                .bind(sweep_at(record.expires_secs()))
                 .bind(i64::try_from(record.version).unwrap_or(i64::MAX))
                 .bind(encode_record(record)?)
                 .execute(&self.pool)
@@ -344,13 +355,13 @@ impl SessionStore for MySqlStore {
             // The record this request loaded: if the row still holds that
             // version, the change-set applies to it and one round trip saves.
             // Otherwise (another writer, expired, deleted) read it again below.
-            if let Some(base) = update.base.as_deref() {
+            if let Some(base) = update.base.as_deref().filter(|b| !b.is_expired(now)) {
                 let mut record = base.clone();
                 record.apply(update);
                 let done = sqlx::query(&self.q.cas_loaded)
                     .bind(&target.as_bytes()[..])
                     .bind(record.owner())
-                    .bind(record.expires_secs())
+                    .bind(sweep_at(record.expires_secs()))
                     .bind(encode_record(&record)?)
                     .bind(&handle.as_bytes()[..])
                     .bind(i64::try_from(base.version).unwrap_or(i64::MAX))
@@ -374,14 +385,15 @@ impl SessionStore for MySqlStore {
                 };
                 let text: String = row.try_get(0).map_err(Error::store)?;
                 let version: i64 = row.try_get(1).map_err(Error::store)?;
-                let Some(mut record) = decode_record(handle, &text) else {
+                let Some(mut record) = decode_record(handle, &text).filter(|r| !r.is_expired(now))
+                else {
                     return Ok(Updated::Gone);
                 };
                 record.apply(update);
                 let done = sqlx::query(&self.q.cas)
                     .bind(&target.as_bytes()[..])
                     .bind(record.owner())
-                    .bind(record.expires_secs())
+                    .bind(sweep_at(record.expires_secs()))
                     .bind(encode_record(&record)?)
                     .bind(&handle.as_bytes()[..])
                     .bind(version)
@@ -441,7 +453,7 @@ impl SessionStore for MySqlStore {
             for row in rows {
                 let bytes: Vec<u8> = row.try_get(0).map_err(Error::store)?;
                 let text: String = row.try_get(1).map_err(Error::store)?;
-                out.extend(owned_session(&bytes, &text));
+                out.extend(owned_session(&bytes, &text).filter(|s| !s.record.is_expired(now)));
             }
             Ok(out)
         })

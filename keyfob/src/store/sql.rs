@@ -55,6 +55,23 @@ pub(crate) fn handle_from(bytes: &[u8]) -> Option<Handle> {
     <[u8; 32]>::try_from(bytes).ok().map(Handle::from_bytes)
 }
 
+/// What a SQL store keeps in its indexed `expires_at` column for a record
+/// whose deadline is `deadline`: the deadline rounded up to the minute.
+/// Only the expired-row sweep reads the column (liveness goes by the
+/// record's own deadline), so it moves once a minute, not on every write
+/// (the idle deadline moves every second): a session written many times a
+/// minute leaves its index entry alone, which saves PostgreSQL a non-HOT
+/// update, InnoDB a secondary-index change and SQLite an index page per
+/// commit. A row is swept within a minute after its deadline.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+pub(crate) fn sweep_at(deadline: Option<i64>) -> Option<i64> {
+    deadline.map(|d| {
+        d.div_euclid(60)
+            .saturating_add(i64::from(d.rem_euclid(60) != 0))
+            .saturating_mul(60)
+    })
+}
+
 #[cfg(any(feature = "sqlite", feature = "mysql"))]
 pub(crate) fn encode_record(record: &Record) -> Result<String> {
     serde_json::to_string(record)
@@ -71,4 +88,19 @@ pub(crate) fn owned_session(handle: &[u8], record: &str) -> Option<super::OwnedS
         handle,
         record: std::sync::Arc::new(record),
     })
+}
+
+#[cfg(all(test, any(feature = "sqlite", feature = "mysql")))]
+mod tests {
+    use super::sweep_at;
+
+    #[test]
+    fn the_sweep_minute_is_the_deadline_rounded_up() {
+        assert_eq!(sweep_at(None), None);
+        assert_eq!(sweep_at(Some(120)), Some(120));
+        assert_eq!(sweep_at(Some(121)), Some(180));
+        assert_eq!(sweep_at(Some(179)), Some(180));
+        assert_eq!(sweep_at(Some(-61)), Some(-60));
+        assert_eq!(sweep_at(Some(i64::MAX)), Some(i64::MAX));
+    }
 }

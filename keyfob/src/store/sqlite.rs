@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     near::{self, NearCache},
-    sql::{decode_record, encode_record, handle_from, owned_session, valid_identifier},
+    sql::{decode_record, encode_record, handle_from, owned_session, sweep_at, valid_identifier},
     sqlite_shm::Watch,
     BoxFuture, Created, OwnedSession, SessionStore, Updated,
 };
@@ -55,6 +55,12 @@ const BATCH: usize = 128;
 ///   update reads the current record and applies the change-set, so
 ///   concurrent requests writing different keys both persist, and a deleted
 ///   session is never written back;
+/// - the indexed expiry column holds the deadline rounded up to the minute
+///   (only the expired-row sweep reads it; a load goes by the record's own
+///   deadline), so a session written many times a minute changes its index
+///   entry once a minute, not on every write, and
+///   [`delete_expired`](crate::SessionStore::delete_expired) removes a row
+///   within a minute after its deadline;
 /// - a row that does not decode reads as no session, with a warning;
 /// - **near cache**, on by default (50 000 sessions or 64 MiB, see
 ///   [`with_near_cache`](Self::with_near_cache)): a load of a cached session
@@ -193,6 +199,7 @@ struct Queries {
     create: String,
     insert: String,
     update: String,
+    update_record: String,
     delete: String,
     delete_expired: String,
     delete_owner: String,
@@ -200,11 +207,13 @@ struct Queries {
 
 impl Queries {
     fn new(t: &str) -> Self {
+        // `expires_at` is the sweep's minute (`sweep_at`): a row it calls live
+        // may still be past its deadline, which the record itself tells.
         let live = "(expires_at IS NULL OR expires_at > ?2)";
         Queries {
             load: format!("SELECT record FROM {t} WHERE handle = ?1 AND {live}"),
             list: format!("SELECT handle, record FROM {t} WHERE owner = ?1 AND {live} LIMIT ?3"),
-            holds_expired: format!("SELECT 1 FROM {t} WHERE handle = ?1 AND expires_at <= ?2"),
+            holds_expired: format!("SELECT record FROM {t} WHERE handle = ?1"),
             purge_one: format!(
                 "DELETE FROM {t} WHERE handle = ?1 AND expires_at IS NOT NULL AND expires_at <= ?2"
             ),
@@ -218,6 +227,9 @@ impl Queries {
             update: format!(
                 "UPDATE {t} SET owner = ?2, expires_at = ?3, record = ?4 WHERE handle = ?1"
             ),
+            // The same, when the owner and the sweep minute stay: SQLite
+            // leaves the indexes alone only when their columns are not SET.
+            update_record: format!("UPDATE {t} SET record = ?2 WHERE handle = ?1"),
             delete: format!("DELETE FROM {t} WHERE handle = ?1"),
             delete_expired: format!(
                 "DELETE FROM {t} WHERE rowid IN (
@@ -536,7 +548,7 @@ async fn run_op(
             let done = sqlx::query(&q.create)
                 .bind(&handle.as_bytes()[..])
                 .bind(record.owner())
-                .bind(record.expires_secs())
+                .bind(sweep_at(record.expires_secs()))
                 .bind(encode_record(record)?)
                 .execute(&mut *conn)
                 .await
@@ -555,17 +567,30 @@ async fn run_op(
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(Error::store)?;
-            let Some(mut record) = row.and_then(|text| decode_record(handle, &text)) else {
+            let Some(mut record) = row
+                .and_then(|text| decode_record(handle, &text))
+                .filter(|r| !r.is_expired(*now))
+            else {
                 return Ok(Out::Gone);
             };
+            let owner_stays = update.owner_change().is_none_or(|o| o == record.owner());
+            let sweep_was = sweep_at(record.expires_secs());
             record.apply(update);
             let text = encode_record(&record)?;
             match update.rename_to() {
+                None if owner_stays && sweep_was == sweep_at(record.expires_secs()) => {
+                    sqlx::query(&q.update_record)
+                        .bind(&handle.as_bytes()[..])
+                        .bind(text)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(Error::store)?;
+                }
                 None => {
                     sqlx::query(&q.update)
                         .bind(&handle.as_bytes()[..])
                         .bind(record.owner())
-                        .bind(record.expires_secs())
+                        .bind(sweep_at(record.expires_secs()))
                         .bind(text)
                         .execute(&mut *conn)
                         .await
@@ -580,7 +605,7 @@ async fn run_op(
                     sqlx::query(&q.insert)
                         .bind(&to.as_bytes()[..])
                         .bind(record.owner())
-                        .bind(record.expires_secs())
+                        .bind(sweep_at(record.expires_secs()))
                         .bind(text)
                         .execute(&mut *conn)
                         .await
@@ -661,6 +686,7 @@ impl SessionStore for SqliteStore {
                 .map_err(Error::store)?;
             let found = row
                 .and_then(|text| decode_record(handle, &text))
+                .filter(|r| !r.is_expired(now))
                 .map(Arc::new);
             if let (Some(n), Some(ticket), Some(record)) = (near, ticket, &found) {
                 n.cache.put(handle, record.clone(), ticket);
@@ -676,13 +702,14 @@ impl SessionStore for SqliteStore {
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             let q = &self.inner.q;
-            let row: Option<i64> = sqlx::query_scalar(&q.holds_expired)
+            let row: Option<String> = sqlx::query_scalar(&q.holds_expired)
                 .bind(&handle.as_bytes()[..])
-                .bind(secs(now))
                 .fetch_optional(&self.inner.pool)
                 .await
                 .map_err(Error::store)?;
-            Ok(row.is_some())
+            Ok(row
+                .and_then(|text| decode_record(handle, &text))
+                .is_some_and(|r| r.is_expired(now)))
         })
     }
 
@@ -755,7 +782,7 @@ impl SessionStore for SqliteStore {
             for row in rows {
                 let bytes: Vec<u8> = row.try_get(0).map_err(Error::store)?;
                 let text: String = row.try_get(1).map_err(Error::store)?;
-                out.extend(owned_session(&bytes, &text));
+                out.extend(owned_session(&bytes, &text).filter(|s| !s.record.is_expired(now)));
             }
             Ok(out)
         })

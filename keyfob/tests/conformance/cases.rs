@@ -519,6 +519,34 @@ pub async fn store_tells_an_expired_record_from_an_unknown_one(store: Store) {
     assert!(!store.holds_expired(&h, later).await.unwrap(), "purged");
 }
 
+/// A record is dead the second its deadline passes, whatever a store keeps
+/// for its own sweep (the SQL stores' expiry column, Redis's key expiry:
+/// the deadline rounded up to the minute): not loaded, not revived by an
+/// update, and told from an unknown handle.
+pub async fn store_treats_a_record_as_expired_from_its_deadline_to_the_second(store: Store) {
+    let now = OffsetDateTime::now_utc();
+    let h = handle(5);
+    let r = Record::new(now, Some(now + Duration::seconds(1)), None);
+    store.create(&h, &r).await.unwrap();
+    assert!(store.load(&h, now).await.unwrap().is_some());
+    let later = now + Duration::seconds(2);
+    assert!(
+        store.load(&h, later).await.unwrap().is_none(),
+        "loaded past its deadline"
+    );
+    assert!(
+        store.holds_expired(&h, later).await.unwrap(),
+        "expired, not unknown"
+    );
+    let touch = keyfob::Update::touch(later, Some(later + Duration::hours(1)));
+    assert_eq!(
+        store.update(&h, &touch, later).await.unwrap(),
+        Updated::Gone,
+        "revived past its deadline"
+    );
+    assert!(store.load(&h, later).await.unwrap().is_none());
+}
+
 pub async fn store_purges_expired_records_in_batches(store: Store) {
     let now = OffsetDateTime::now_utc();
     for n in 10..30u8 {
