@@ -52,7 +52,9 @@ const BATCH: usize = 128;
 ///   the queue into **one transaction per batch** (group commit): concurrent
 ///   saves share a single fsync, and no caller is answered before the
 ///   transaction holding its write has committed. Inside the batch each
-///   update reads the current record and applies the change-set, so
+///   update applies its change-set to the record its request loaded, written
+///   only if the row still holds that version (one statement); otherwise it
+///   reads the current record and applies the change-set to that, so
 ///   concurrent requests writing different keys both persist, and a deleted
 ///   session is never written back;
 /// - the indexed expiry column holds the deadline rounded up to the minute
@@ -200,6 +202,8 @@ struct Queries {
     insert: String,
     update: String,
     update_record: String,
+    cas: String,
+    cas_record: String,
     delete: String,
     delete_expired: String,
     delete_owner: String,
@@ -230,6 +234,15 @@ impl Queries {
             // The same, when the owner and the sweep minute stay: SQLite
             // leaves the indexes alone only when their columns are not SET.
             update_record: format!("UPDATE {t} SET record = ?2 WHERE handle = ?1"),
+            // The two above, only if the row is still at the version the
+            // request loaded (`Update::base`): no read before the write.
+            cas: format!(
+                "UPDATE {t} SET owner = ?2, expires_at = ?3, record = ?4
+                 WHERE handle = ?1 AND json_extract(record, '$.v') = ?5"
+            ),
+            cas_record: format!(
+                "UPDATE {t} SET record = ?2 WHERE handle = ?1 AND json_extract(record, '$.v') = ?3"
+            ),
             delete: format!("DELETE FROM {t} WHERE handle = ?1"),
             delete_expired: format!(
                 "DELETE FROM {t} WHERE rowid IN (
@@ -530,6 +543,53 @@ async fn run_batch(
     result.map(|()| outs)
 }
 
+/// An update in place applied to the record the request loaded, written
+/// only if the row still holds that version: one statement, no read. `None`
+/// when it cannot be (no copy, a rotation, a row changed since): the caller
+/// reads the row and applies the change to it.
+async fn cas(
+    conn: &mut SqliteConnection,
+    q: &Queries,
+    handle: &Handle,
+    update: &Update,
+    now: OffsetDateTime,
+) -> Result<Option<Record>> {
+    let Some(base) = update.base().filter(|b| !b.is_expired(now)) else {
+        return Ok(None);
+    };
+    if update.rename_to().is_some() {
+        return Ok(None);
+    }
+    let Ok(version) = i64::try_from(base.version) else {
+        return Ok(None);
+    };
+    let owner_stays = update.owner_change().is_none_or(|o| o == base.owner());
+    let sweep_was = sweep_at(base.expires_secs());
+    let mut record = Record::clone(base);
+    record.apply(update);
+    let text = encode_record(&record)?;
+    let sweep = sweep_at(record.expires_secs());
+    let done = if owner_stays && sweep == sweep_was {
+        sqlx::query(&q.cas_record)
+            .bind(&handle.as_bytes()[..])
+            .bind(text)
+            .bind(version)
+            .execute(&mut *conn)
+            .await
+    } else {
+        sqlx::query(&q.cas)
+            .bind(&handle.as_bytes()[..])
+            .bind(record.owner())
+            .bind(sweep)
+            .bind(text)
+            .bind(version)
+            .execute(&mut *conn)
+            .await
+    }
+    .map_err(Error::store)?;
+    Ok((done.rows_affected() == 1).then_some(record))
+}
+
 async fn run_op(
     conn: &mut SqliteConnection,
     q: &Queries,
@@ -561,6 +621,10 @@ async fn run_op(
             }))
         }
         Op::Update(handle, update, now) => {
+            if let Some(written) = cas(conn, q, handle, update, *now).await? {
+                *changed = true;
+                return Ok(Out::Written(*handle, Arc::new(written)));
+            }
             let row: Option<String> = sqlx::query_scalar(&q.load)
                 .bind(&handle.as_bytes()[..])
                 .bind(secs(*now))
@@ -658,6 +722,12 @@ fn unexpected() -> Error {
 impl SessionStore for SqliteStore {
     fn kind(&self) -> &'static str {
         "sqlite"
+    }
+
+    /// The writer then applies a change to the request's copy and writes it
+    /// if the row is still at that version, with no read first.
+    fn update_uses_base(&self) -> bool {
+        true
     }
 
     fn load<'a>(
