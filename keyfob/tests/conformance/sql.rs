@@ -236,30 +236,7 @@ mod postgres {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn own_revocations_are_seen_at_once() {
         let (here, _there) = two_processes().await;
-        let app = App::new(Arc::new(here.clone()));
-        for _ in 0..3 {
-            let r = app.send("POST", "/login/u1", None).await;
-            assert_eq!(r.status, StatusCode::OK);
-        }
-        let now = OffsetDateTime::now_utc();
-        let mine = here.list_by_owner("u1", now, 10).await.unwrap();
-        assert_eq!(mine.len(), 3);
-        for s in &mine {
-            assert!(here.load(&s.handle, now).await.unwrap().is_some());
-        }
-        let keep = mine[0].handle;
-        assert_eq!(here.delete_by_owner("u1", Some(&keep)).await.unwrap(), 2);
-        for s in &mine[1..] {
-            assert!(
-                here.load(&s.handle, now).await.unwrap().is_none(),
-                "revoked: no wait"
-            );
-        }
-        assert!(here.delete(&keep).await.unwrap());
-        assert!(
-            here.load(&keep, now).await.unwrap().is_none(),
-            "deleted: no wait"
-        );
+        crate::support::own_revocations_are_seen_at_once(Arc::new(here)).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
