@@ -110,8 +110,13 @@ impl Queries {
         let live = "(expires_at IS NULL OR expires_at > ?)";
         Queries {
             load: format!("SELECT record, version FROM {t} WHERE handle = ? AND {live}"),
+            // By the record's own deadline: the minute column may not have
+            // passed yet. (`JSON_UNQUOTE` then `CAST`: the same on MySQL 8
+            // and MariaDB, whose `JSON_EXTRACT` returns text.)
             purge_one: format!(
-                "DELETE FROM {t} WHERE handle = ? AND expires_at IS NOT NULL AND expires_at <= ?"
+                "DELETE FROM {t} WHERE handle = ? AND LEAST(
+                    COALESCE(CAST(JSON_UNQUOTE(JSON_EXTRACT(record, '$.i')) AS SIGNED), 9223372036854775807),
+                    COALESCE(CAST(JSON_UNQUOTE(JSON_EXTRACT(record, '$.a')) AS SIGNED), 9223372036854775807)) <= ?"
             ),
             insert: format!(
                 "INSERT INTO {t} (handle, owner, expires_at, version, record) VALUES (?, ?, ?, ?, ?)"

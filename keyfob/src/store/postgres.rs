@@ -56,7 +56,9 @@ use crate::{
 ///   (no index entry): the indexed `expires_at` column, which only the
 ///   expired-row sweep reads, holds the deadline rounded up to the minute,
 ///   so [`delete_expired`](SessionStore::delete_expired) removes a row
-///   within a minute after its deadline (loads go by the deadline itself);
+///   within a minute after its deadline (loads go by the deadline itself).
+///   Migration 3 sets the table's fillfactor to 80, which applies to pages
+///   written from then on (`VACUUM FULL` rewrites an existing table);
 /// - records are keyed by the 32-byte handle, never the ID; a row whose
 ///   values do not decode reads as no session, with a warning;
 /// - **near cache**, on by default (50 000 sessions or 64 MiB, see

@@ -218,8 +218,12 @@ impl Queries {
             load: format!("SELECT record FROM {t} WHERE handle = ?1 AND {live}"),
             list: format!("SELECT handle, record FROM {t} WHERE owner = ?1 AND {live} LIMIT ?3"),
             holds_expired: format!("SELECT record FROM {t} WHERE handle = ?1"),
+            // By the record's own deadline: the minute column may not have
+            // passed yet.
             purge_one: format!(
-                "DELETE FROM {t} WHERE handle = ?1 AND expires_at IS NOT NULL AND expires_at <= ?2"
+                "DELETE FROM {t} WHERE handle = ?1 AND min(
+                    coalesce(json_extract(record, '$.i'), 9223372036854775807),
+                    coalesce(json_extract(record, '$.a'), 9223372036854775807)) <= ?2"
             ),
             create: format!(
                 "INSERT INTO {t} (handle, owner, expires_at, record) VALUES (?1, ?2, ?3, ?4)
@@ -415,6 +419,23 @@ impl SqliteStore {
                 format!("CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at)"),
                 format!("CREATE INDEX IF NOT EXISTS {t}_owner ON {t} (owner)"),
                 format!("INSERT INTO {t}_migrations (version, applied_at) VALUES (1, unixepoch())"),
+            ] {
+                sqlx::query(&stmt)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(Error::store)?;
+            }
+        }
+        if done.unwrap_or(0) < 2 {
+            // `expires_at` is the sweep's minute now (`sweep_at`): rows
+            // written before hold the exact deadline, which an update that
+            // leaves the column alone would keep.
+            for stmt in [
+                format!(
+                    "UPDATE {t} SET expires_at = (expires_at / 60 + 1) * 60
+                     WHERE expires_at IS NOT NULL AND expires_at > 0 AND expires_at % 60 <> 0"
+                ),
+                format!("INSERT INTO {t}_migrations (version, applied_at) VALUES (2, unixepoch())"),
             ] {
                 sqlx::query(&stmt)
                     .execute(&mut *tx)

@@ -547,6 +547,24 @@ pub async fn store_treats_a_record_as_expired_from_its_deadline_to_the_second(st
     assert!(store.load(&h, later).await.unwrap().is_none());
 }
 
+/// A handle whose record is past its deadline is free again, from that
+/// second (not from when the store's own sweep would remove it).
+pub async fn store_create_replaces_a_record_past_its_deadline(store: Store) {
+    let now = OffsetDateTime::now_utc();
+    let h = handle(6);
+    let old = Record::new(now, Some(now + Duration::seconds(1)), None);
+    store.create(&h, &old).await.unwrap();
+    let later = now + Duration::seconds(2);
+    let new = Record::new(later, Some(later + Duration::hours(1)), None);
+    assert_eq!(store.create(&h, &new).await.unwrap(), Created::Stored);
+    let loaded = store
+        .load(&h, later)
+        .await
+        .unwrap()
+        .expect("the new record");
+    assert_eq!(loaded.created(), new.created());
+}
+
 pub async fn store_purges_expired_records_in_batches(store: Store) {
     let now = OffsetDateTime::now_utc();
     for n in 10..30u8 {

@@ -87,6 +87,7 @@ macro_rules! with_cases {
                 store_purges_expired_records_in_batches,
                 store_tells_an_expired_record_from_an_unknown_one,
                 store_treats_a_record_as_expired_from_its_deadline_to_the_second,
+                store_create_replaces_a_record_past_its_deadline,
                 store_lists_and_deletes_by_owner,
                 store_lists_at_most_the_limit_of_an_owners_sessions,
                 login_as_another_user_drops_the_previous_users_data,

@@ -141,6 +141,37 @@ mod sqlite {
         assert_eq!(rows[0].0.len(), 32);
     }
 
+    /// Rows written before the expiry column became the sweep's minute hold
+    /// the exact deadline; the migration rounds them up, so an update that
+    /// leaves the column alone cannot keep one that ends the row early.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_sqlite_migration_rounds_old_expiry_columns_up_to_the_minute() {
+        let store = stores::sqlite_store().await;
+        let pool = store.pool();
+        let table = "keyfob_sessions";
+        for (n, at) in [(1u8, Some(121i64)), (2, Some(180)), (3, None)] {
+            sqlx::query(&format!(
+                "INSERT INTO {table} (handle, owner, expires_at, record) VALUES (?1, NULL, ?2, '{{}}')"
+            ))
+            .bind(vec![n; 32])
+            .bind(at)
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+        sqlx::query(&format!("DELETE FROM {table}_migrations WHERE version = 2"))
+            .execute(pool)
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let after: Vec<Option<i64>> =
+            sqlx::query_scalar(&format!("SELECT expires_at FROM {table} ORDER BY handle"))
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        assert_eq!(after, [Some(180), Some(180), None]);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn two_sqlite_migrations_at_once_both_succeed() {
         let store = stores::sqlite_store().await;

@@ -175,7 +175,10 @@ const DEFAULT_PREFIX: &str = "keyfob";
 ///   deadline (loads go by the deadline itself), so a session written many
 ///   times a minute moves its key's expiry once a minute, not on every
 ///   write. Every write keeps it so: a tool that changes a session's TTL by
-///   hand changes when Redis drops it, not when it expires;
+///   hand changes when Redis drops it, not when it expires. (Keys written by
+///   an earlier keyfob expire at their exact deadline: one written again
+///   within the same minute keeps that, so a session left idle right up to
+///   its deadline may end up to 59 s early, once.)
 /// - `rediss://` needs one of the `redis` crate's TLS features enabled in
 ///   the app; the `redis` crate's timeouts apply (500 ms per response and
 ///   1 s to connect by default on a single server).
