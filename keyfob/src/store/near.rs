@@ -54,6 +54,41 @@ pub(crate) struct NearCache {
     epoch: AtomicU64,
 }
 
+/// The task that keeps a near cache coherent (a listener, a tracking
+/// connection): started on the store's first use, since it needs the
+/// runtime; started again if it ended (its runtime shut down, a panic; it
+/// stops the cache as it goes); aborted when the store is dropped.
+#[cfg_attr(not(any(feature = "postgres", feature = "redis")), allow(dead_code))]
+#[derive(Default)]
+pub(crate) struct Keeper(std::sync::Mutex<Option<tokio::task::AbortHandle>>);
+
+#[cfg_attr(not(any(feature = "postgres", feature = "redis")), allow(dead_code))]
+impl Keeper {
+    /// Starts `task()` unless it runs. Called on every load, so it never
+    /// waits (whoever holds the lock is checking) and, outside a Tokio
+    /// runtime, does nothing rather than panic.
+    pub(crate) fn ensure<F>(&self, task: impl FnOnce() -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if let (Ok(mut slot), Ok(runtime)) =
+            (self.0.try_lock(), tokio::runtime::Handle::try_current())
+        {
+            if slot.as_ref().is_none_or(|t| t.is_finished()) {
+                *slot = Some(runtime.spawn(task()).abort_handle());
+            }
+        }
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.lock().ok().and_then(|mut t| t.take()) {
+            task.abort();
+        }
+    }
+}
+
 /// What a load or write saw before it asked the store.
 #[derive(Clone, Copy)]
 pub(crate) struct Ticket {

@@ -3,11 +3,7 @@
 //! (The rules, caveats and examples are on the public type below,
 //! where docs.rs shows them: this module is private.)
 
-use std::{
-    str::FromStr,
-    sync::{Arc, Mutex},
-    time::Duration as StdDuration,
-};
+use std::{str::FromStr, sync::Arc, time::Duration as StdDuration};
 
 use serde::Serialize;
 use sqlx::{
@@ -18,7 +14,7 @@ use time::OffsetDateTime;
 
 use super::{
     near::{self, NearCache},
-    sql::{handle_from, valid_identifier},
+    sql::{handle_from, sweep_at, valid_identifier},
     BoxFuture, Created, OwnedSession, SessionStore, Updated,
 };
 use crate::{
@@ -119,15 +115,7 @@ pub struct PostgresStore {
 /// The near cache of one store and the task that keeps it coherent.
 struct Near {
     cache: Arc<NearCache>,
-    listener: Mutex<Option<tokio::task::AbortHandle>>,
-}
-
-impl Drop for Near {
-    fn drop(&mut self) {
-        if let Some(task) = self.listener.lock().ok().and_then(|mut l| l.take()) {
-            task.abort();
-        }
-    }
+    listener: near::Keeper,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -168,7 +156,7 @@ impl Queries {
             create: format!(
                 "INSERT INTO {t} AS s (handle, created, last_seen, idle_deadline, absolute_deadline,
                     expires_at, owner, expiry, version, data)
-                 VALUES ($1, $3, $4, $5, $6, ($7::bigint + 59) / 60 * 60, $8, $9, $10, $11::jsonb)
+                 VALUES ($1, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb)
                  ON CONFLICT (handle) DO UPDATE SET
                     created = EXCLUDED.created, last_seen = EXCLUDED.last_seen,
                     idle_deadline = EXCLUDED.idle_deadline,
@@ -182,6 +170,7 @@ impl Queries {
                     data = (CASE WHEN $3 THEN '{{}}'::jsonb ELSE data END - $4::text[]) || $5::jsonb,
                     last_seen = $6,
                     idle_deadline = $7,
+                    -- `sql::sweep_at`, in SQL: the deadline rounded up to the minute.
                     expires_at = (LEAST($7::bigint, absolute_deadline) + 59) / 60 * 60,
                     owner = CASE WHEN $8 THEN $9 ELSE owner END,
                     expiry = CASE WHEN $10 THEN $11 ELSE expiry END,
@@ -350,25 +339,17 @@ impl PostgresStore {
         self.near.as_ref().is_some_and(|n| n.cache.is_serving())
     }
 
-    /// The near cache, its listener started (on first use: it needs the runtime).
-    /// A listener that ended (its runtime shut down, a panic) is started
-    /// again: it stopped the cache as it went (`Stopping`).
+    /// The near cache, its listener started or restarted (see `near::Keeper`).
     fn near(&self) -> Option<&NearCache> {
         let near = self.near.as_ref()?;
-        // `try_lock`: a load never waits here; whoever holds it is checking.
-        if let Ok(mut task) = near.listener.try_lock() {
-            if task.as_ref().is_none_or(|t| t.is_finished()) {
-                *task = Some(
-                    tokio::spawn(listen(
-                        self.pool.clone(),
-                        self.q.channel.clone(),
-                        self.q.has_trigger.clone(),
-                        near.cache.clone(),
-                    ))
-                    .abort_handle(),
-                );
-            }
-        }
+        near.listener.ensure(|| {
+            listen(
+                self.pool.clone(),
+                self.q.channel.clone(),
+                self.q.has_trigger.clone(),
+                near.cache.clone(),
+            )
+        });
         Some(&near.cache)
     }
 
@@ -628,7 +609,7 @@ impl SessionStore for PostgresStore {
                 .bind(record.last_seen)
                 .bind(record.idle_deadline.get())
                 .bind(record.absolute_deadline.get())
-                .bind(record.expires_secs())
+                .bind(sweep_at(record.expires_secs()))
                 .bind(record.owner())
                 .bind(record.expiry.as_deref().map(to_json).transpose()?)
                 .bind(i64::try_from(record.version).unwrap_or(i64::MAX))
@@ -811,7 +792,7 @@ impl Near {
     fn new(max_sessions: u64, max_bytes: u64) -> Arc<Near> {
         Arc::new(Near {
             cache: Arc::new(NearCache::new(max_sessions, max_bytes)),
-            listener: Mutex::new(None),
+            listener: near::Keeper::default(),
         })
     }
 }

@@ -63,7 +63,7 @@ pub(crate) fn handle_from(bytes: &[u8]) -> Option<Handle> {
 /// minute leaves its index entry alone, which saves PostgreSQL a non-HOT
 /// update, InnoDB a secondary-index change and SQLite an index page per
 /// commit. A row is swept within a minute after its deadline.
-#[cfg(any(feature = "sqlite", feature = "mysql"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 pub(crate) fn sweep_at(deadline: Option<i64>) -> Option<i64> {
     deadline.map(|d| {
         d.div_euclid(60)
@@ -90,7 +90,7 @@ pub(crate) fn owned_session(handle: &[u8], record: &str) -> Option<super::OwnedS
     })
 }
 
-#[cfg(all(test, any(feature = "sqlite", feature = "mysql")))]
+#[cfg(all(test, any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
 mod tests {
     use super::sweep_at;
 

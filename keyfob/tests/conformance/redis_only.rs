@@ -499,15 +499,8 @@ mod near_cache {
             frozen_at.elapsed() < std::time::Duration::from_millis(200),
             "cached loads waited for Redis"
         );
-        while store.near_cache_serving() {
-            assert!(
-                frozen_at.elapsed() < std::time::Duration::from_secs(6),
-                "the cache still serves 6 s into the partition"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        // Not before a ping had the time to go unanswered.
-        assert!(frozen_at.elapsed() >= std::time::Duration::from_millis(1500));
+        crate::support::stops_serving_after_the_silence(|| store.near_cache_serving(), frozen_at)
+            .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -565,3 +565,21 @@ pub async fn own_revocations_are_seen_at_once(here: Arc<dyn keyfob::SessionStore
         "deleted: no wait"
     );
 }
+
+/// A near cache whose channel fell silent at `since` (a partition) stops
+/// serving within 6 s, and not before its pings (every second) had the
+/// time to go unanswered.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub async fn stops_serving_after_the_silence(
+    serving: impl Fn() -> bool,
+    since: std::time::Instant,
+) {
+    while serving() {
+        assert!(
+            since.elapsed() < std::time::Duration::from_secs(6),
+            "the cache still serves 6 s into the partition"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(since.elapsed() >= std::time::Duration::from_millis(1500));
+}

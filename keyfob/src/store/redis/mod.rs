@@ -213,7 +213,7 @@ pub struct RedisStore {
 struct Near {
     cache: Arc<NearCache>,
     slot: tracking::Slot,
-    task: Mutex<Option<tokio::task::AbortHandle>>,
+    task: near::Keeper,
     /// A RESP3 client for the tracking connection.
     client: redis::Client,
     bounds: (u64, u64),
@@ -224,18 +224,10 @@ impl Near {
         Arc::new(Near {
             cache: Arc::new(NearCache::new(bounds.0, bounds.1)),
             slot: Arc::new(Mutex::new(None)),
-            task: Mutex::new(None),
+            task: near::Keeper::default(),
             client,
             bounds,
         })
-    }
-}
-
-impl Drop for Near {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.lock().ok().and_then(|mut t| t.take()) {
-            task.abort();
-        }
     }
 }
 
@@ -459,29 +451,19 @@ impl RedisStore {
         self.near.as_ref().is_some_and(|n| n.cache.is_serving())
     }
 
-    /// The near cache, its tracking task started (on first use: it needs
-    /// the runtime). A task that ended (its runtime shut down, a panic) is
-    /// started again; it stopped the cache as it went. (On a server that
-    /// cannot track, the task stays, idle, so it does not retry.)
+    /// The near cache, its tracking task started or restarted (see
+    /// `near::Keeper`; on a server that cannot track, the task stays, idle,
+    /// so it does not retry).
     fn near(&self) -> Option<&NearCache> {
         let near = self.near.as_ref()?;
-        // `try_lock`: a load never waits here; whoever holds it is checking.
-        if let (Ok(mut task), Ok(runtime)) =
-            (near.task.try_lock(), tokio::runtime::Handle::try_current())
-        {
-            if task.as_ref().is_none_or(|t| t.is_finished()) {
-                *task = Some(
-                    runtime
-                        .spawn(tracking::track(
-                            near.client.clone(),
-                            format!("{}:s:", self.prefix),
-                            near.cache.clone(),
-                            near.slot.clone(),
-                        ))
-                        .abort_handle(),
-                );
-            }
-        }
+        near.task.ensure(|| {
+            tracking::track(
+                near.client.clone(),
+                format!("{}:s:", self.prefix),
+                near.cache.clone(),
+                near.slot.clone(),
+            )
+        });
         Some(&near.cache)
     }
 
