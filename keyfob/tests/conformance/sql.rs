@@ -287,15 +287,7 @@ mod postgres {
         .execute(there.pool())
         .await
         .unwrap();
-        let mut stopped = false;
-        for _ in 0..500 {
-            if !here.near_cache_serving() {
-                stopped = true;
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
-        assert!(stopped, "the cache noticed the lost channel");
+        crate::support::notices_the_lost_channel(|| here.near_cache_serving()).await;
         // A delete elsewhere while no notification can arrive: not served.
         there.delete(&h).await.unwrap();
         assert!(here.load(&h, now).await.unwrap().is_none());

@@ -583,3 +583,16 @@ pub async fn stops_serving_after_the_silence(
     }
     assert!(since.elapsed() >= std::time::Duration::from_millis(1500));
 }
+
+/// A near cache whose channel was killed (the connection closed) stops
+/// serving within about a second.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub async fn notices_the_lost_channel(serving: impl Fn() -> bool) {
+    for _ in 0..500 {
+        if !serving() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    panic!("the cache did not notice the lost channel");
+}
