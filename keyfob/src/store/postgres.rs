@@ -79,7 +79,8 @@ use crate::{
 /// back equal but not necessarily byte-identical. The listener holds one
 /// connection (on the pool's connect options, outside the pool, so not
 /// through an `after_connect` hook: name the table with its schema, or set
-/// the search path in the options) and each second sends its own channel a
+/// the search path in the options; named `keyfob-near-cache:<schema>.<table>`
+/// in `pg_stat_activity`) and each second sends its own channel a
 /// ping through a second one (one `pg_notify` a second per process, heard by
 /// every process). A `LISTEN` connection that hears nothing for 3 seconds, not
 /// even its pings, is taken for dead (a network partition, a frozen peer:
@@ -130,6 +131,8 @@ struct Queries {
     table: String,
     /// The `LISTEN` channel the table's trigger notifies on.
     channel: String,
+    /// The `application_name` of the listener's connections.
+    listener_name: String,
     /// Whether the table's notify trigger exists.
     has_trigger: String,
     load: String,
@@ -193,6 +196,7 @@ impl Queries {
                  RETURNING handle"
             ),
             channel: channel(schema, table),
+            listener_name: listener_name(schema, table),
             has_trigger: format!(
                 "SELECT EXISTS (SELECT 1 FROM pg_trigger
                     WHERE tgrelid = to_regclass('{t}') AND tgname = '{table}_notify')"
@@ -212,6 +216,20 @@ fn channel(schema: &str, table: &str) -> String {
     let digest = Sha256::digest(format!("{schema}.{table}").as_bytes());
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     format!("keyfob_{hex}")
+}
+
+/// The `application_name` of the near cache's own connections (the
+/// `LISTEN` one and its pinger), so that `pg_stat_activity` tells an
+/// operator what they are and for which table: `keyfob-near-cache:` and
+/// the table, cut to the 63 bytes PostgreSQL keeps.
+fn listener_name(schema: &str, table: &str) -> String {
+    let mut name = format!("keyfob-near-cache:{schema}.{table}");
+    let mut end = name.len().min(63);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name.truncate(end);
+    name
 }
 
 /// A write PostgreSQL refused because of the value itself (a `\u0000` in
@@ -345,8 +363,11 @@ impl PostgresStore {
         near.listener.ensure(|| {
             listen(
                 self.pool.clone(),
-                self.q.channel.clone(),
-                self.q.has_trigger.clone(),
+                Channel {
+                    name: self.q.channel.clone(),
+                    has_trigger: self.q.has_trigger.clone(),
+                    listener_name: self.q.listener_name.clone(),
+                },
                 near.cache.clone(),
             )
         });
@@ -797,10 +818,25 @@ impl Near {
     }
 }
 
+/// What a listener subscribes to, and under which name.
+struct Channel {
+    /// The `LISTEN` channel.
+    name: String,
+    /// The query telling whether the table's notify trigger exists.
+    has_trigger: String,
+    /// The `application_name` of its connections.
+    listener_name: String,
+}
+
 /// Keeps `cache` coherent: subscribes to the table's channel, drops what
 /// each notification names, and stops the cache whenever the subscription
 /// is lost, until it is back. Runs for the life of the store.
-async fn listen(pool: PgPool, channel: String, has_trigger: String, cache: Arc<NearCache>) {
+async fn listen(pool: PgPool, channel: Channel, cache: Arc<NearCache>) {
+    let Channel {
+        name: channel,
+        has_trigger,
+        listener_name,
+    } = channel;
     /// However this task ends (aborted, its runtime gone, a panic), the
     /// cache stops serving with it.
     struct Stopping(Arc<NearCache>);
@@ -823,11 +859,15 @@ async fn listen(pool: PgPool, channel: String, has_trigger: String, cache: Arc<N
         // the app's queries (a busy pool must not pass for a dead channel),
         // and a connection that hangs on a dead socket (sqlx sends `UNLISTEN`
         // as a listener drops) holds a slot of a pool no one uses any more,
-        // never one of the app's.
+        // never one of the app's. Named for `pg_stat_activity`.
         let own = PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(SILENCE)
-            .connect_lazy_with((*pool.connect_options()).clone());
+            .connect_lazy_with(
+                (*pool.connect_options())
+                    .clone()
+                    .application_name(&listener_name),
+            );
         let subscribed =
             tokio::time::timeout(SUBSCRIBE_LIMIT, subscribe(&own, &channel, &has_trigger))
                 .await

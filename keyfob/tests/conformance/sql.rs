@@ -272,18 +272,21 @@ mod postgres {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lost_channel_stops_the_near_cache_until_it_is_back() {
-        let (here, there) = two_processes().await;
+        let table = stores::unique("lost");
+        let here = stores::postgres_on(&table).await;
+        let there = stores::postgres_on(&table).await;
         let now = OffsetDateTime::now_utc();
         let h = Handle::from_bytes([9; 32]);
         here.create(&h, &record(now)).await.unwrap();
         assert!(here.load(&h, now).await.unwrap().is_some());
-        // Kill every listener's connection on the server (its last query
-        // was the ping it sent itself): `here`'s channel is gone.
+        // Kill the listeners' connections of this table only (they are
+        // named after it; other tests' run alongside): `here`'s channel is
+        // gone.
         sqlx::query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-             WHERE (query LIKE 'LISTEN%' OR query LIKE 'SELECT pg_notify($1, $2)%')
-               AND pid <> pg_backend_pid()",
+             WHERE application_name = 'keyfob-near-cache:public.' || $1",
         )
+        .bind(&table)
         .execute(there.pool())
         .await
         .unwrap();
@@ -317,8 +320,9 @@ mod postgres {
             .connect_with(options.port(partition.port))
             .await
             .unwrap();
+        let table = stores::unique("silent");
         let store = keyfob::PostgresStore::new(pool)
-            .with_table_name(&stores::unique("silent"))
+            .with_table_name(&table)
             .unwrap();
         store.migrate().await.unwrap();
         stores::near_cache_serving(&store).await;
@@ -328,10 +332,18 @@ mod postgres {
             store.near_cache_serving(),
             "a quiet channel was taken for dead"
         );
+        // The channel delivers a delete made elsewhere (proved by the
+        // eviction), then falls silent.
+        let there = stores::postgres_on(&table).await;
+        let now = OffsetDateTime::now_utc();
+        let h = Handle::from_bytes([10; 32]);
+        store.create(&h, &record(now)).await.unwrap();
+        assert!(store.load(&h, now).await.unwrap().is_some());
+        let alive = std::time::Instant::now();
+        there.delete(&h).await.unwrap();
+        assert!(eventually(&store, &h, |r| r.is_none()).await);
         partition.freeze();
-        let frozen_at = std::time::Instant::now();
-        crate::support::stops_serving_after_the_silence(|| store.near_cache_serving(), frozen_at)
-            .await;
+        crate::support::stops_serving_after_the_silence(|| store.near_cache_serving(), alive).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
