@@ -54,6 +54,8 @@ pub(crate) mod sql;
 pub(crate) mod sqlite;
 #[cfg(feature = "sqlite")]
 mod sqlite_shm;
+#[cfg(feature = "sqlite")]
+mod sqlite_writer;
 pub(crate) mod timeout;
 #[cfg(feature = "tower-sessions")]
 pub(crate) mod tower;

@@ -3,23 +3,19 @@
 //! (The rules, caveats and examples are on the public type below,
 //! where docs.rs shows them: this module is private.)
 
-use std::{
-    str::FromStr,
-    sync::{Arc, OnceLock},
-    time::Duration as StdDuration,
-};
+use std::{str::FromStr, sync::Arc, time::Duration as StdDuration};
 
 use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
     Row, SqliteConnection, SqlitePool,
 };
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, oneshot};
 
 use super::{
     near::{self, NearCache},
-    sql::{decode_record, encode_record, handle_from, owned_session, sweep_at, valid_identifier},
+    sql::{decode_record, owned_session, valid_identifier},
     sqlite_shm::Watch,
+    sqlite_writer::{Op, Out, Writer},
     BoxFuture, Created, OwnedSession, SessionStore, Updated,
 };
 use crate::{
@@ -28,8 +24,6 @@ use crate::{
     id::Handle,
     record::{Record, Update},
 };
-
-const BATCH: usize = 128;
 
 /// Sessions in a SQLite database.
 ///
@@ -48,10 +42,14 @@ const BATCH: usize = 128;
 ///   handle (never the ID), an index on the expiry column and one on the
 ///   owner. It runs inside `BEGIN IMMEDIATE`, so two processes starting at
 ///   once serialize on SQLite's write lock and the second finds the work done;
-/// - every write of this process goes through one writer task that drains
-///   the queue into **one transaction per batch** (group commit): concurrent
-///   saves share a single fsync, and no caller is answered before the
-///   transaction holding its write has committed. Inside the batch each
+/// - reads go through the pool; every write of this process goes through one
+///   **writer thread** with a connection of its own (rusqlite, on the same
+///   linked SQLite library), opened on the pool's database with
+///   `synchronous=FULL` and a 5 s busy timeout whatever the pool sets. The
+///   thread drains its queue into **one transaction per batch** (group
+///   commit): concurrent saves share a single fsync, a batch costs one
+///   thread wake-up rather than one per statement, and no caller is answered
+///   before the transaction holding its write has committed. Inside the batch each
 ///   update applies its change-set to the record its request loaded, written
 ///   only if the row still holds that version (one statement); otherwise it
 ///   reads the current record and applies the change-set to that, so
@@ -79,8 +77,11 @@ const BATCH: usize = 128;
 ///
 /// Caveats: with a pool you built yourself, set `busy_timeout` and WAL in its
 /// connect options (`migrate` switches the file to WAL, but the busy timeout
-/// is per connection). If a batch fails, its jobs are retried one by one so
-/// one bad write cannot fail the others.
+/// is per connection). The writer opens the pool's database itself, so it
+/// must be one a second connection can open: a file, or `sqlite::memory:`
+/// (a shared cache); a private in-memory database is refused by
+/// [`migrate`](Self::migrate) with a config error. If a batch fails, its
+/// jobs are retried one by one so one bad write cannot fail the others.
 ///
 /// ```no_run
 /// use keyfob::{SessionLayer, SqliteStore};
@@ -102,15 +103,16 @@ struct Inner {
     pool: SqlitePool,
     table: String,
     q: Arc<Queries>,
-    writer: OnceLock<mpsc::Sender<Job>>,
+    /// Started on the first write (see `sqlite_writer`).
+    writer: tokio::sync::OnceCell<Writer>,
     near: Option<Arc<Near>>,
     near_bounds: Option<(u64, u64)>,
 }
 
 /// The near cache and what keeps it in step with the file (see `sqlite_shm`).
-struct Near {
+pub(super) struct Near {
     cache: NearCache,
-    watch: Watch,
+    pub(super) watch: Watch,
     /// A connection held open for the store's lifetime (see `Watch::kept_open`).
     keeper: tokio::sync::OnceCell<Option<std::sync::Mutex<SqliteConnection>>>,
 }
@@ -149,12 +151,12 @@ impl Near {
         }
     }
 
-    fn resync(&self) {
+    pub(super) fn resync(&self) {
         self.cache.clear();
     }
 
     /// What a committed operation leaves in this process's cache.
-    fn committed(&self, op: &Op, out: &Out) {
+    pub(super) fn committed(&self, op: &Op, out: &Out) {
         match (op, out) {
             (Op::Create(handle, record), Out::Created(Created::Stored)) => {
                 self.cache.written(handle, Arc::new(record.clone()), None);
@@ -193,20 +195,20 @@ impl std::fmt::Debug for SqliteStore {
 
 /// The statements of one table, built once: requests reuse the strings
 /// (and sqlx's statement cache keys on them).
-struct Queries {
-    load: String,
+pub(super) struct Queries {
+    pub(super) load: String,
     list: String,
     holds_expired: String,
-    purge_one: String,
-    create: String,
-    insert: String,
-    update: String,
-    update_record: String,
-    cas: String,
-    cas_record: String,
-    delete: String,
-    delete_expired: String,
-    delete_owner: String,
+    pub(super) purge_one: String,
+    pub(super) create: String,
+    pub(super) insert: String,
+    pub(super) update: String,
+    pub(super) update_record: String,
+    pub(super) cas: String,
+    pub(super) cas_record: String,
+    pub(super) delete: String,
+    pub(super) delete_expired: String,
+    pub(super) delete_owner: String,
 }
 
 impl Queries {
@@ -260,29 +262,6 @@ impl Queries {
     }
 }
 
-enum Op {
-    Create(Handle, Record),
-    Update(Handle, Update, OffsetDateTime),
-    Delete(Handle),
-    DeleteExpired(OffsetDateTime, usize),
-    DeleteByOwner(String, Option<Handle>),
-}
-
-enum Out {
-    Created(Created),
-    /// Applied, with the record now stored under this handle.
-    Written(Handle, Arc<Record>),
-    Gone,
-    Count(u64),
-    /// The handles an expiry sweep deleted.
-    Purged(Vec<Handle>),
-}
-
-struct Job {
-    op: Op,
-    reply: oneshot::Sender<Result<Out>>,
-}
-
 impl SqliteStore {
     /// A store on the app's pool, table `keyfob_sessions`. Call
     /// [`migrate`](Self::migrate) once at start-up.
@@ -302,7 +281,7 @@ impl SqliteStore {
                 pool,
                 table: table.to_owned(),
                 q: Arc::new(Queries::new(table)),
-                writer: OnceLock::new(),
+                writer: tokio::sync::OnceCell::new(),
             }),
         }
     }
@@ -381,8 +360,13 @@ impl SqliteStore {
 
     /// Creates or upgrades the schema. Safe to run from several processes at once.
     ///
+    /// Then starts the store's writer (see the type's docs).
+    ///
     /// # Errors
-    /// [`ErrorKind::Store`](crate::ErrorKind::Store) when the database refuses.
+    /// [`ErrorKind::Store`](crate::ErrorKind::Store) when the database refuses;
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the writer, on a
+    /// connection of its own, cannot see the table (a private in-memory
+    /// database).
     pub async fn migrate(&self) -> Result<()> {
         let t = &self.inner.table;
         let pool = &self.inner.pool;
@@ -443,296 +427,29 @@ impl SqliteStore {
                     .map_err(Error::store)?;
             }
         }
-        tx.commit().await.map_err(Error::store)
+        tx.commit().await.map_err(Error::store)?;
+        // A writer that cannot reach this database is a start-up error, not
+        // a failure of every later write.
+        self.writer().await.map(drop)
     }
 
-    fn writer(&self) -> &mpsc::Sender<Job> {
-        self.inner.writer.get_or_init(|| {
-            let (tx, rx) = mpsc::channel(1024);
-            tokio::spawn(write_loop(
-                self.inner.pool.clone(),
-                self.inner.q.clone(),
-                rx,
-                self.inner.near.clone(),
-            ));
-            tx
-        })
+    /// The writer, started on first use (see `sqlite_writer`).
+    async fn writer(&self) -> Result<&Writer> {
+        self.inner
+            .writer
+            .get_or_try_init(|| {
+                Writer::start(
+                    &self.inner.pool,
+                    &self.inner.table,
+                    self.inner.q.clone(),
+                    self.inner.near.clone(),
+                )
+            })
+            .await
     }
 
     async fn submit(&self, op: Op) -> Result<Out> {
-        let (reply, answer) = oneshot::channel();
-        self.writer()
-            .send(Job { op, reply })
-            .await
-            .map_err(|_| Error::store_msg("the SQLite writer task has stopped"))?;
-        answer
-            .await
-            .map_err(|_| Error::store_msg("the SQLite writer task dropped a write"))?
-    }
-}
-
-async fn write_loop(
-    pool: SqlitePool,
-    q: Arc<Queries>,
-    mut rx: mpsc::Receiver<Job>,
-    near: Option<Arc<Near>>,
-) {
-    let near = near.as_deref();
-    let mut batch = Vec::with_capacity(BATCH);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let ops: Vec<&Op> = batch.iter().map(|j| &j.op).collect();
-        match run_batch(&pool, &q, &ops, near).await {
-            Ok(outs) => {
-                for (job, out) in batch.drain(..).zip(outs) {
-                    let _ = job.reply.send(Ok(out));
-                }
-            }
-            Err(err) if batch.len() == 1 => {
-                if let Some(job) = batch.pop() {
-                    let _ = job.reply.send(Err(err));
-                }
-            }
-            Err(_) => {
-                // Isolate the failure: one transaction per job.
-                for job in batch.drain(..) {
-                    let result =
-                        run_batch(&pool, &q, &[&job.op], near)
-                            .await
-                            .and_then(|mut outs| {
-                                outs.pop().ok_or_else(|| Error::store_msg("no result"))
-                            });
-                    let _ = job.reply.send(result);
-                }
-            }
-        }
-    }
-}
-
-async fn run_batch(
-    pool: &SqlitePool,
-    q: &Queries,
-    ops: &[&Op],
-    near: Option<&Near>,
-) -> Result<Vec<Out>> {
-    let mut tx = pool
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(Error::store)?;
-    // Holding the write lock: nobody else can commit until we are done.
-    let before = near.map(|n| n.watch.begin(|| n.resync()));
-    let mut outs = Vec::with_capacity(ops.len());
-    let mut failed = None;
-    // Whether the transaction changes any row: only then does its commit
-    // move the WAL index's counter.
-    let mut changed = false;
-    for op in ops {
-        match run_op(&mut tx, q, op, &mut changed).await {
-            Ok(out) => outs.push(out),
-            Err(e) => {
-                failed = Some(e);
-                break;
-            }
-        }
-    }
-    let statement_failed = failed.is_some();
-    let result = match failed {
-        Some(e) => Err(e),
-        None => tx.commit().await.map_err(Error::store),
-    };
-    if let (Some(n), Some(before)) = (near, before) {
-        match &result {
-            // Committed: this process's copies follow, here, before anyone
-            // is answered (a caller that gave up waiting changes nothing).
-            Ok(()) => {
-                for (op, out) in ops.iter().zip(&outs) {
-                    n.committed(op, out);
-                }
-            }
-            // Perhaps committed, perhaps not: no copy can be trusted.
-            Err(_) if !statement_failed => n.resync(),
-            Err(_) => {}
-        }
-        n.watch.end(before, result.is_ok() && changed);
-    }
-    result.map(|()| outs)
-}
-
-/// An update in place applied to the record the request loaded, written
-/// only if the row still holds that version: one statement, no read. `None`
-/// when it cannot be (no copy, a rotation, a row changed since): the caller
-/// reads the row and applies the change to it.
-async fn cas(
-    conn: &mut SqliteConnection,
-    q: &Queries,
-    handle: &Handle,
-    update: &Update,
-    now: OffsetDateTime,
-) -> Result<Option<Record>> {
-    let Some(base) = update.base().filter(|b| !b.is_expired(now)) else {
-        return Ok(None);
-    };
-    if update.rename_to().is_some() {
-        return Ok(None);
-    }
-    let Ok(version) = i64::try_from(base.version) else {
-        return Ok(None);
-    };
-    let owner_stays = update.owner_change().is_none_or(|o| o == base.owner());
-    let sweep_was = sweep_at(base.expires_secs());
-    let mut record = Record::clone(base);
-    record.apply(update);
-    let text = encode_record(&record)?;
-    let sweep = sweep_at(record.expires_secs());
-    let done = if owner_stays && sweep == sweep_was {
-        sqlx::query(&q.cas_record)
-            .bind(&handle.as_bytes()[..])
-            .bind(text)
-            .bind(version)
-            .execute(&mut *conn)
-            .await
-    } else {
-        sqlx::query(&q.cas)
-            .bind(&handle.as_bytes()[..])
-            .bind(record.owner())
-            .bind(sweep)
-            .bind(text)
-            .bind(version)
-            .execute(&mut *conn)
-            .await
-    }
-    .map_err(Error::store)?;
-    Ok((done.rows_affected() == 1).then_some(record))
-}
-
-async fn run_op(
-    conn: &mut SqliteConnection,
-    q: &Queries,
-    op: &Op,
-    changed: &mut bool,
-) -> Result<Out> {
-    match op {
-        Op::Create(handle, record) => {
-            let now = secs(record.last_seen());
-            let purged = sqlx::query(&q.purge_one)
-                .bind(&handle.as_bytes()[..])
-                .bind(now)
-                .execute(&mut *conn)
-                .await
-                .map_err(Error::store)?;
-            let done = sqlx::query(&q.create)
-                .bind(&handle.as_bytes()[..])
-                .bind(record.owner())
-                .bind(sweep_at(record.expires_secs()))
-                .bind(encode_record(record)?)
-                .execute(&mut *conn)
-                .await
-                .map_err(Error::store)?;
-            *changed |= purged.rows_affected() > 0 || done.rows_affected() > 0;
-            Ok(Out::Created(if done.rows_affected() == 1 {
-                Created::Stored
-            } else {
-                Created::Collision
-            }))
-        }
-        Op::Update(handle, update, now) => {
-            if let Some(written) = cas(conn, q, handle, update, *now).await? {
-                *changed = true;
-                return Ok(Out::Written(*handle, Arc::new(written)));
-            }
-            let row: Option<String> = sqlx::query_scalar(&q.load)
-                .bind(&handle.as_bytes()[..])
-                .bind(secs(*now))
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(Error::store)?;
-            let Some(mut record) = row
-                .and_then(|text| decode_record(handle, &text))
-                .filter(|r| !r.is_expired(*now))
-            else {
-                return Ok(Out::Gone);
-            };
-            let owner_stays = update.owner_change().is_none_or(|o| o == record.owner());
-            let sweep_was = sweep_at(record.expires_secs());
-            record.apply(update);
-            let text = encode_record(&record)?;
-            match update.rename_to() {
-                None if owner_stays && sweep_was == sweep_at(record.expires_secs()) => {
-                    sqlx::query(&q.update_record)
-                        .bind(&handle.as_bytes()[..])
-                        .bind(text)
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(Error::store)?;
-                }
-                None => {
-                    sqlx::query(&q.update)
-                        .bind(&handle.as_bytes()[..])
-                        .bind(record.owner())
-                        .bind(sweep_at(record.expires_secs()))
-                        .bind(text)
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(Error::store)?;
-                }
-                Some(to) => {
-                    sqlx::query(&q.delete)
-                        .bind(&handle.as_bytes()[..])
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(Error::store)?;
-                    sqlx::query(&q.insert)
-                        .bind(&to.as_bytes()[..])
-                        .bind(record.owner())
-                        .bind(sweep_at(record.expires_secs()))
-                        .bind(text)
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(Error::store)?;
-                }
-            }
-            *changed = true;
-            let target = update.rename_to().copied().unwrap_or(*handle);
-            Ok(Out::Written(target, Arc::new(record)))
-        }
-        Op::Delete(handle) => {
-            let done = sqlx::query(&q.delete)
-                .bind(&handle.as_bytes()[..])
-                .execute(&mut *conn)
-                .await
-                .map_err(Error::store)?;
-            *changed |= done.rows_affected() > 0;
-            Ok(Out::Count(done.rows_affected()))
-        }
-        Op::DeleteExpired(now, batch) => {
-            let gone: Vec<Vec<u8>> = sqlx::query_scalar(&q.delete_expired)
-                .bind(secs(*now))
-                .bind(i64::try_from(*batch).unwrap_or(i64::MAX))
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(Error::store)?;
-            *changed |= !gone.is_empty();
-            Ok(Out::Purged(
-                gone.iter().filter_map(|b| handle_from(b)).collect(),
-            ))
-        }
-        Op::DeleteByOwner(owner, keep) => {
-            let keep = keep.map(|h| h.as_bytes().to_vec());
-            let done = sqlx::query(&q.delete_owner)
-                .bind(owner)
-                .bind(keep)
-                .execute(&mut *conn)
-                .await
-                .map_err(Error::store)?;
-            *changed |= done.rows_affected() > 0;
-            Ok(Out::Count(done.rows_affected()))
-        }
+        self.writer().await?.submit(op).await
     }
 }
 
@@ -810,7 +527,7 @@ impl SessionStore for SqliteStore {
         record: &'a Record,
     ) -> BoxFuture<'a, Result<Created>> {
         Box::pin(async move {
-            // The writer task keeps the near cache (see `Near::committed`).
+            // The writer thread keeps the near cache (see `Near::committed`).
             match self.submit(Op::Create(*handle, record.clone())).await? {
                 Out::Created(c) => Ok(c),
                 _ => Err(unexpected()),

@@ -13,7 +13,7 @@
 //! guarantee (a commit by another process is seen before a cached record is
 //! served) both need it.
 //!
-//! The rules, with the store's single writer task:
+//! The rules, with the store's single writer thread (`sqlite_writer`):
 //! - the writer marks each of its transactions (`writing` is odd inside
 //!   one) and, once it holds SQLite's write lock, reads the stamp: if it is
 //!   not the one the cache is in step with, another process committed, and
@@ -58,6 +58,17 @@ impl Stamp {
             salt: self.salt,
         }
     }
+
+    /// Whether this is the stamp of the one commit after `before`. `iChange`
+    /// moves only at a commit. The salts stay, unless that commit restarted
+    /// the WAL, which a write does once the WAL has been wholly checkpointed:
+    /// `walRestartHdr` then adds one to the first salt (a big-endian number)
+    /// and draws the second.
+    fn follows(self, before: Stamp) -> bool {
+        self.change == before.change.wrapping_add(1)
+            && (self.salt == before.salt
+                || u32::from_be(self.salt[0]) == u32::from_be(before.salt[0]).wrapping_add(1))
+    }
 }
 
 const HEADER: usize = 48;
@@ -88,7 +99,7 @@ pub(crate) struct Watch {
     kept_open: AtomicBool,
     /// The stamp the cache is in step with; `None` when unknown.
     last: Mutex<Option<Stamp>>,
-    /// Odd while the writer task is inside a transaction.
+    /// Odd while the writer thread is inside a transaction.
     writing: AtomicU64,
 }
 
@@ -164,7 +175,7 @@ impl Watch {
         false
     }
 
-    /// The writer task, holding the write lock, before its statements:
+    /// The writer thread, holding the write lock, before its statements:
     /// `resync` runs if another process committed since the last check.
     pub(crate) fn begin(&self, resync: impl FnOnce()) -> Option<Stamp> {
         self.writing.fetch_add(1, Ordering::SeqCst);
@@ -175,14 +186,25 @@ impl Watch {
         before
     }
 
-    /// The writer task, after its transaction: `committed` (a commit that
+    /// The writer thread, after its transaction: `committed` (a commit that
     /// changed rows, so moved the counter by one) leaves the cache in step
     /// with one commit more than `before`; otherwise with `before`.
+    ///
+    /// Which stamp that commit left is read back: if it restarted the WAL,
+    /// the salts changed, and a stamp computed from `before` would never
+    /// match, so the next load would take it for another process's commit
+    /// and empty the cache (under a steady write load, at every WAL restart,
+    /// a few times a second). A stamp read back that is not exactly one
+    /// commit after `before` is not taken: another process committed too,
+    /// and the next load finds that out.
     pub(crate) fn end(&self, before: Option<Stamp>, committed: bool) {
-        self.set_last(if committed {
-            before.map(Stamp::next)
-        } else {
-            before
+        self.set_last(match before {
+            Some(b) if committed => Some(
+                self.read()
+                    .filter(|now| now.follows(b))
+                    .unwrap_or_else(|| b.next()),
+            ),
+            _ => before,
         });
         self.writing.fetch_add(1, Ordering::SeqCst);
     }
@@ -221,6 +243,35 @@ mod tests {
         assert_eq!(stamp(&both(h, header(8, [1, 2], 1))), None, "torn");
         let uninit = header(7, [1, 2], 0);
         assert_eq!(stamp(&both(uninit, uninit)), None);
+    }
+
+    #[test]
+    fn the_commit_after_a_stamp_keeps_its_salts_or_restarts_the_wal() {
+        let be = |n: u32| u32::from_be(n);
+        let before = Stamp {
+            change: 9,
+            salt: [be(41), 77],
+        };
+        assert!(before.next().follows(before));
+        let restarted = Stamp {
+            change: 10,
+            salt: [be(42), 12345],
+        };
+        assert!(restarted.follows(before), "a WAL restart with the commit");
+        let two_commits = Stamp {
+            change: 11,
+            ..before
+        };
+        assert!(
+            !two_commits.follows(before),
+            "another process committed too"
+        );
+        let other_salts = Stamp {
+            change: 10,
+            salt: [be(50), 77],
+        };
+        assert!(!other_salts.follows(before));
+        assert!(!before.follows(before), "no commit");
     }
 
     #[test]

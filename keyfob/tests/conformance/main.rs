@@ -216,6 +216,17 @@ mod stores {
         Arc::new(sqlite_store().await)
     }
 
+    /// `sqlite::memory:`: a database of its own (shared by the pool's
+    /// connections and the store's writer), no `-shm` file, so no near cache.
+    #[cfg(feature = "sqlite")]
+    pub async fn sqlite_in_memory() -> Arc<dyn SessionStore> {
+        Arc::new(
+            keyfob::SqliteStore::connect("sqlite::memory:")
+                .await
+                .unwrap(),
+        )
+    }
+
     #[cfg(feature = "postgres")]
     pub async fn postgres_store() -> keyfob::PostgresStore {
         postgres_on(&unique("sessions")).await
@@ -351,6 +362,8 @@ mod stores {
 conformance!(memory, crate::stores::memory);
 #[cfg(feature = "sqlite")]
 conformance!(sqlite, crate::stores::sqlite);
+#[cfg(feature = "sqlite")]
+conformance!(sqlite_in_memory, crate::stores::sqlite_in_memory);
 #[cfg(feature = "postgres")]
 conformance!(postgres, crate::stores::postgres);
 #[cfg(feature = "postgres")]

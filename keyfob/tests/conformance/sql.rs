@@ -49,6 +49,65 @@ mod sqlite {
         );
     }
 
+    /// This store's own commit that restarts the WAL (new salts in the
+    /// wal-index header) is not taken for another process's: the near cache
+    /// keeps serving. Shown with the app's pool closed afterwards, so that
+    /// a load that went to the database would fail.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn own_commit_that_restarts_the_wal_keeps_the_near_cache() {
+        let store = stores::sqlite_store().await;
+        let now = OffsetDateTime::now_utc();
+        let h = Handle::from_bytes([8; 32]);
+        store
+            .create(&h, &Record::new(now, Some(now + Duration::hours(1)), None))
+            .await
+            .unwrap();
+        let first = store.load(&h, now).await.unwrap().unwrap().version();
+        let shm = format!(
+            "{}-shm",
+            store.pool().connect_options().get_filename().display()
+        );
+        let touch = Update::touch(now, Some(now + Duration::hours(2)));
+        for round in 0..3 {
+            // Every frame copied back: the next write starts the WAL over.
+            let (busy, log, copied): (i64, i64, i64) =
+                sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+                    .fetch_one(store.pool())
+                    .await
+                    .unwrap();
+            assert_eq!((busy, log), (0, copied), "round {round}");
+            let salts = |b: Vec<u8>| b[32..40].to_vec();
+            let before = salts(std::fs::read(&shm).unwrap());
+            store.update(&h, &touch, now).await.unwrap();
+            let after = salts(std::fs::read(&shm).unwrap());
+            assert_ne!(before, after, "round {round}: the WAL restarted");
+        }
+        store.pool().close().await;
+        let cached = store.load(&h, now).await;
+        assert_eq!(
+            cached.ok().flatten().map(|r| r.version()),
+            Some(first + 3),
+            "served from the near cache"
+        );
+    }
+
+    /// A pool whose in-memory database is private to each connection cannot
+    /// be reached by the store's writer (a connection of its own): the store
+    /// says so at `migrate`, at start-up, not at every write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_database_the_writer_cannot_open_is_refused_at_migrate() {
+        use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+        let private = SqliteConnectOptions::new().in_memory(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(private)
+            .await
+            .unwrap();
+        let err = keyfob::SqliteStore::new(pool).migrate().await.unwrap_err();
+        assert_eq!(err.kind(), keyfob::ErrorKind::Config);
+        assert!(err.to_string().contains("private in-memory"), "{err}");
+    }
+
     /// Two stores on one file (the second, another "process": a pool and a
     /// writer of its own), `here` with `h` in its near cache.
     async fn two_on_one_file(h: &Handle) -> (keyfob::SqliteStore, keyfob::SqliteStore) {
