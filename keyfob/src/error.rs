@@ -124,6 +124,16 @@ impl Error {
         }
     }
 
+    /// A store failure caused by `source`: the message says what failed,
+    /// the source keeps the cause.
+    pub(crate) fn store_from(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error {
+            kind: ErrorKind::Store,
+            message: Some(message.into().into_boxed_str()),
+            source: Some(source.into()),
+        }
+    }
+
     pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Error {
             kind,

@@ -103,15 +103,19 @@ struct Inner {
     pool: SqlitePool,
     table: String,
     q: Arc<Queries>,
-    /// Started on the first write (see `sqlite_writer`).
-    writer: tokio::sync::OnceCell<Writer>,
+    /// Started by `migrate` or the first write, and again if its thread
+    /// has ended (see `sqlite_writer`).
+    writer: std::sync::RwLock<Option<Arc<Writer>>>,
+    /// Held while a writer starts: two at once would break the single-writer
+    /// rules of `sqlite_shm`.
+    starting: tokio::sync::Mutex<()>,
     near: Option<Arc<Near>>,
     near_bounds: Option<(u64, u64)>,
 }
 
 /// The near cache and what keeps it in step with the file (see `sqlite_shm`).
 pub(super) struct Near {
-    cache: NearCache,
+    pub(super) cache: NearCache,
     pub(super) watch: Watch,
     /// A connection held open for the store's lifetime (see `Watch::kept_open`).
     keeper: tokio::sync::OnceCell<Option<std::sync::Mutex<SqliteConnection>>>,
@@ -154,35 +158,6 @@ impl Near {
     pub(super) fn resync(&self) {
         self.cache.clear();
     }
-
-    /// What a committed operation leaves in this process's cache.
-    pub(super) fn committed(&self, op: &Op, out: &Out) {
-        match (op, out) {
-            (Op::Create(handle, record), Out::Created(Created::Stored)) => {
-                self.cache.written(handle, Arc::new(record.clone()), None);
-            }
-            (Op::Update(handle, ..), Out::Written(to, record)) => {
-                if to != handle {
-                    self.cache.forget(handle);
-                }
-                self.cache.written(to, record.clone(), None);
-            }
-            (Op::Update(handle, ..), Out::Gone) | (Op::Delete(handle), _) => {
-                self.cache.forget(handle);
-            }
-            // Which handles went is the table's business; revocations are
-            // rare, so every copy goes.
-            (Op::DeleteByOwner(..), _) => self.cache.clear(),
-            // Expired at the sweep's clock, which need not be a reader's.
-            (Op::DeleteExpired(..), Out::Purged(gone)) => {
-                for handle in gone {
-                    self.cache.forget(handle);
-                }
-            }
-            // A collision changed nothing.
-            (Op::DeleteExpired(..), _) | (Op::Create(..), _) | (Op::Update(..), _) => {}
-        }
-    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -194,7 +169,8 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 /// The statements of one table, built once: requests reuse the strings
-/// (and sqlx's statement cache keys on them).
+/// (sqlx's statement cache keys the reads on them; the writer's rusqlite
+/// connection caches its prepared statements by the same strings).
 pub(super) struct Queries {
     pub(super) load: String,
     list: String,
@@ -281,7 +257,8 @@ impl SqliteStore {
                 pool,
                 table: table.to_owned(),
                 q: Arc::new(Queries::new(table)),
-                writer: tokio::sync::OnceCell::new(),
+                writer: std::sync::RwLock::new(None),
+                starting: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -360,13 +337,39 @@ impl SqliteStore {
 
     /// Creates or upgrades the schema. Safe to run from several processes at once.
     ///
-    /// Then starts the store's writer (see the type's docs).
+    /// Then starts the store's writer (see the type's docs), so a database
+    /// the writer cannot reach is an error here, at start-up. A store made
+    /// from this one by [`with_table_name`](Self::with_table_name) or the
+    /// near-cache settings has a writer of its own, started by its own
+    /// `migrate` or first write: configure, then migrate.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), keyfob::Error> {
+    /// use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    /// // `sqlite::memory:` is one database, shared by every connection: fine.
+    /// let shared = SqlitePoolOptions::new()
+    ///     .connect("sqlite::memory:")
+    ///     .await
+    ///     .map_err(keyfob::Error::store)?;
+    /// keyfob::SqliteStore::new(shared).migrate().await?;
+    /// // A private in-memory database (one per connection) is out of the
+    /// // writer's reach: refused.
+    /// let private = SqlitePoolOptions::new()
+    ///     .max_connections(1)
+    ///     .connect_with(SqliteConnectOptions::new().in_memory(true))
+    ///     .await
+    ///     .map_err(keyfob::Error::store)?;
+    /// let refused = keyfob::SqliteStore::new(private).migrate().await;
+    /// assert_eq!(refused.map_err(|e| e.kind()), Err(keyfob::ErrorKind::Config));
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     /// [`ErrorKind::Store`](crate::ErrorKind::Store) when the database refuses;
     /// [`ErrorKind::Config`](crate::ErrorKind::Config) when the writer, on a
     /// connection of its own, cannot see the table (a private in-memory
-    /// database).
+    /// database) or is shut out (`locking_mode=EXCLUSIVE`).
     pub async fn migrate(&self) -> Result<()> {
         let t = &self.inner.table;
         let pool = &self.inner.pool;
@@ -433,19 +436,36 @@ impl SqliteStore {
         self.writer().await.map(drop)
     }
 
-    /// The writer, started on first use (see `sqlite_writer`).
-    async fn writer(&self) -> Result<&Writer> {
-        self.inner
-            .writer
-            .get_or_try_init(|| {
-                Writer::start(
-                    &self.inner.pool,
-                    &self.inner.table,
-                    self.inner.q.clone(),
-                    self.inner.near.clone(),
-                )
-            })
-            .await
+    /// The running writer, started if there is none (see `sqlite_writer`).
+    async fn writer(&self) -> Result<Arc<Writer>> {
+        let running = || {
+            self.inner
+                .writer
+                .read()
+                .ok()
+                .and_then(|w| w.clone())
+                .filter(|w| w.is_running())
+        };
+        if let Some(w) = running() {
+            return Ok(w);
+        }
+        let _one_at_a_time = self.inner.starting.lock().await;
+        if let Some(w) = running() {
+            return Ok(w);
+        }
+        let w = Arc::new(
+            Writer::start(
+                &self.inner.pool,
+                &self.inner.table,
+                self.inner.q.clone(),
+                self.inner.near.clone(),
+            )
+            .await?,
+        );
+        if let Ok(mut slot) = self.inner.writer.write() {
+            *slot = Some(w.clone());
+        }
+        Ok(w)
     }
 
     async fn submit(&self, op: Op) -> Result<Out> {

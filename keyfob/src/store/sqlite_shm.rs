@@ -18,8 +18,10 @@
 //!   one) and, once it holds SQLite's write lock, reads the stamp: if it is
 //!   not the one the cache is in step with, another process committed, and
 //!   the cache is emptied; after its own commit the cache is in step with
-//!   the stamp plus one commit, if the transaction changed rows (a commit
-//!   that writes no page leaves the counter alone), else with the stamp;
+//!   the stamp read back, if it is exactly one commit after (`iChange` one
+//!   more; the salts kept, or those of a WAL restart, which that commit made),
+//!   and the transaction changed rows (a commit that writes no page leaves
+//!   the counter alone); with no changed rows, with the stamp;
 //! - the writer, not the caller, updates this process's copies after each
 //!   commit and before answering, so a write whose caller stopped waiting
 //!   still drops or refreshes its copy;
@@ -177,18 +179,34 @@ impl Watch {
 
     /// The writer thread, holding the write lock, before its statements:
     /// `resync` runs if another process committed since the last check.
-    pub(crate) fn begin(&self, resync: impl FnOnce()) -> Option<Stamp> {
+    /// The transaction ends with [`Writing::end`]; dropped without it (the
+    /// writer unwinding), the cache is in step with nothing until the next
+    /// load checks.
+    pub(crate) fn begin(&self, resync: impl FnOnce()) -> Writing<'_> {
         self.writing.fetch_add(1, Ordering::SeqCst);
         let before = self.read();
         if before.is_none() || before != self.last() {
             resync();
         }
-        before
+        Writing {
+            watch: self,
+            before,
+            ended: false,
+        }
     }
+}
 
-    /// The writer thread, after its transaction: `committed` (a commit that
-    /// changed rows, so moved the counter by one) leaves the cache in step
-    /// with one commit more than `before`; otherwise with `before`.
+/// One transaction of the writer thread, from [`Watch::begin`].
+pub(crate) struct Writing<'a> {
+    watch: &'a Watch,
+    before: Option<Stamp>,
+    ended: bool,
+}
+
+impl Writing<'_> {
+    /// After the transaction: `committed` (a commit that changed rows, so
+    /// moved the counter by one) leaves the cache in step with one commit
+    /// more than the stamp at `begin`; otherwise with that stamp.
     ///
     /// Which stamp that commit left is read back: if it restarted the WAL,
     /// the salts changed, and a stamp computed from `before` would never
@@ -197,16 +215,28 @@ impl Watch {
     /// a few times a second). A stamp read back that is not exactly one
     /// commit after `before` is not taken: another process committed too,
     /// and the next load finds that out.
-    pub(crate) fn end(&self, before: Option<Stamp>, committed: bool) {
-        self.set_last(match before {
+    pub(crate) fn end(mut self, committed: bool) {
+        let watch = self.watch;
+        watch.set_last(match self.before {
             Some(b) if committed => Some(
-                self.read()
+                watch
+                    .read()
                     .filter(|now| now.follows(b))
                     .unwrap_or_else(|| b.next()),
             ),
-            _ => before,
+            before => before,
         });
-        self.writing.fetch_add(1, Ordering::SeqCst);
+        self.ended = true;
+        watch.writing.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.watch.set_last(None);
+            self.watch.writing.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }
 

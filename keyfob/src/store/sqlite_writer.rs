@@ -6,8 +6,8 @@
 //! every statement is a hop to that thread and back: a channel send, a futex
 //! wake, a task wake. A batch of k writes made k + 2 hops (`BEGIN`, the k
 //! statements, `COMMIT`). Under a `/count` flood (`perf`, server on one core),
-//! sqlx's worker threads took 43 % of the CPU and the scheduler's wake-ups
-//! 14 % more. Here a batch costs one hop: the thread wakes, then runs
+//! sqlx's worker threads took 26–43 % of the CPU and the scheduler's
+//! wake-ups 14 % more. Here a batch costs one hop: the thread wakes, then runs
 //! `BEGIN IMMEDIATE`, the k statements (prepared once, then cached) and
 //! `COMMIT` inline, and answers the k callers. The figures before and after
 //! are in `BENCHMARKS.md`.
@@ -21,16 +21,28 @@
 //! the store's table, or the writer refuses to start: a private in-memory
 //! database (each connection its own) cannot be reached from a second one.
 //!
-//! Its settings are the store's own, whatever the pool sets: `synchronous=FULL`,
-//! since an acknowledged write must be on disk; a 5 s busy timeout; and a wait
-//! on a shared-cache lock (rusqlite's `unlock_notify`).
+//! Its settings: `synchronous=FULL` whatever the pool sets, since an
+//! acknowledged write must be on disk; the pool's busy timeout, or 5 s if it
+//! has none; a wait on a shared-cache lock (rusqlite's `unlock_notify`). A
+//! pool in `locking_mode=EXCLUSIVE` would shut the writer out, and is
+//! refused. What the writer cannot learn from the pool is not applied: a
+//! custom VFS, `immutable`, an `after_connect` hook, a SQLCipher key.
+//!
+//! Recovery: a connection left inside a transaction (a failed rollback) is
+//! rolled back or reopened before the next batch; a batch that panics fails
+//! its callers, empties the near cache and reopens the connection; a thread
+//! that has ended is started again by the store's next write.
 //!
 //! The batch rules are the store's (see `SqliteStore`): one transaction per
 //! batch (group commit), and nobody answered before the transaction holding
 //! their write has committed. A failing batch is retried one transaction per
 //! write, so one bad write fails alone.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    panic::{catch_unwind, AssertUnwindSafe},
+    sync::Arc,
+    time::Duration,
+};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use sqlx::SqlitePool;
@@ -81,23 +93,47 @@ struct Job {
 struct Target {
     name: String,
     flags: OpenFlags,
+    busy: Duration,
+    table: String,
 }
 
 impl Target {
     /// The pool's main database, as SQLite itself names it: a file by its
     /// absolute path; an in-memory database (no file) by the name the pool
     /// opened, in the shared cache (`sqlite::memory:` is one).
-    async fn of(pool: &SqlitePool) -> Result<Target> {
+    async fn of(pool: &SqlitePool, table: &str) -> Result<Target> {
+        let mut conn = pool.acquire().await.map_err(Error::store)?;
         let file: String =
             sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
-                .fetch_one(pool)
+                .fetch_one(&mut *conn)
                 .await
                 .map_err(Error::store)?;
+        let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(Error::store)?;
+        let locking: String = sqlx::query_scalar("PRAGMA locking_mode")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(Error::store)?;
+        if locking.eq_ignore_ascii_case("exclusive") {
+            return Err(Error::config(
+                "the SQLite pool's connections use locking_mode=EXCLUSIVE, which shuts out the \
+                 session store's writer (a connection of its own): keep the default, NORMAL",
+            ));
+        }
+        let busy = match u64::try_from(busy) {
+            Ok(ms) if ms > 0 => Duration::from_millis(ms),
+            _ => Duration::from_secs(5),
+        };
+        let table = table.to_owned();
         let always = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         if !file.is_empty() {
             return Ok(Target {
                 name: file,
                 flags: always,
+                busy,
+                table,
             });
         }
         let options = pool.connect_options();
@@ -111,16 +147,19 @@ impl Target {
                 | OpenFlags::SQLITE_OPEN_URI
                 | OpenFlags::SQLITE_OPEN_MEMORY
                 | OpenFlags::SQLITE_OPEN_SHARED_CACHE,
+            busy,
+            table,
         })
     }
 
-    /// A connection on the database, once it shows the store's `table`:
+    /// A connection on the database, once it shows the store's table:
     /// proof that it is the pool's database and not a new empty one (a
     /// private in-memory database cannot be reached from a second
     /// connection).
-    fn open(&self, table: &str) -> Result<Connection> {
+    fn open(&self) -> Result<Connection> {
+        let table = &self.table;
         let conn = Connection::open_with_flags(&self.name, self.flags).map_err(Error::store)?;
-        conn.busy_timeout(Duration::from_secs(5))
+        conn.busy_timeout(self.busy)
             .and_then(|()| conn.pragma_update(None, "synchronous", "FULL"))
             .map_err(Error::store)?;
         conn.set_prepared_statement_cache_capacity(32);
@@ -146,6 +185,9 @@ impl Target {
 /// the last `Writer` drops.
 pub(super) struct Writer(mpsc::Sender<Job>);
 
+/// A sender for one job's answer.
+type Reply = oneshot::Sender<Result<Out>>;
+
 impl Writer {
     /// Starts the writer thread on the pool's database, once its connection
     /// is open and sees `table`.
@@ -155,26 +197,30 @@ impl Writer {
         q: Arc<Queries>,
         near: Option<Arc<Near>>,
     ) -> Result<Self> {
-        let target = Target::of(pool).await?;
-        let table = table.to_owned();
+        let target = Target::of(pool, table).await?;
         let (tx, rx) = mpsc::channel(1024);
         let (ready, opened) = oneshot::channel();
         std::thread::Builder::new()
             .name("keyfob-sqlite-writer".into())
-            .spawn(move || match target.open(&table) {
-                Ok(mut conn) => {
+            .spawn(move || match target.open() {
+                Ok(conn) => {
                     let _ = ready.send(Ok(()));
-                    write_loop(&mut conn, &q, rx, near.as_deref());
+                    write_loop(&target, Some(conn), &q, rx, near.as_deref());
                 }
                 Err(e) => {
                     let _ = ready.send(Err(e));
                 }
             })
-            .map_err(|e| Error::store_msg(format!("cannot start the SQLite writer thread: {e}")))?;
+            .map_err(|e| Error::store_from("cannot start the SQLite writer thread", e))?;
         opened
             .await
             .map_err(|_| Error::store_msg("the SQLite writer thread ended while opening"))??;
         Ok(Writer(tx))
+    }
+
+    /// Whether its thread still takes writes.
+    pub(super) fn is_running(&self) -> bool {
+        !self.0.is_closed()
     }
 
     /// Runs `op` in the next batch; answers once it has committed.
@@ -191,12 +237,13 @@ impl Writer {
 }
 
 fn write_loop(
-    conn: &mut Connection,
+    target: &Target,
+    mut conn: Option<Connection>,
     q: &Queries,
     mut rx: mpsc::Receiver<Job>,
     near: Option<&Near>,
 ) {
-    let mut batch = Vec::with_capacity(BATCH);
+    let mut batch: Vec<Job> = Vec::with_capacity(BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < BATCH {
@@ -205,28 +252,77 @@ fn write_loop(
                 Err(_) => break,
             }
         }
+        let c = match usable(&mut conn, target) {
+            Ok(c) => c,
+            Err(e) => {
+                fail(batch.drain(..).map(|j| j.reply), &e);
+                continue;
+            }
+        };
         let ops: Vec<&Op> = batch.iter().map(|j| &j.op).collect();
-        match run_batch(conn, q, &ops, near) {
-            Ok(outs) => {
+        match catch_unwind(AssertUnwindSafe(|| run_batch(c, q, &ops, near))) {
+            Ok(Ok(outs)) => {
                 for (job, out) in batch.drain(..).zip(outs) {
                     let _ = job.reply.send(Ok(out));
                 }
             }
-            Err(err) if batch.len() == 1 => {
+            Ok(Err(err)) if batch.len() == 1 => {
                 if let Some(job) = batch.pop() {
                     let _ = job.reply.send(Err(err));
                 }
             }
-            Err(_) => {
+            Ok(Err(_)) => {
                 // Isolate the failure: one transaction per job.
                 for job in batch.drain(..) {
-                    let result = run_batch(conn, q, &[&job.op], near).and_then(|mut outs| {
-                        outs.pop().ok_or_else(|| Error::store_msg("no result"))
-                    });
+                    let result = catch_unwind(AssertUnwindSafe(|| {
+                        run_batch(c, q, &[&job.op], near).and_then(|mut outs| {
+                            outs.pop().ok_or_else(|| Error::store_msg("no result"))
+                        })
+                    }))
+                    .unwrap_or_else(|_| Err(Error::store_msg(PANICKED)));
                     let _ = job.reply.send(result);
                 }
             }
+            Err(_) => {
+                // Whatever the batch left is unknown: no copy is trusted
+                // and the connection starts over.
+                tracing::error!("keyfob: {PANICKED}");
+                fail(
+                    batch.drain(..).map(|j| j.reply),
+                    &Error::store_msg(PANICKED),
+                );
+                if let Some(n) = near {
+                    n.resync();
+                }
+                conn = None;
+            }
         }
+    }
+}
+
+const PANICKED: &str =
+    "the SQLite writer panicked on this batch (a bug in keyfob); its writes may not have been made";
+
+/// Answers every `reply` with an error saying what `e` says.
+fn fail(replies: impl Iterator<Item = Reply>, e: &Error) {
+    for reply in replies {
+        let _ = reply.send(Err(Error::store_msg(e.to_string())));
+    }
+}
+
+/// The connection, ready for a transaction: opened again if it is gone, or
+/// if it is still inside one (a rollback that failed) and a rollback now
+/// does not end it.
+fn usable<'c>(conn: &'c mut Option<Connection>, target: &Target) -> Result<&'c mut Connection> {
+    let stuck = conn.as_ref().is_some_and(|c| {
+        !c.is_autocommit() && (c.execute_batch("ROLLBACK").is_err() || !c.is_autocommit())
+    });
+    if stuck {
+        *conn = None;
+    }
+    match conn {
+        Some(c) => Ok(c),
+        None => Ok(conn.insert(target.open()?)),
     }
 }
 
@@ -240,7 +336,7 @@ fn run_batch(
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(Error::store)?;
     // Holding the write lock: nobody else can commit until we are done.
-    let before = near.map(|n| n.watch.begin(|| n.resync()));
+    let writing = near.map(|n| (n, n.watch.begin(|| n.resync())));
     let mut outs = Vec::with_capacity(ops.len());
     let mut failed = None;
     // Whether the transaction changes any row: only then does its commit
@@ -264,22 +360,51 @@ fn run_batch(
         }
         None => tx.commit().map_err(Error::store),
     };
-    if let (Some(n), Some(before)) = (near, before) {
+    if let Some((n, writing)) = writing {
         match &result {
             // Committed: this process's copies follow, here, before anyone
             // is answered (a caller that gave up waiting changes nothing).
             Ok(()) => {
                 for (op, out) in ops.iter().zip(&outs) {
-                    n.committed(op, out);
+                    committed(n, op, out);
                 }
             }
             // Perhaps committed, perhaps not: no copy can be trusted.
             Err(_) if !statement_failed => n.resync(),
             Err(_) => {}
         }
-        n.watch.end(before, result.is_ok() && changed);
+        writing.end(result.is_ok() && changed);
     }
     result.map(|()| outs)
+}
+
+/// What a committed operation leaves in this process's cache.
+fn committed(near: &Near, op: &Op, out: &Out) {
+    match (op, out) {
+        (Op::Create(handle, record), Out::Created(Created::Stored)) => {
+            near.cache.written(handle, Arc::new(record.clone()), None);
+        }
+        (Op::Update(handle, ..), Out::Written(to, record)) => {
+            if to != handle {
+                near.cache.forget(handle);
+            }
+            near.cache.written(to, record.clone(), None);
+        }
+        (Op::Update(handle, ..), Out::Gone) | (Op::Delete(handle), _) => {
+            near.cache.forget(handle);
+        }
+        // Which handles went is the table's business; revocations are
+        // rare, so every copy goes.
+        (Op::DeleteByOwner(..), _) => near.cache.clear(),
+        // Expired at the sweep's clock, which need not be a reader's.
+        (Op::DeleteExpired(..), Out::Purged(gone)) => {
+            for handle in gone {
+                near.cache.forget(handle);
+            }
+        }
+        // A collision changed nothing.
+        (Op::DeleteExpired(..), _) | (Op::Create(..), _) | (Op::Update(..), _) => {}
+    }
 }
 
 /// Runs one statement, its rows changed.

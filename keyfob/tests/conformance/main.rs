@@ -217,7 +217,8 @@ mod stores {
     }
 
     /// `sqlite::memory:`: a database of its own (shared by the pool's
-    /// connections and the store's writer), no `-shm` file, so no near cache.
+    /// connections and the store's writer), no `-shm` file, so a near cache
+    /// that never serves.
     #[cfg(feature = "sqlite")]
     pub async fn sqlite_in_memory() -> Arc<dyn SessionStore> {
         Arc::new(

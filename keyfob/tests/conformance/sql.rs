@@ -106,6 +106,20 @@ mod sqlite {
         let err = keyfob::SqliteStore::new(pool).migrate().await.unwrap_err();
         assert_eq!(err.kind(), keyfob::ErrorKind::Config);
         assert!(err.to_string().contains("private in-memory"), "{err}");
+        // A pool that keeps the file's lock for itself shuts the writer out.
+        let file = stores::sqlite_store().await;
+        let exclusive = SqliteConnectOptions::new()
+            .filename(file.pool().connect_options().get_filename())
+            .locking_mode(sqlx::sqlite::SqliteLockingMode::Exclusive);
+        drop(file);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(exclusive)
+            .await
+            .unwrap();
+        let err = keyfob::SqliteStore::new(pool).migrate().await.unwrap_err();
+        assert_eq!(err.kind(), keyfob::ErrorKind::Config);
+        assert!(err.to_string().contains("EXCLUSIVE"), "{err}");
     }
 
     /// Two stores on one file (the second, another "process": a pool and a
