@@ -126,6 +126,7 @@ impl Error {
 
     /// A store failure caused by `source`: the message says what failed,
     /// the source keeps the cause.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) fn store_from(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
         Error {
             kind: ErrorKind::Store,
