@@ -133,6 +133,10 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // Chromium outlives a killed ChromeDriver (it is handed to init) and
+        // would pile up run after run; each of its processes names this
+        // browser's own profile directory on its command line.
+        let _ = Command::new("pkill").arg("-f").arg(&self.profile).status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
