@@ -117,19 +117,19 @@ impl Error {
     /// URL the driver cannot parse): the message says what to change, the
     /// source keeps the cause.
     pub(crate) fn config_from(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
-        Error {
-            kind: ErrorKind::Config,
-            message: Some(message.into().into_boxed_str()),
-            source: Some(source.into()),
-        }
+        Error::explained(ErrorKind::Config, message, source)
     }
 
     /// A store failure caused by `source`: the message says what failed,
     /// the source keeps the cause.
     #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) fn store_from(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::explained(ErrorKind::Store, message, source)
+    }
+
+    fn explained(kind: ErrorKind, message: impl Into<String>, source: impl Into<BoxError>) -> Self {
         Error {
-            kind: ErrorKind::Store,
+            kind,
             message: Some(message.into().into_boxed_str()),
             source: Some(source.into()),
         }

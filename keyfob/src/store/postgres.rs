@@ -363,11 +363,9 @@ impl PostgresStore {
         near.listener.ensure(|| {
             listen(
                 self.pool.clone(),
-                Channel {
-                    name: self.q.channel.clone(),
-                    has_trigger: self.q.has_trigger.clone(),
-                    listener_name: self.q.listener_name.clone(),
-                },
+                self.q.channel.clone(),
+                self.q.has_trigger.clone(),
+                self.q.listener_name.clone(),
                 near.cache.clone(),
             )
         });
@@ -818,25 +816,17 @@ impl Near {
     }
 }
 
-/// What a listener subscribes to, and under which name.
-struct Channel {
-    /// The `LISTEN` channel.
-    name: String,
-    /// The query telling whether the table's notify trigger exists.
-    has_trigger: String,
-    /// The `application_name` of its connections.
-    listener_name: String,
-}
-
 /// Keeps `cache` coherent: subscribes to the table's channel, drops what
 /// each notification names, and stops the cache whenever the subscription
-/// is lost, until it is back. Runs for the life of the store.
-async fn listen(pool: PgPool, channel: Channel, cache: Arc<NearCache>) {
-    let Channel {
-        name: channel,
-        has_trigger,
-        listener_name,
-    } = channel;
+/// is lost, until it is back. Runs for the life of the store. Its own
+/// connections are named `listener_name` in `pg_stat_activity`.
+async fn listen(
+    pool: PgPool,
+    channel: String,
+    has_trigger: String,
+    listener_name: String,
+    cache: Arc<NearCache>,
+) {
     /// However this task ends (aborted, its runtime gone, a panic), the
     /// cache stops serving with it.
     struct Stopping(Arc<NearCache>);

@@ -45,7 +45,8 @@ use crate::{
 /// - reads go through the pool; every write of this process goes through one
 ///   **writer thread** with a connection of its own (rusqlite, on the same
 ///   linked SQLite library), opened on the pool's database with
-///   `synchronous=FULL` and a 5 s busy timeout whatever the pool sets. The
+///   `synchronous=FULL` whatever the pool sets, and the pool's busy timeout
+///   (5 s if it has none). The
 ///   thread drains its queue into **one transaction per batch** (group
 ///   commit): concurrent saves share a single fsync, a batch costs one
 ///   thread wake-up rather than one per statement, and no caller is answered

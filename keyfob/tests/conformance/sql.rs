@@ -97,13 +97,16 @@ mod sqlite {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_database_the_writer_cannot_open_is_refused_at_migrate() {
         use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
-        let private = SqliteConnectOptions::new().in_memory(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(private)
-            .await
-            .unwrap();
-        let err = keyfob::SqliteStore::new(pool).migrate().await.unwrap_err();
+        // What `migrate` says for a one-connection pool on `options`.
+        async fn refused(options: SqliteConnectOptions) -> keyfob::Error {
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await
+                .unwrap();
+            keyfob::SqliteStore::new(pool).migrate().await.unwrap_err()
+        }
+        let err = refused(SqliteConnectOptions::new().in_memory(true)).await;
         assert_eq!(err.kind(), keyfob::ErrorKind::Config);
         assert!(err.to_string().contains("private in-memory"), "{err}");
         // A pool that keeps the file's lock for itself shuts the writer out.
@@ -112,12 +115,7 @@ mod sqlite {
             .filename(file.pool().connect_options().get_filename())
             .locking_mode(sqlx::sqlite::SqliteLockingMode::Exclusive);
         drop(file);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(exclusive)
-            .await
-            .unwrap();
-        let err = keyfob::SqliteStore::new(pool).migrate().await.unwrap_err();
+        let err = refused(exclusive).await;
         assert_eq!(err.kind(), keyfob::ErrorKind::Config);
         assert!(err.to_string().contains("EXCLUSIVE"), "{err}");
     }
