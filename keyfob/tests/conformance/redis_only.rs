@@ -281,25 +281,127 @@ async fn an_unreachable_or_malformed_url_is_refused_at_connect() {
     }
 }
 
-/// The near cache on a single server (a Cluster store has none).
+macro_rules! both {
+    ($($case:ident),* $(,)?) => {
+        mod standalone {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::STANDALONE).await
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::CLUSTER).await
+                }
+            )*
+        }
+    };
+}
+
+/// The near cache, on a single server and on the Cluster (one tracking
+/// connection per master).
 mod near_cache {
     use super::*;
 
     /// Two "processes" (stores with connections of their own) on one
     /// prefix, each near cache serving.
-    async fn two_processes() -> (RedisStore, RedisStore) {
+    async fn two_processes(var: &str) -> (RedisStore, RedisStore) {
         let prefix = stores::unique_prefix();
-        let here = serving(prefix.clone()).await;
-        let there = serving(prefix).await;
+        let here = serving(var, prefix.clone()).await;
+        let there = serving(var, prefix).await;
         (here, there)
     }
 
-    async fn serving(prefix: String) -> RedisStore {
-        let store = stores::redis_store(STANDALONE)
-            .await
-            .with_key_prefix(prefix);
+    async fn serving(var: &str, prefix: String) -> RedisStore {
+        let store = stores::redis_store(var).await.with_key_prefix(prefix);
         wait_serving(&store).await;
         store
+    }
+
+    /// A master of the server (the server itself, when it is not a Cluster).
+    struct Node {
+        id: String,
+        host: String,
+        port: u16,
+        slots: Vec<(u16, u16)>,
+        conn: redis::aio::MultiplexedConnection,
+    }
+
+    impl Node {
+        async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> T {
+            let value = self.conn.req_packed_command(cmd).await.unwrap();
+            redis::from_redis_value(value.extract_error().unwrap()).unwrap()
+        }
+
+        fn serves(&self, slot: u16) -> bool {
+            self.slots.iter().any(|&(a, b)| (a..=b).contains(&slot))
+        }
+    }
+
+    /// Every master, read from `CLUSTER NODES` (a single server is one).
+    async fn masters(var: &str) -> Vec<Node> {
+        let url = stores::server_url(var);
+        let open = |url: String| async move {
+            redis::Client::open(url.as_str())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap()
+        };
+        let Some(seed) = url.strip_prefix("redis+cluster://") else {
+            let conn = open(url.clone()).await;
+            return vec![Node {
+                id: String::new(),
+                host: String::new(),
+                port: 0,
+                slots: vec![(0, 16_383)],
+                conn,
+            }];
+        };
+        let mut first = open(format!("redis://{seed}")).await;
+        let nodes: String = redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut first)
+            .await
+            .unwrap();
+        let mut masters = Vec::new();
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let addr = fields[1].split('@').next().unwrap();
+            let (host, port) = addr.rsplit_once(':').unwrap();
+            let slots = fields[8..]
+                .iter()
+                .filter(|f| !f.starts_with('['))
+                .map(|f| match f.split_once('-') {
+                    Some((a, b)) => (a.parse().unwrap(), b.parse().unwrap()),
+                    None => (f.parse().unwrap(), f.parse().unwrap()),
+                })
+                .collect();
+            masters.push(Node {
+                id: fields[0].to_owned(),
+                host: host.to_owned(),
+                port: port.parse().unwrap(),
+                slots,
+                conn: open(format!("redis://{addr}")).await,
+            });
+        }
+        masters
+    }
+
+    /// The hash slot of `key` (0 on a single server).
+    async fn slot_of(node: &mut Node, key: &str) -> u16 {
+        if node.id.is_empty() {
+            return 0;
+        }
+        node.query(redis::cmd("CLUSTER").arg("KEYSLOT").arg(key))
+            .await
     }
 
     async fn wait_serving(store: &RedisStore) {
@@ -314,10 +416,10 @@ mod near_cache {
         panic!("the near cache never started serving");
     }
 
-    /// The IDs of the server's connections named as the near cache of
-    /// stores on `prefix`.
-    async fn tracking_connections(raw: &mut Raw, prefix: &str) -> Vec<String> {
-        let list: String = raw.query(redis::cmd("CLIENT").arg("LIST")).await;
+    /// The IDs of a node's connections named as the near cache of stores
+    /// on `prefix`.
+    async fn tracking_connections(node: &mut Node, prefix: &str) -> Vec<String> {
+        let list: String = node.query(redis::cmd("CLIENT").arg("LIST")).await;
         let name = format!(" name=keyfob-near-cache:{prefix}:s: ");
         list.lines()
             .filter(|l| l.contains(&name))
@@ -326,9 +428,8 @@ mod near_cache {
             .collect()
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn another_process_write_and_delete_reach_the_near_cache() {
-        let (here, there) = two_processes().await;
+    async fn another_process_write_and_delete_reach_the_near_cache(var: &str) {
+        let (here, there) = two_processes(var).await;
         let now = OffsetDateTime::now_utc();
         let h = Handle::from_bytes([7; 32]);
         here.create(&h, &record(now)).await.unwrap();
@@ -342,11 +443,10 @@ mod near_cache {
 
     /// What a cached load answers after each kind of write through the
     /// cache (the request's copy plus its change) is what Redis holds.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_cached_copy_after_each_kind_of_write_is_what_redis_holds() {
+    async fn the_cached_copy_after_each_kind_of_write_is_what_redis_holds(var: &str) {
         let prefix = stores::unique_prefix();
-        let here = serving(prefix.clone()).await;
-        let plain = stores::redis_store(STANDALONE)
+        let here = serving(var, prefix.clone()).await;
+        let plain = stores::redis_store(var)
             .await
             .with_key_prefix(prefix)
             .without_near_cache();
@@ -397,30 +497,33 @@ mod near_cache {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn own_revocations_are_seen_at_once() {
-        let (here, _there) = two_processes().await;
+    async fn own_revocations_are_seen_at_once(var: &str) {
+        let (here, _there) = two_processes(var).await;
         crate::support::own_revocations_are_seen_at_once(std::sync::Arc::new(here)).await;
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_lost_channel_stops_the_near_cache_until_it_is_back() {
+    /// On a Cluster, the connection lost is the one to the session's own
+    /// master: the others stay up, and the whole cache must still stop.
+    async fn a_lost_channel_stops_the_near_cache_until_it_is_back(var: &str) {
         let prefix = stores::unique_prefix();
-        let here = serving(prefix.clone()).await;
-        let there = stores::redis_store(STANDALONE)
+        let here = serving(var, prefix.clone()).await;
+        let there = stores::redis_store(var)
             .await
             .with_key_prefix(prefix.clone())
             .without_near_cache();
-        let (_, _, mut raw) = setup(STANDALONE).await;
+        let mut nodes = masters(var).await;
         let now = OffsetDateTime::now_utc();
         let h = Handle::from_bytes([9; 32]);
         here.create(&h, &record(now)).await.unwrap();
         assert!(here.load(&h, now).await.unwrap().is_some());
-        // Kill `here`'s tracking connection (`there` has none).
-        let ids = tracking_connections(&mut raw, &prefix).await;
-        assert_eq!(ids.len(), 1);
-        for id in ids {
-            let _: redis::Value = raw
+        // One tracking connection per master (`there` has none).
+        for node in &mut nodes {
+            assert_eq!(tracking_connections(node, &prefix).await.len(), 1);
+        }
+        let slot = slot_of(&mut nodes[0], &format!("{prefix}:s:{h}")).await;
+        let node = nodes.iter_mut().find(|n| n.serves(slot)).unwrap();
+        for id in tracking_connections(node, &prefix).await {
+            let _: redis::Value = node
                 .query(redis::cmd("CLIENT").arg("KILL").arg("ID").arg(id))
                 .await;
         }
@@ -436,9 +539,8 @@ mod near_cache {
         assert!(gone_within_2s(&here, &h).await);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_change_by_another_client_or_by_redis_itself_reaches_the_near_cache() {
-        let (here, prefix, mut raw) = setup(STANDALONE).await;
+    async fn a_change_by_another_client_or_by_redis_itself_reaches_the_near_cache(var: &str) {
+        let (here, prefix, mut raw) = setup(var).await;
         wait_serving(&here).await;
         let now = OffsetDateTime::now_utc();
         let h = Handle::from_bytes([10; 32]);
@@ -501,42 +603,122 @@ mod near_cache {
         crate::support::stops_serving_after_the_silence(|| store.near_cache_serving(), alive).await;
     }
 
+    /// A store built from the app's connection cannot open its own, and
+    /// one built with `without_near_cache` has none.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_cluster_or_a_given_connection_has_no_near_cache() {
-        let cluster = stores::redis_store(CLUSTER).await;
-        cluster
-            .load(&Handle::from_bytes([1; 32]), OffsetDateTime::now_utc())
+    async fn a_given_connection_or_an_opt_out_has_no_near_cache() {
+        let seed = stores::server_url(CLUSTER).replace("redis+cluster://", "redis://");
+        let conn = ClusterClient::new(vec![seed])
+            .unwrap()
+            .get_async_connection()
             .await
             .unwrap();
-        assert!(!cluster.near_cache_serving());
+        let given = RedisStore::cluster(conn).with_key_prefix(stores::unique_prefix());
         let off = stores::redis_store(STANDALONE).await.without_near_cache();
-        off.load(&Handle::from_bytes([1; 32]), OffsetDateTime::now_utc())
-            .await
-            .unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        assert!(!off.near_cache_serving());
+        for store in [given, off] {
+            store
+                .load(&Handle::from_bytes([1; 32]), OffsetDateTime::now_utc())
+                .await
+                .unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            assert!(!store.near_cache_serving());
+        }
     }
-}
 
-macro_rules! both {
-    ($($case:ident),* $(,)?) => {
-        mod standalone {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::STANDALONE).await
-                }
-            )*
+    /// Moves `slot` from `from` to `to` the way `redis-cli --cluster
+    /// reshard` does: importing, migrating, `MIGRATE` of its keys, then
+    /// the new owner told to every master.
+    async fn move_slot(nodes: &mut [Node], slot: u16, from: usize, to: usize) {
+        let (from_id, to_id) = (nodes[from].id.clone(), nodes[to].id.clone());
+        let (to_host, to_port) = (nodes[to].host.clone(), nodes[to].port);
+        let setslot = |state: &str, id: &str| {
+            let mut c = redis::cmd("CLUSTER");
+            c.arg("SETSLOT").arg(slot).arg(state).arg(id);
+            c
+        };
+        let _: () = nodes[to].query(&setslot("IMPORTING", &from_id)).await;
+        let _: () = nodes[from].query(&setslot("MIGRATING", &to_id)).await;
+        loop {
+            let keys: Vec<String> = nodes[from]
+                .query(
+                    redis::cmd("CLUSTER")
+                        .arg("GETKEYSINSLOT")
+                        .arg(slot)
+                        .arg(100),
+                )
+                .await;
+            if keys.is_empty() {
+                break;
+            }
+            let _: redis::Value = nodes[from]
+                .query(
+                    redis::cmd("MIGRATE")
+                        .arg(&to_host)
+                        .arg(to_port)
+                        .arg("")
+                        .arg(0)
+                        .arg(5000)
+                        .arg("KEYS")
+                        .arg(&keys),
+                )
+                .await;
         }
-        mod cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::CLUSTER).await
-                }
-            )*
+        // The two owners first, then every other master.
+        let others = (0..nodes.len()).filter(|&i| i != to && i != from);
+        let order: Vec<usize> = [to, from].into_iter().chain(others).collect();
+        for i in order {
+            let _: () = nodes[i].query(&setslot("NODE", &to_id)).await;
         }
-    };
+    }
+
+    /// A reshard moves a cached session's slot to another master; a write
+    /// there by another process reaches this cache, and after the move
+    /// the cache serves again and hears of changes on the new master.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_moved_slot_leaves_no_stale_copy_in_the_near_cache() {
+        let prefix = stores::unique_prefix();
+        let here = serving(CLUSTER, prefix.clone()).await;
+        let there = stores::redis_store(CLUSTER)
+            .await
+            .with_key_prefix(prefix.clone())
+            .without_near_cache();
+        let mut nodes = masters(CLUSTER).await;
+        assert!(nodes.len() >= 2, "the test Cluster has one master");
+        let now = OffsetDateTime::now_utc();
+        let h = Handle::from_bytes([14; 32]);
+        here.create(&h, &record(now)).await.unwrap();
+        let v1 = here.load(&h, now).await.unwrap().unwrap().version();
+        let slot = slot_of(&mut nodes[0], &format!("{prefix}:s:{h}")).await;
+        let from = nodes.iter().position(|n| n.serves(slot)).unwrap();
+        let to = (from + 1) % nodes.len();
+        move_slot(&mut nodes, slot, from, to).await;
+        let touch = keyfob::Update::touch(now, Some(now + Duration::hours(1)));
+        assert_eq!(
+            there.update(&h, &touch, now).await.unwrap(),
+            Updated::Applied
+        );
+        assert!(
+            eventually(&here, &h, |r| r.is_some_and(|r| r.version() > v1)).await,
+            "the copy from before the move was still served"
+        );
+        // Serving again on the new map, through the new master.
+        wait_serving(&here).await;
+        let v2 = here.load(&h, now).await.unwrap().unwrap().version();
+        there.update(&h, &touch, now).await.unwrap();
+        assert!(eventually(&here, &h, |r| r.is_some_and(|r| r.version() > v2)).await);
+        there.delete(&h).await.unwrap();
+        assert!(gone_within_2s(&here, &h).await);
+        // Put back, so the Cluster is as the other tests found it.
+        move_slot(&mut nodes, slot, to, from).await;
+    }
+
+    both!(
+        another_process_write_and_delete_reach_the_near_cache,
+        the_cached_copy_after_each_kind_of_write_is_what_redis_holds,
+        own_revocations_are_seen_at_once,
+        a_lost_channel_stops_the_near_cache_until_it_is_back,
+        a_change_by_another_client_or_by_redis_itself_reaches_the_near_cache,
+    );
 }
 
 both!(

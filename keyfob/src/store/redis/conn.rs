@@ -1,7 +1,8 @@
 //! One connection type over a single server and a Cluster.
 
+use super::tracking::TrackedConn;
 use redis::{
-    aio::{ConnectionLike, ConnectionManager, MultiplexedConnection},
+    aio::{ConnectionLike, ConnectionManager},
     cluster_async::ClusterConnection,
     Cmd, Pipeline, RedisFuture, Value,
 };
@@ -12,9 +13,10 @@ use redis::{
 pub(super) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
-    /// The near cache's tracking connection (see `tracking`): session writes
-    /// go through it while it is up, so Redis does not echo them back.
-    Tracked(MultiplexedConnection),
+    /// A near cache's tracking connection (see `tracking`): session reads
+    /// and writes go through it while it is up, so Redis tracks what it
+    /// reads and does not echo back what it writes.
+    Tracked(TrackedConn),
 }
 
 impl ConnectionLike for Conn {

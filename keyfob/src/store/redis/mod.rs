@@ -111,23 +111,26 @@ const DEFAULT_PREFIX: &str = "keyfob";
 ///   watermark has passed or whose record expired, and deletes unfile theirs.
 ///   (A plain set could not tell "already gone" from "being written right
 ///   now"; the score can);
-/// - **near cache**, on by default on a single server reached through
-///   [`connect`](Self::connect) (50 000 sessions or 64 MiB, see
+/// - **near cache**, on by default on a store built by
+///   [`connect`](Self::connect), single server or Cluster (50 000 sessions or 64 MiB, see
 ///   [`with_near_cache`](Self::with_near_cache)): a load of a cached
 ///   session makes no round trip, and a write is one script that also
 ///   tells whether the request's copy was current, so the copy plus the
 ///   change is cached without reading it back. It is kept coherent by Redis
-///   itself (RESP3 `CLIENT TRACKING` on a connection of its own, named
+///   itself (RESP3 `CLIENT TRACKING` on a connection of its own to the
+///   server, or to each Cluster master, named
 ///   `keyfob-near-cache:<prefix>:s:`): any change to a cached session made
-///   elsewhere (another process, an admin, an expiry, an eviction, a flush)
-///   drops the copy, within the invalidation latency (see `BENCHMARKS.md`);
-///   this process's own writes, deletes and revocations are seen on its very
-///   next request. The cache answers only while that connection is up and
-///   answers a ping every second within 3 s; otherwise it is empty and every
-///   load asks Redis until the connection is back. There is none on a
-///   Cluster or on a store built from a connection ([`new`](Self::new),
-///   [`cluster`](Self::cluster)); [`without_near_cache`](Self::without_near_cache)
-///   turns it off;
+///   elsewhere (another process, an admin, an expiry, an eviction, a flush,
+///   a slot migration) drops the copy, within the invalidation latency (see
+///   `BENCHMARKS.md`); this process's own writes, deletes and revocations
+///   are seen on its very next request. The cache answers only while those
+///   connections are up and each answers a ping every second within 3 s
+///   and, on a Cluster, while the slot map it was built on holds (read
+///   every second, and stopped at once by a redirect): otherwise it is
+///   empty and every load asks Redis until tracking is back. There is none
+///   on a store built from a connection ([`new`](Self::new),
+///   [`cluster`](Self::cluster)): keyfob cannot open connections of its own
+///   from one; [`without_near_cache`](Self::without_near_cache) turns it off;
 /// - a hash that cannot be decoded reads as "no session" with a
 ///   `tracing::warn!`, and a Redis failure is an [`Error`] of kind
 ///   [`Store`](crate::ErrorKind::Store), never a panic.
@@ -212,22 +215,26 @@ pub struct RedisStore {
 /// it needs to build a new one (a changed prefix tracks other keys).
 struct Near {
     cache: Arc<NearCache>,
-    slot: tracking::Slot,
+    live: tracking::Live,
     task: near::Keeper,
-    /// A RESP3 client for the tracking connection.
-    client: redis::Client,
+    /// Where the tracking connections go.
+    target: tracking::Target,
     bounds: (u64, u64),
 }
 
 impl Near {
-    fn new(client: redis::Client, bounds: (u64, u64)) -> Arc<Near> {
+    fn new(target: tracking::Target, bounds: (u64, u64)) -> Arc<Near> {
         Arc::new(Near {
             cache: Arc::new(NearCache::new(bounds.0, bounds.1)),
-            slot: Arc::new(Mutex::new(None)),
+            live: Arc::new(Mutex::new(None)),
             task: near::Keeper::default(),
-            client,
+            target,
             bounds,
         })
+    }
+
+    fn with_defaults(target: tracking::Target) -> Arc<Near> {
+        Near::new(target, (near::DEFAULT_ENTRIES, near::DEFAULT_BYTES))
     }
 }
 
@@ -352,8 +359,9 @@ impl RedisStore {
                 .await
                 .map_err(Error::store)?;
             let mut store = Self::new(manager);
-            store.near =
-                resp3(&client).map(|c| Near::new(c, (near::DEFAULT_ENTRIES, near::DEFAULT_BYTES)));
+            store.near = redis::Client::open(resp3(client.get_connection_info().clone()))
+                .ok()
+                .map(|c| Near::with_defaults(tracking::Target::Single(c)));
             store
         } else {
             // The URL may hold a password: name only its scheme.
@@ -371,10 +379,23 @@ impl RedisStore {
     }
 
     async fn connect_cluster(seeds: Vec<String>) -> Result<Self> {
+        use redis::IntoConnectionInfo;
+        let seed = seeds
+            .first()
+            .map(|s| s.as_str().into_connection_info())
+            .transpose()
+            .map_err(bad_url)?;
         let client = redis::cluster::ClusterClient::new(seeds)
             .map_err(|e| Error::with_source(crate::ErrorKind::Config, e))?;
         let conn = client.get_async_connection().await.map_err(Error::store)?;
-        Ok(Self::cluster(conn))
+        let mut store = Self::cluster(conn.clone());
+        store.near = seed.map(|seed| {
+            Near::with_defaults(tracking::Target::Cluster {
+                seed: resp3(seed),
+                conn,
+            })
+        });
+        Ok(store)
     }
 
     /// Sets the prefix of every key this store writes (default `keyfob`):
@@ -394,16 +415,16 @@ impl RedisStore {
         self.prefix = prefix.into().into();
         // Other keys to track: a cache of its own.
         if let Some(near) = self.near.take() {
-            self.near = Some(Near::new(near.client.clone(), near.bounds));
+            self.near = Some(Near::new(near.target.clone(), near.bounds));
         }
         self
     }
 
     /// Bounds the near cache (default 50 000 sessions and 64 MiB, whichever
     /// is reached first). The near cache is there on a store built by
-    /// [`connect`](Self::connect) with a single-server URL; on a store
-    /// built from a connection ([`new`](Self::new), [`cluster`](Self::cluster))
-    /// or on a Cluster there is none, and this changes nothing.
+    /// [`connect`](Self::connect); on a store built from a connection
+    /// ([`new`](Self::new), [`cluster`](Self::cluster)) there is none, and
+    /// this changes nothing.
     ///
     /// ```no_run
     /// # async fn f() -> keyfob::Result<()> {
@@ -415,7 +436,7 @@ impl RedisStore {
     #[must_use]
     pub fn with_near_cache(mut self, max_sessions: u64, max_bytes: u64) -> Self {
         if let Some(near) = self.near.take() {
-            self.near = Some(Near::new(near.client.clone(), (max_sessions, max_bytes)));
+            self.near = Some(Near::new(near.target.clone(), (max_sessions, max_bytes)));
         }
         self
     }
@@ -438,7 +459,7 @@ impl RedisStore {
     }
 
     /// Whether the near cache answers loads right now: it is on, and its
-    /// tracking connection is up. It starts on the store's first use.
+    /// tracking connections are up. It starts on the store's first use.
     ///
     /// ```no_run
     /// # async fn f(store: keyfob::RedisStore) {
@@ -458,21 +479,26 @@ impl RedisStore {
         let near = self.near.as_ref()?;
         near.task.ensure(|| {
             tracking::track(
-                near.client.clone(),
+                near.target.clone(),
                 format!("{}:s:", self.prefix),
                 near.cache.clone(),
-                near.slot.clone(),
+                near.live.clone(),
             )
         });
         Some(&near.cache)
     }
 
-    /// Where commands on session keys go: the tracking connection while it
-    /// is up (`true`: what it reads, Redis tracks for this cache, and what it
-    /// writes, Redis does not echo back), else the store's (`false`).
-    fn session_conn(&self) -> (Conn, bool) {
-        match self.near.as_ref().and_then(|n| n.slot.lock().ok()?.clone()) {
-            Some(tracked) => (Conn::Tracked(tracked), true),
+    /// Where commands on the session key `key` go: its server's tracking
+    /// connection while tracking is up (`true`: what it reads, Redis
+    /// tracks for this cache, and what it writes, Redis does not echo
+    /// back), else the store's (`false`).
+    fn session_conn(&self, key: &str) -> (Conn, bool) {
+        let tracked = self
+            .near
+            .as_ref()
+            .and_then(|n| n.live.lock().ok()?.as_ref()?.conn_for(key));
+        match tracked {
+            Some(conn) => (Conn::Tracked(conn), true),
             None => (self.conn.clone(), false),
         }
     }
@@ -491,12 +517,13 @@ impl RedisStore {
 
     /// What the session key holds; a corrupt hash is logged and read as missing.
     async fn fetch(&self, handle: &Handle) -> Result<Decoded> {
-        self.fetch_on(self.conn.clone(), handle).await
+        self.fetch_on(self.conn.clone(), handle, &self.session_key(handle))
+            .await
     }
 
-    async fn fetch_on(&self, mut conn: Conn, handle: &Handle) -> Result<Decoded> {
+    async fn fetch_on(&self, mut conn: Conn, handle: &Handle, key: &str) -> Result<Decoded> {
         let fields: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
-            .arg(self.session_key(handle))
+            .arg(key)
             .query_async(&mut conn)
             .await
             .map_err(Error::store)?;
@@ -514,8 +541,9 @@ impl RedisStore {
         handle: &Handle,
         now: OffsetDateTime,
     ) -> Result<(Option<Record>, bool)> {
-        let (conn, tracked) = self.session_conn();
-        let found = match self.fetch_on(conn, handle).await? {
+        let key = self.session_key(handle);
+        let (conn, tracked) = self.session_conn(&key);
+        let found = match self.fetch_on(conn, handle, &key).await? {
             Decoded::Record(r) => Some(r).filter(|r| !r.is_expired(now)),
             Decoded::Missing | Decoded::Moved => None,
         };
@@ -558,8 +586,9 @@ impl RedisStore {
         expire_at: Option<i64>,
         fields: &[(String, Vec<u8>)],
     ) -> Result<(Created, bool)> {
-        let (mut conn, tracked) = self.session_conn();
-        let mut call = self.scripts.create.key(self.session_key(handle));
+        let key = self.session_key(handle);
+        let (mut conn, tracked) = self.session_conn(&key);
+        let mut call = self.scripts.create.key(key);
         call.arg(now)
             .arg(expire_at.map(|e| e.to_string()).unwrap_or_default())
             .arg(track_flag(tracked));
@@ -595,8 +624,9 @@ impl RedisStore {
                     .await?;
             }
         }
-        let (mut conn, tracked) = self.session_conn();
-        let mut call = self.scripts.update.key(self.session_key(handle));
+        let key = self.session_key(handle);
+        let (mut conn, tracked) = self.session_conn(&key);
+        let mut call = self.scripts.update.key(key);
         call.arg(secs(now))
             .arg(update.seen)
             .arg(
@@ -714,11 +744,12 @@ impl RedisStore {
     }
 
     async fn delete_inner(&self, handle: &Handle) -> Result<bool> {
-        let (mut conn, _) = self.session_conn();
+        let key = self.session_key(handle);
+        let (mut conn, _) = self.session_conn(&key);
         let reply: Vec<Vec<u8>> = self
             .scripts
             .delete
-            .key(self.session_key(handle))
+            .key(key)
             .invoke_async(&mut conn)
             .await
             .map_err(Error::store)?;
@@ -743,14 +774,13 @@ fn track_flag(tracked: bool) -> &'static str {
 }
 
 /// The same server and settings, spoken in RESP3 (push messages), for the
-/// near cache's tracking connection.
-fn resp3(client: &redis::Client) -> Option<redis::Client> {
-    let info = client.get_connection_info().clone();
+/// near cache's tracking connections.
+fn resp3(info: redis::ConnectionInfo) -> redis::ConnectionInfo {
     let settings = info
         .redis_settings()
         .clone()
         .set_protocol(redis::ProtocolVersion::RESP3);
-    redis::Client::open(info.set_redis_settings(settings)).ok()
+    info.set_redis_settings(settings)
 }
 
 fn bad_url(e: redis::RedisError) -> Error {

@@ -34,11 +34,11 @@ impl RedisStore {
     /// Deletes a session or a tombstone and, for a tombstone, the session it
     /// points to (a rotation in flight), unless that is `keep`.
     pub(super) async fn revoke(&self, handle: &str, keep: Option<&str>) -> Result<bool> {
-        let (mut conn, _) = self.session_conn();
         let mut key = format!("{}:s:{handle}", self.prefix);
         let mut at = handle.to_owned();
         // A tombstone may point to a session rotated again: follow a few hops.
         for _ in 0..4 {
+            let (mut conn, _) = self.session_conn(&key);
             let reply = self.scripts.revoke.key(&key).invoke_async(&mut conn).await;
             // After the delete (a load racing it cannot leave a copy): this
             // process sees its own revocation on its next request.

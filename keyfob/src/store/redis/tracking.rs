@@ -1,17 +1,20 @@
-//! The near cache's coherence on a single Redis server: server-assisted
+//! The near cache's coherence on Redis and Redis Cluster: server-assisted
 //! client-side caching (RESP3 `CLIENT TRACKING`), on the `redis` crate's
 //! push messages.
 //!
-//! Each store has one connection of its own (RESP3, so invalidations
-//! arrive on it as push messages) with `CLIENT TRACKING ON NOLOOP`: Redis
-//! remembers every key *read* on it and tells it when anyone else changes
-//! that key (another process, an admin's `DEL`, an expiry, an eviction, a
-//! `FLUSHALL`), but not when the change was made on this connection.
-//! While it is up, the store reads and writes session keys through it and
-//! caches only what it read or wrote there: what it read, Redis will say
-//! when it changes; what it wrote, the store caches as written (the write
-//! script reads the key once more at its end, since a write ends Redis's
-//! tracking of a key).
+//! Each store has a connection of its own to each server it keeps
+//! sessions on (one on a single server, one per master on a Cluster;
+//! RESP3, so invalidations arrive on it as push messages) with
+//! `CLIENT TRACKING ON NOLOOP`: Redis remembers every key *read* on it and
+//! tells it when anyone else changes that key (another process, an admin's
+//! `DEL`, an expiry, an eviction, a `FLUSHALL`, a slot migration, which
+//! deletes the key on the node it leaves), but not when the change was
+//! made on this connection. While they are up, the store reads and writes
+//! session keys through them (a key through its slot's master) and caches
+//! only what it read or wrote there: what it read, Redis will say when it
+//! changes; what it wrote, the store caches as written (the write script
+//! reads the key once more at its end, since a write ends Redis's tracking
+//! of a key).
 //!
 //! Why not the broadcast mode (`BCAST PREFIX`, no per-key memory in
 //! Redis)? Its `NOLOOP` leaves out only changes made by the connection
@@ -22,15 +25,32 @@
 //! tracking connection (bounded by Redis's `tracking-table-max-keys`; past
 //! it, Redis invalidates entries to make room, which only costs misses).
 //!
+//! Why not the `redis` crate's own client-side cache (`cache-aio`)? It is
+//! marked experimental, caches the replies of read commands by key, and
+//! cannot take the result of a write script; it has no "stop serving when
+//! the channel is lost" rule. Its connections and push handling are what
+//! this module uses.
+//!
 //! A change by someone else racing this store's own write is told by the
 //! write: its script returns the version it applied to, and the store
 //! caches its result only when that was the version the request had.
 //!
-//! The connection is checked every second (`PING`, answered within 3 s);
-//! when it fails, falls silent or closes, the cache stops serving and
-//! empties at once, and serves again (empty) only once a new connection is
-//! tracking. A server without tracking (older than Redis 6) or an account
-//! not allowed `CLIENT` leaves the cache off for good, with one warning.
+//! The connections are checked every second (`PING`, answered within
+//! 3 s); when one fails, falls silent or closes, the cache stops serving
+//! and empties at once, and serves again (empty) only once new
+//! connections are tracking. On a Cluster the same heartbeat reads the
+//! slot map (`CLUSTER SLOTS`, from each master in turn) and starts over
+//! when a slot has moved or a master changed (a failover); a command a
+//! node redirects (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`) stops the
+//! cache at once and goes through the store's cluster connection. So a
+//! reshard or a failover costs a second of misses, not a stale read: a
+//! migrated key is deleted on the node it leaves (an invalidation), and
+//! writes to a promoted replica can be missed only until a heartbeat
+//! reads the new map: within a second, or, while the old master is cut
+//! off from the Cluster and has not heard of its demotion, within one
+//! second per master (the heartbeat asks each in turn). A server without tracking (older
+//! than Redis 6) or an account not allowed `CLIENT` leaves the cache off
+//! for good, with one warning.
 
 use std::{
     sync::{
@@ -40,11 +60,17 @@ use std::{
     time::Duration,
 };
 
-use redis::{aio::MultiplexedConnection, PushInfo, PushKind, Value};
+use redis::{
+    aio::{ConnectionLike, MultiplexedConnection},
+    cluster_async::ClusterConnection,
+    Cmd, ConnectionAddr, ConnectionInfo, Pipeline, PushInfo, PushKind, RedisFuture, Value,
+};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::{id::Handle, store::near::NearCache};
 
-/// How often the tracking connection is pinged.
+/// How often the tracking connections are pinged (and, on a Cluster, its
+/// slot map read again).
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A ping not answered in this long means the connection is dead.
 const SILENCE: Duration = Duration::from_secs(3);
@@ -53,10 +79,134 @@ const SILENCE: Duration = Duration::from_secs(3);
 const CONNECTION_NAME: &str = "keyfob-near-cache";
 /// Connecting and turning tracking on, at most.
 const SUBSCRIBE_LIMIT: Duration = Duration::from_secs(5);
+/// Hash slots in a Redis Cluster.
+const SLOTS: usize = 16_384;
 
-/// The tracking connection while it is up: the store sends its session
-/// writes through it, so Redis does not echo them back.
-pub(super) type Slot = Arc<Mutex<Option<MultiplexedConnection>>>;
+/// Where the tracking connections go.
+#[derive(Clone)]
+pub(super) enum Target {
+    /// A single server: its settings, in RESP3.
+    Single(redis::Client),
+    /// A Cluster: one connection to each master, made from the seed's
+    /// settings (RESP3, credentials, TLS) with the master's address; the
+    /// store's cluster connection reads the slot map and takes a command
+    /// a node redirects.
+    Cluster {
+        seed: ConnectionInfo,
+        conn: ClusterConnection,
+    },
+}
+
+/// The tracking connections while they are up: the store sends its
+/// session reads and writes through them, so Redis tracks what it reads
+/// and does not echo back what it writes.
+pub(super) type Live = Arc<Mutex<Option<Tracked>>>;
+
+#[derive(Clone)]
+pub(super) struct Tracked {
+    nodes: Arc<[MultiplexedConnection]>,
+    /// On a Cluster, the index in `nodes` of each hash slot's master
+    /// ([`NO_NODE`] for a slot no master serves); empty on a single server.
+    owners: Arc<[u16]>,
+    fallback: Option<ClusterConnection>,
+    cache: Arc<NearCache>,
+    lost: UnboundedSender<()>,
+}
+
+const NO_NODE: u16 = u16::MAX;
+
+impl Tracked {
+    /// The tracking connection of the node that serves `key`, or `None`
+    /// (a slot no master serves: the store's own connection takes it,
+    /// and what it reads is not cached).
+    pub(super) fn conn_for(&self, key: &str) -> Option<TrackedConn> {
+        let node = if self.owners.is_empty() {
+            0
+        } else {
+            *self.owners.get(usize::from(slot_of(key.as_bytes())))?
+        };
+        Some(TrackedConn {
+            conn: self.nodes.get(usize::from(node))?.clone(),
+            fallback: self.fallback.clone(),
+            cache: self.cache.clone(),
+            lost: self.lost.clone(),
+        })
+    }
+}
+
+/// The hash slot of a key, as Redis Cluster computes it: CRC16 (XMODEM)
+/// of the key, or of its hash tag (what is between the first `{` and the
+/// first `}` after it, if not empty), modulo 16384.
+fn slot_of(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        Some(&rest[..close]).filter(|tag| !tag.is_empty())
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(key)) % SLOTS as u16
+}
+
+/// One node's tracking connection, as the store's commands see it. A
+/// reply that says the key is served elsewhere or not now (`MOVED`,
+/// `ASK`, `TRYAGAIN`, `CLUSTERDOWN`: the command did not run) means the
+/// slot map this cache was built on is stale: the cache stops at once
+/// (a load or write in flight can no longer fill it), a new subscription
+/// is asked for, and the command goes again through the cluster
+/// connection, which follows the redirect.
+#[derive(Clone)]
+pub(super) struct TrackedConn {
+    conn: MultiplexedConnection,
+    fallback: Option<ClusterConnection>,
+    cache: Arc<NearCache>,
+    lost: UnboundedSender<()>,
+}
+
+impl TrackedConn {
+    /// Whether `reply` is a redirect; if so, the cache stops.
+    fn redirected(&self, reply: &redis::RedisResult<Value>) -> bool {
+        let redirect = match reply {
+            Ok(Value::ServerError(e)) => {
+                matches!(e.code(), "MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN")
+            }
+            Err(e) => e.is_cluster_error(),
+            Ok(_) => false,
+        };
+        if redirect && self.fallback.is_some() {
+            self.cache.stop();
+            let _ = self.lost.send(());
+        }
+        redirect
+    }
+}
+
+impl ConnectionLike for TrackedConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let reply = self.conn.req_packed_command(cmd).await;
+            if !self.redirected(&reply) {
+                return reply;
+            }
+            match &mut self.fallback {
+                Some(cluster) => cluster.req_packed_command(cmd).await,
+                None => reply,
+            }
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        // The store sends no pipelines on session keys.
+        self.conn.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
+}
 
 /// Why tracking could not start.
 enum Failure {
@@ -68,9 +218,9 @@ enum Failure {
 
 /// Keeps `cache` coherent for the session keys under `keys` (`<prefix>:s:`)
 /// for the life of the store (the caller aborts the task when it drops).
-pub(super) async fn track(client: redis::Client, keys: String, cache: Arc<NearCache>, slot: Slot) {
+pub(super) async fn track(target: Target, keys: String, cache: Arc<NearCache>, live: Live) {
     /// However this task ends, the cache stops serving with it.
-    struct Stopping(Arc<NearCache>, Slot);
+    struct Stopping(Arc<NearCache>, Live);
     impl Drop for Stopping {
         fn drop(&mut self) {
             self.0.stop();
@@ -79,37 +229,50 @@ pub(super) async fn track(client: redis::Client, keys: String, cache: Arc<NearCa
             }
         }
     }
-    let _stopping = Stopping(cache.clone(), slot.clone());
+    let _stopping = Stopping(cache.clone(), live.clone());
     let mut backoff = Duration::from_millis(50);
     let mut warned = false;
-    // Which connection is the live one: an abandoned connection's late
-    // `Disconnection` must not stop the cache its successor serves.
-    let live = Arc::new(AtomicU64::new(0));
+    // Which connections are the live ones: an abandoned connection's late
+    // `Disconnection` must not stop the cache its successors serve.
+    let serials = Arc::new(AtomicU64::new(0));
     loop {
-        let serial = live.fetch_add(1, Ordering::SeqCst) + 1;
+        let serial = serials.fetch_add(1, Ordering::SeqCst) + 1;
         let (lost_tx, mut lost) = tokio::sync::mpsc::unbounded_channel::<()>();
         let push = Push {
             cache: cache.clone(),
             keys: keys.clone(),
-            live: live.clone(),
+            live: serials.clone(),
             serial,
-            lost: lost_tx,
+            lost: lost_tx.clone(),
         };
-        let subscribed = tokio::time::timeout(SUBSCRIBE_LIMIT, subscribe(&client, &keys, push))
-            .await
-            .unwrap_or_else(|_| Err(Failure::Transient("timed out".into())));
+        let subscribed =
+            tokio::time::timeout(SUBSCRIBE_LIMIT, subscribe_all(&target, &keys, &push))
+                .await
+                .unwrap_or_else(|_| Err(Failure::Transient("timed out".into())));
         match subscribed {
-            Ok(conn) => {
-                set(&slot, Some(conn.clone()));
+            Ok((nodes, map)) => {
+                let tracked = Tracked {
+                    nodes: nodes.into(),
+                    owners: map
+                        .as_ref()
+                        .map_or_else(|| Arc::from([]), |m| m.owners.clone()),
+                    fallback: match &target {
+                        Target::Cluster { conn, .. } => Some(conn.clone()),
+                        Target::Single(_) => None,
+                    },
+                    cache: cache.clone(),
+                    lost: lost_tx,
+                };
+                set(&live, Some(tracked.clone()));
                 cache.start();
                 backoff = Duration::from_millis(50);
                 warned = false;
-                let why = watch(conn, &mut lost).await;
+                let why = watch(&tracked, map.as_ref(), &mut lost).await;
                 cache.stop();
-                set(&slot, None);
+                set(&live, None);
                 tracing::warn!(
                     why,
-                    "keyfob: Redis near cache not serving: tracking connection lost; reconnecting"
+                    "keyfob: Redis near cache not serving: tracking lost; reconnecting"
                 );
             }
             Err(Failure::Permanent(why)) => {
@@ -134,38 +297,179 @@ pub(super) async fn track(client: redis::Client, keys: String, cache: Arc<NearCa
     }
 }
 
-fn set(slot: &Slot, conn: Option<MultiplexedConnection>) {
-    if let Ok(mut s) = slot.lock() {
-        *s = conn;
+fn set(live: &Live, tracked: Option<Tracked>) {
+    if let Ok(mut s) = live.lock() {
+        *s = tracked;
     }
 }
 
-/// Until the connection closes, or a ping goes unanswered: why it ended.
+/// A Cluster's slot map: which master serves each slot.
+struct SlotMap {
+    /// The masters' addresses, in the order of the tracking connections.
+    masters: Vec<(String, u16)>,
+    owners: Arc<[u16]>,
+}
+
+impl SlotMap {
+    /// Reads a `CLUSTER SLOTS` reply (`[start, end, [host, port, id, ...],
+    /// replicas...]` per range); `None` if it is not one, or names a master
+    /// by no address (`?` or empty: the node does not know its endpoint).
+    fn read(reply: &Value) -> Option<SlotMap> {
+        let Value::Array(ranges) = reply else {
+            return None;
+        };
+        let mut masters: Vec<(String, u16)> = Vec::new();
+        let mut owners = vec![NO_NODE; SLOTS];
+        for range in ranges {
+            let Value::Array(fields) = range else {
+                return None;
+            };
+            let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
+                (fields.first(), fields.get(1), fields.get(2))
+            else {
+                return None;
+            };
+            let host = match master.first() {
+                Some(Value::BulkString(h)) => String::from_utf8(h.clone()).ok()?,
+                Some(Value::SimpleString(h)) => h.clone(),
+                _ => return None,
+            };
+            let Some(Value::Int(port)) = master.get(1) else {
+                return None;
+            };
+            if host.is_empty() || host == "?" {
+                return None;
+            }
+            let address = (host, u16::try_from(*port).ok()?);
+            let node = match masters.iter().position(|m| *m == address) {
+                Some(i) => i,
+                None => {
+                    masters.push(address);
+                    masters.len() - 1
+                }
+            };
+            let node = u16::try_from(node).ok()?;
+            let (start, end) = (usize::try_from(*start).ok()?, usize::try_from(*end).ok()?);
+            for owner in owners.get_mut(start..=end)? {
+                *owner = node;
+            }
+        }
+        Some(SlotMap {
+            masters,
+            owners: owners.into(),
+        })
+    }
+
+    /// Whether `other` puts every slot on the same address.
+    fn same_as(&self, other: &SlotMap) -> bool {
+        let at = |map: &SlotMap, node: u16| map.masters.get(usize::from(node)).cloned();
+        self.owners
+            .iter()
+            .zip(other.owners.iter())
+            .all(|(&a, &b)| at(self, a) == at(other, b))
+    }
+}
+
+async fn cluster_slots(conn: &mut impl ConnectionLike) -> Result<SlotMap, Failure> {
+    let reply = conn
+        .req_packed_command(redis::cmd("CLUSTER").arg("SLOTS"))
+        .await
+        .and_then(Value::extract_error)
+        .map_err(refused)?;
+    SlotMap::read(&reply).ok_or_else(|| {
+        Failure::Transient("CLUSTER SLOTS names a master by no address, or is unreadable".into())
+    })
+}
+
+/// Every tracking connection (one per master on a Cluster), and the slot
+/// map they were made for.
+async fn subscribe_all(
+    target: &Target,
+    keys: &str,
+    push: &Push,
+) -> Result<(Vec<MultiplexedConnection>, Option<SlotMap>), Failure> {
+    match target {
+        Target::Single(client) => Ok((vec![subscribe(client, keys, push.clone()).await?], None)),
+        Target::Cluster { seed, conn } => {
+            let map = cluster_slots(&mut conn.clone()).await?;
+            let mut nodes = Vec::with_capacity(map.masters.len());
+            for (host, port) in &map.masters {
+                let addr = match seed.addr() {
+                    ConnectionAddr::Tcp(..) => ConnectionAddr::Tcp(host.clone(), *port),
+                    ConnectionAddr::TcpTls {
+                        insecure,
+                        tls_params,
+                        ..
+                    } => ConnectionAddr::TcpTls {
+                        host: host.clone(),
+                        port: *port,
+                        insecure: *insecure,
+                        tls_params: tls_params.clone(),
+                    },
+                    _ => {
+                        return Err(Failure::Permanent(
+                            "a Cluster reached other than by TCP".into(),
+                        ))
+                    }
+                };
+                let client = redis::Client::open(seed.clone().set_addr(addr)).map_err(refused)?;
+                nodes.push(subscribe(&client, keys, push.clone()).await?);
+            }
+            Ok((nodes, Some(map)))
+        }
+    }
+}
+
+/// Until a connection closes, a ping goes unanswered, a command is
+/// redirected or (on a Cluster) the slot map changes: why it ended.
 async fn watch(
-    mut conn: MultiplexedConnection,
-    lost: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+    tracked: &Tracked,
+    map: Option<&SlotMap>,
+    lost: &mut UnboundedReceiver<()>,
 ) -> &'static str {
+    let mut asked = 0usize;
     loop {
         tokio::select! {
-            _ = lost.recv() => return "the connection closed",
+            _ = lost.recv() => return "a connection closed, or a command was redirected",
             () = tokio::time::sleep(HEARTBEAT) => {}
         }
-        let ping = redis::cmd("PING");
-        match tokio::time::timeout(SILENCE, ping.query_async::<()>(&mut conn)).await {
+        let pings = async {
+            for node in tracked.nodes.iter() {
+                redis::cmd("PING")
+                    .query_async::<()>(&mut node.clone())
+                    .await?;
+            }
+            Ok::<(), redis::RedisError>(())
+        };
+        match tokio::time::timeout(SILENCE, pings).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return "a ping failed",
             Err(_) => return "a ping went unanswered for 3 s",
+        }
+        // Each heartbeat asks the next master for the slot map: a slot
+        // moved or a failover ends this subscription within a second.
+        if let (Some(map), Some(node)) =
+            (map, tracked.nodes.get(asked % tracked.nodes.len().max(1)))
+        {
+            asked = asked.wrapping_add(1);
+            match tokio::time::timeout(SILENCE, cluster_slots(&mut node.clone())).await {
+                Ok(Ok(now)) if now.same_as(map) => {}
+                Ok(Ok(_)) => return "the Cluster's slot map changed",
+                Ok(Err(_)) => return "CLUSTER SLOTS failed",
+                Err(_) => return "CLUSTER SLOTS went unanswered for 3 s",
+            }
         }
     }
 }
 
 /// What one tracking connection's pushes act on.
+#[derive(Clone)]
 struct Push {
     cache: Arc<NearCache>,
     keys: String,
     live: Arc<AtomicU64>,
     serial: u64,
-    lost: tokio::sync::mpsc::UnboundedSender<()>,
+    lost: UnboundedSender<()>,
 }
 
 /// A RESP3 connection of its own, tracking `keys` for `push.cache`.
@@ -302,6 +606,76 @@ mod tests {
             &push(PushKind::Invalidate, vec![Value::Nil]),
         );
         assert!(!cached(&cache, &b));
+    }
+
+    #[test]
+    fn a_key_hashes_to_the_slot_redis_cluster_gives_it() {
+        // `CLUSTER KEYSLOT` of each, on Redis 7.
+        assert_eq!(slot_of(b"foo"), 12182);
+        assert_eq!(slot_of(b"123456789"), 0x31C3 % 16384);
+        // A hash tag: only what is between the first `{` and the next `}`.
+        assert_eq!(slot_of(b"{user1000}.following"), slot_of(b"user1000"));
+        assert_eq!(slot_of(b"foo{{bar}}zap"), slot_of(b"{bar"));
+        // An empty tag is no tag: the whole key is hashed.
+        assert_ne!(slot_of(b"foo{}{bar}"), slot_of(b"bar"));
+        assert_eq!(
+            slot_of(b"foo{}{bar}"),
+            crc16::State::<crc16::XMODEM>::calculate(b"foo{}{bar}") % 16384
+        );
+    }
+
+    fn range(start: i64, end: i64, host: &str, port: i64) -> Value {
+        Value::Array(vec![
+            Value::Int(start),
+            Value::Int(end),
+            Value::Array(vec![
+                Value::BulkString(host.as_bytes().to_vec()),
+                Value::Int(port),
+                Value::BulkString(b"id".to_vec()),
+            ]),
+        ])
+    }
+
+    #[test]
+    fn a_slot_map_names_each_slots_master_and_tells_a_move() {
+        let reply = Value::Array(vec![
+            range(0, 5460, "10.0.0.1", 7000),
+            range(5461, 10922, "10.0.0.2", 7000),
+            range(10923, 16383, "10.0.0.3", 7000),
+        ]);
+        let map = SlotMap::read(&reply).unwrap();
+        assert_eq!(map.masters.len(), 3);
+        assert_eq!(map.owners[0], 0);
+        assert_eq!(map.owners[5461], 1);
+        assert_eq!(map.owners[16383], 2);
+        // The same map in another order is the same map.
+        let reordered = Value::Array(vec![
+            range(10923, 16383, "10.0.0.3", 7000),
+            range(0, 5460, "10.0.0.1", 7000),
+            range(5461, 10922, "10.0.0.2", 7000),
+        ]);
+        assert!(map.same_as(&SlotMap::read(&reordered).unwrap()));
+        // One slot moved, or a master replaced (a failover), is a change.
+        let moved = Value::Array(vec![
+            range(0, 5459, "10.0.0.1", 7000),
+            range(5460, 5460, "10.0.0.2", 7000),
+            range(5461, 10922, "10.0.0.2", 7000),
+            range(10923, 16383, "10.0.0.3", 7000),
+        ]);
+        assert!(!map.same_as(&SlotMap::read(&moved).unwrap()));
+        let failover = Value::Array(vec![
+            range(0, 5460, "10.0.0.4", 7000),
+            range(5461, 10922, "10.0.0.2", 7000),
+            range(10923, 16383, "10.0.0.3", 7000),
+        ]);
+        assert!(!map.same_as(&SlotMap::read(&failover).unwrap()));
+        // A slot no master serves, in the map read.
+        let partial = Value::Array(vec![range(0, 100, "10.0.0.1", 7000)]);
+        assert_eq!(SlotMap::read(&partial).unwrap().owners[101], NO_NODE);
+        // Unreadable, or a master with no known endpoint: no map.
+        assert!(SlotMap::read(&Value::Array(vec![range(0, 1, "?", 7000)])).is_none());
+        assert!(SlotMap::read(&Value::Array(vec![range(0, 16384, "h", 7000)])).is_none());
+        assert!(SlotMap::read(&Value::Int(3)).is_none());
     }
 
     #[test]
