@@ -11,6 +11,9 @@
 //!                                         stores, p50/p99)
 //! ```
 //!
+//! `KEYFOB_BENCH_NO_NEAR_CACHE=1` serves keyfob's Redis store (a
+//! `redis://` or `redis+cluster://` URL) without its near cache.
+//!
 //! Both implementations get the same cookie settings: name `id`, HttpOnly,
 //! SameSite=Lax, not Secure, idle expiry 2 h (and no absolute cap, as
 //! tower-sessions has none). `/bare` and `/_stats` sit outside the session layer.
@@ -273,26 +276,24 @@ async fn build_app(imp: &str, store: &str, url: Option<&str>) -> Router {
     let url = || url.expect("--url is required for this store");
     match (imp, store) {
         ("keyfob", "memory") => keyfob_app(keyfob::MemoryStore::new()),
-        ("keyfob", "sqlite") => keyfob_app(
-            keyfob::SqliteStore::connect(url())
-                .await
-                .expect("sqlite"),
-        ),
+        ("keyfob", "sqlite") => {
+            keyfob_app(keyfob::SqliteStore::connect(url()).await.expect("sqlite"))
+        }
         ("keyfob", "postgres") => keyfob_app(
             keyfob::PostgresStore::connect(url())
                 .await
                 .expect("postgres"),
         ),
-        ("keyfob", "mysql") => keyfob_app(
-            keyfob::MySqlStore::connect(url())
-                .await
-                .expect("mysql"),
-        ),
-        ("keyfob", "redis") => keyfob_app(
-            keyfob::RedisStore::connect(url())
-                .await
-                .expect("redis"),
-        ),
+        ("keyfob", "mysql") => keyfob_app(keyfob::MySqlStore::connect(url()).await.expect("mysql")),
+        ("keyfob", "redis") => {
+            let store = keyfob::RedisStore::connect(url()).await.expect("redis");
+            // For an A/B of the near cache (a single server or a Cluster).
+            if std::env::var_os("KEYFOB_BENCH_NO_NEAR_CACHE").is_some() {
+                keyfob_app(store.without_near_cache())
+            } else {
+                keyfob_app(store)
+            }
+        }
         ("tower-sessions", "redis") => {
             use tower_sessions_redis_store::fred::prelude::{ClientLike, Config, Pool};
             // One multiplexed connection, like keyfob's `RedisStore::connect`.
@@ -469,7 +470,10 @@ impl Near for keyfob::RedisStore {
 async fn serving(store: &impl Near) {
     let probe = Handle::from_bytes([0; 32]);
     while !store.serving() {
-        store.load(&probe, OffsetDateTime::now_utc()).await.expect("load");
+        store
+            .load(&probe, OffsetDateTime::now_utc())
+            .await
+            .expect("load");
         tokio::time::sleep(StdDuration::from_millis(5)).await;
     }
 }
@@ -591,7 +595,9 @@ fn main() {
             rt.block_on(invalidation(&url, n));
         }
         _ => {
-            eprintln!("usage: keyfob-bench serve|login|seed|invalidation ... (see the source's header)");
+            eprintln!(
+                "usage: keyfob-bench serve|login|seed|invalidation ... (see the source's header)"
+            );
             std::process::exit(2);
         }
     }
