@@ -614,30 +614,35 @@ mod near_cache {
             .await
             .unwrap();
         let given = RedisStore::cluster(conn).with_key_prefix(stores::unique_prefix());
-        let off = stores::redis_store(STANDALONE).await.without_near_cache();
-        for store in [given, off] {
-            store
-                .load(&Handle::from_bytes([1; 32]), OffsetDateTime::now_utc())
-                .await
-                .unwrap();
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            assert!(!store.near_cache_serving());
+        let off = stores::redis_store(CLUSTER).await.without_near_cache();
+        let h = Handle::from_bytes([1; 32]);
+        let now = OffsetDateTime::now_utc();
+        given.create(&h, &record(now)).await.unwrap();
+        off.create(&h, &record(now)).await.unwrap();
+        // Longer than a near cache on this Cluster takes to start serving.
+        for _ in 0..50 {
+            for store in [&given, &off] {
+                assert!(store.load(&h, now).await.unwrap().is_some());
+                assert!(!store.near_cache_serving());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 
-    /// Moves `slot` from `from` to `to` the way `redis-cli --cluster
-    /// reshard` does: importing, migrating, `MIGRATE` of its keys, then
-    /// the new owner told to every master.
-    async fn move_slot(nodes: &mut [Node], slot: u16, from: usize, to: usize) {
+    fn setslot(slot: u16, state: &str, id: &str) -> Cmd {
+        let mut c = redis::cmd("CLUSTER");
+        c.arg("SETSLOT").arg(slot).arg(state).arg(id);
+        c
+    }
+
+    /// The first half of a reshard, as `redis-cli --cluster reshard` does
+    /// it: `to` importing `slot`, `from` migrating it, and its keys moved
+    /// with `MIGRATE` (which deletes them on `from`).
+    async fn start_move(nodes: &mut [Node], slot: u16, from: usize, to: usize) {
         let (from_id, to_id) = (nodes[from].id.clone(), nodes[to].id.clone());
         let (to_host, to_port) = (nodes[to].host.clone(), nodes[to].port);
-        let setslot = |state: &str, id: &str| {
-            let mut c = redis::cmd("CLUSTER");
-            c.arg("SETSLOT").arg(slot).arg(state).arg(id);
-            c
-        };
-        let _: () = nodes[to].query(&setslot("IMPORTING", &from_id)).await;
-        let _: () = nodes[from].query(&setslot("MIGRATING", &to_id)).await;
+        let _: () = nodes[to].query(&setslot(slot, "IMPORTING", &from_id)).await;
+        let _: () = nodes[from].query(&setslot(slot, "MIGRATING", &to_id)).await;
         loop {
             let keys: Vec<String> = nodes[from]
                 .query(
@@ -663,53 +668,126 @@ mod near_cache {
                 )
                 .await;
         }
-        // The two owners first, then every other master.
+    }
+
+    /// The second half: the new owner told to both, then every master.
+    async fn finish_move(nodes: &mut [Node], slot: u16, from: usize, to: usize) {
+        let to_id = nodes[to].id.clone();
         let others = (0..nodes.len()).filter(|&i| i != to && i != from);
         let order: Vec<usize> = [to, from].into_iter().chain(others).collect();
         for i in order {
-            let _: () = nodes[i].query(&setslot("NODE", &to_id)).await;
+            let _: () = nodes[i].query(&setslot(slot, "NODE", &to_id)).await;
         }
     }
 
-    /// A reshard moves a cached session's slot to another master; a write
-    /// there by another process reaches this cache, and after the move
-    /// the cache serves again and hears of changes on the new master.
+    /// A reshard moves a cached session's slot to another master, one
+    /// that has never run keyfob's scripts. While the slot migrates, this
+    /// store reads and writes the session through the redirect (and keeps
+    /// serving its other copies); after it, a write on the new master by
+    /// another process reaches this cache, and the cache serves again on
+    /// the new map.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_moved_slot_leaves_no_stale_copy_in_the_near_cache() {
-        let prefix = stores::unique_prefix();
-        let here = serving(CLUSTER, prefix.clone()).await;
-        let there = stores::redis_store(CLUSTER)
-            .await
-            .with_key_prefix(prefix.clone())
-            .without_near_cache();
+    async fn a_resharded_session_stays_writable_and_is_never_served_stale() {
         let mut nodes = masters(CLUSTER).await;
         assert!(nodes.len() >= 2, "the test Cluster has one master");
-        let now = OffsetDateTime::now_utc();
+        let prefix = stores::unique_prefix();
         let h = Handle::from_bytes([14; 32]);
-        here.create(&h, &record(now)).await.unwrap();
-        let v1 = here.load(&h, now).await.unwrap().unwrap().version();
         let slot = slot_of(&mut nodes[0], &format!("{prefix}:s:{h}")).await;
         let from = nodes.iter().position(|n| n.serves(slot)).unwrap();
         let to = (from + 1) % nodes.len();
-        move_slot(&mut nodes, slot, from, to).await;
-        let touch = keyfob::Update::touch(now, Some(now + Duration::hours(1)));
-        assert_eq!(
-            there.update(&h, &touch, now).await.unwrap(),
-            Updated::Applied
-        );
-        assert!(
-            eventually(&here, &h, |r| r.is_some_and(|r| r.version() > v1)).await,
-            "the copy from before the move was still served"
-        );
-        // Serving again on the new map, through the new master.
-        wait_serving(&here).await;
-        let v2 = here.load(&h, now).await.unwrap().unwrap().version();
-        there.update(&h, &touch, now).await.unwrap();
-        assert!(eventually(&here, &h, |r| r.is_some_and(|r| r.version() > v2)).await);
-        there.delete(&h).await.unwrap();
-        assert!(gone_within_2s(&here, &h).await);
-        // Put back, so the Cluster is as the other tests found it.
-        move_slot(&mut nodes, slot, to, from).await;
+        let body = tokio::spawn(async move {
+            let mut nodes = masters(CLUSTER).await;
+            let here = serving(CLUSTER, prefix.clone()).await;
+            let there = stores::redis_store(CLUSTER)
+                .await
+                .with_key_prefix(prefix.clone())
+                .without_near_cache();
+            let now = OffsetDateTime::now_utc();
+            here.create(&h, &record(now)).await.unwrap();
+            let v1 = here.load(&h, now).await.unwrap().unwrap().version();
+            // A session elsewhere, cached: it must stay served throughout.
+            let other = (20u8..)
+                .map(|b| Handle::from_bytes([b; 32]))
+                .find(|o| !nodes[from].serves(slot_of_local(&format!("{prefix}:s:{o}"))))
+                .unwrap();
+            here.create(&other, &record(now)).await.unwrap();
+            assert!(here.load(&other, now).await.unwrap().is_some());
+            // The new owner knows none of keyfob's scripts.
+            let _: () = nodes[to].query(redis::cmd("SCRIPT").arg("FLUSH")).await;
+            start_move(&mut nodes, slot, from, to).await;
+            // Migrating: the old owner answers ASK for the moved key.
+            let loaded = here.load(&h, now).await.unwrap().unwrap();
+            assert_eq!(loaded.version(), v1);
+            let touch = keyfob::Update::touch(now, Some(now + Duration::hours(1)));
+            assert_eq!(
+                here.update(&h, &touch, now).await.unwrap(),
+                Updated::Applied
+            );
+            assert!(here.near_cache_serving(), "an ASK restarted the near cache");
+            assert!(here.load(&other, now).await.unwrap().is_some());
+            finish_move(&mut nodes, slot, from, to).await;
+            // Moved: the old owner answers MOVED; the write still lands.
+            let v2 = there.load(&h, now).await.unwrap().unwrap().version();
+            assert_eq!(
+                here.update(&h, &touch, now).await.unwrap(),
+                Updated::Applied
+            );
+            assert!(there.load(&h, now).await.unwrap().unwrap().version() > v2);
+            let v3 = there.load(&h, now).await.unwrap().unwrap().version();
+            assert_eq!(
+                there.update(&h, &touch, now).await.unwrap(),
+                Updated::Applied
+            );
+            assert!(
+                eventually(&here, &h, |r| r.is_some_and(|r| r.version() > v3)).await,
+                "a copy from before the move was still served"
+            );
+            // Serving again on the new map, and hearing of changes there.
+            wait_serving(&here).await;
+            let v4 = here.load(&h, now).await.unwrap().unwrap().version();
+            there.update(&h, &touch, now).await.unwrap();
+            assert!(eventually(&here, &h, |r| r.is_some_and(|r| r.version() > v4)).await);
+            there.delete(&h).await.unwrap();
+            assert!(gone_within_2s(&here, &h).await);
+        });
+        let outcome = body.await;
+        // Put the slot back whatever happened, so the Cluster is as the
+        // other tests found it.
+        let home = nodes[from].id.clone();
+        let mut nodes = masters(CLUSTER).await;
+        let home = nodes.iter().position(|n| n.id == home).unwrap();
+        match nodes.iter().position(|n| n.serves(slot)) {
+            Some(owner) if owner != home => {
+                start_move(&mut nodes, slot, owner, home).await;
+                finish_move(&mut nodes, slot, owner, home).await;
+            }
+            _ => {
+                for node in &mut nodes {
+                    let _: () = node
+                        .query(redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg("STABLE"))
+                        .await;
+                }
+            }
+        }
+        if let Err(e) = outcome {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+
+    /// The hash slot of a key (CRC16/XMODEM, no hash tags in these keys).
+    fn slot_of_local(key: &str) -> u16 {
+        let mut crc: u16 = 0;
+        for &b in key.as_bytes() {
+            crc ^= u16::from(b) << 8;
+            for _ in 0..8 {
+                crc = if crc & 0x8000 != 0 {
+                    (crc << 1) ^ 0x1021
+                } else {
+                    crc << 1
+                };
+            }
+        }
+        crc % 16_384
     }
 
     both!(

@@ -171,6 +171,9 @@ const DEFAULT_PREFIX: &str = "keyfob";
 ///   this prefix) is a store error, not "no session": it is loud on purpose;
 /// - the near cache needs Redis 6 or later and an account allowed `CLIENT`
 ///   (`TRACKING`, `SETNAME`); without them it stays off, with one warning.
+///   On a Cluster it also needs `CLUSTER SLOTS` and every master reachable
+///   over TCP at the address the Cluster announces for it (else it does
+///   not serve, and warns once);
 ///   Redis remembers, per tracking connection, the session keys it read (its
 ///   `tracking-table-max-keys` bounds that; past it, Redis drops entries and
 ///   the cache drops the matching copies);
@@ -380,21 +383,19 @@ impl RedisStore {
 
     async fn connect_cluster(seeds: Vec<String>) -> Result<Self> {
         use redis::IntoConnectionInfo;
-        let seed = seeds
-            .first()
-            .map(|s| s.as_str().into_connection_info())
-            .transpose()
+        let infos = seeds
+            .iter()
+            .map(|s| s.as_str().into_connection_info().map(resp3))
+            .collect::<redis::RedisResult<Vec<_>>>()
             .map_err(bad_url)?;
         let client = redis::cluster::ClusterClient::new(seeds)
             .map_err(|e| Error::with_source(crate::ErrorKind::Config, e))?;
         let conn = client.get_async_connection().await.map_err(Error::store)?;
         let mut store = Self::cluster(conn.clone());
-        store.near = seed.map(|seed| {
-            Near::with_defaults(tracking::Target::Cluster {
-                seed: resp3(seed),
-                conn,
-            })
-        });
+        store.near = Some(Near::with_defaults(tracking::Target::Cluster {
+            seeds: infos,
+            conn,
+        }));
         Ok(store)
     }
 

@@ -38,19 +38,32 @@
 //! The connections are checked every second (`PING`, answered within
 //! 3 s); when one fails, falls silent or closes, the cache stops serving
 //! and empties at once, and serves again (empty) only once new
-//! connections are tracking. On a Cluster the same heartbeat reads the
-//! slot map (`CLUSTER SLOTS`, from each master in turn) and starts over
-//! when a slot has moved or a master changed (a failover); a command a
-//! node redirects (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`) stops the
-//! cache at once and goes through the store's cluster connection. So a
-//! reshard or a failover costs a second of misses, not a stale read: a
-//! migrated key is deleted on the node it leaves (an invalidation), and
-//! writes to a promoted replica can be missed only until a heartbeat
-//! reads the new map: within a second, or, while the old master is cut
-//! off from the Cluster and has not heard of its demotion, within one
-//! second per master (the heartbeat asks each in turn). A server without tracking (older
-//! than Redis 6) or an account not allowed `CLIENT` leaves the cache off
-//! for good, with one warning.
+//! connections are tracking. A server without tracking (older than
+//! Redis 6) or an account not allowed `CLIENT` leaves the cache off for
+//! good, with one warning.
+//!
+//! On a Cluster:
+//! - the slot map comes from `CLUSTER SLOTS` on the first seed that
+//!   answers (a master named by no address is the node that answered; one
+//!   named `?` leaves its slots untracked, read through the cluster
+//!   connection), and each master's connection from the first seed's
+//!   settings with the master's announced address, so every master must
+//!   be reachable there, over TCP;
+//! - the heartbeat also reads the slot map, from each master in turn, and
+//!   starts over (empty) when a slot's master changed: a moved slot, or a
+//!   failover, even one behind an unchanged address (node IDs differ);
+//! - a command a node redirects goes through the store's cluster
+//!   connection, with the rest of its operation, and is not cached;
+//!   `MOVED` also starts over at once (see `TrackedConn`);
+//! - so a reshard costs misses for the keys of each moved slot and one
+//!   restart (an empty cache) per slot moved, never a stale read: a
+//!   migrated key is deleted on the node it leaves (an invalidation), and
+//!   writes to a promoted replica can be missed only until a heartbeat
+//!   reads the new map: within a second, or, while the old master is cut
+//!   off from the Cluster and has not heard of its demotion, within one
+//!   second per master (the heartbeat asks each in turn);
+//! - the masters are connected one after the other, within the 5 s a
+//!   subscription may take.
 
 use std::{
     sync::{
@@ -87,12 +100,13 @@ const SLOTS: usize = 16_384;
 pub(super) enum Target {
     /// A single server: its settings, in RESP3.
     Single(redis::Client),
-    /// A Cluster: one connection to each master, made from the seed's
-    /// settings (RESP3, credentials, TLS) with the master's address; the
-    /// store's cluster connection reads the slot map and takes a command
-    /// a node redirects.
+    /// A Cluster: the seeds' settings in RESP3 (the first seed that
+    /// answers tells the slot map; each master's connection is made from
+    /// the first seed's settings, credentials and TLS, with the master's
+    /// address), and the store's cluster connection, which takes a
+    /// command a node redirects.
     Cluster {
-        seed: ConnectionInfo,
+        seeds: Vec<ConnectionInfo>,
         conn: ClusterConnection,
     },
 }
@@ -111,6 +125,9 @@ pub(super) struct Tracked {
     fallback: Option<ClusterConnection>,
     cache: Arc<NearCache>,
     lost: UnboundedSender<()>,
+    /// This generation's serial, and where the live one is counted.
+    serial: u64,
+    serials: Arc<AtomicU64>,
 }
 
 const NO_NODE: u16 = u16::MAX;
@@ -130,6 +147,9 @@ impl Tracked {
             fallback: self.fallback.clone(),
             cache: self.cache.clone(),
             lost: self.lost.clone(),
+            serial: self.serial,
+            serials: self.serials.clone(),
+            diverted: false,
         })
     }
 }
@@ -146,49 +166,79 @@ fn slot_of(key: &[u8]) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(key)) % SLOTS as u16
 }
 
-/// One node's tracking connection, as the store's commands see it. A
-/// reply that says the key is served elsewhere or not now (`MOVED`,
-/// `ASK`, `TRYAGAIN`, `CLUSTERDOWN`: the command did not run) means the
-/// slot map this cache was built on is stale: the cache stops at once
-/// (a load or write in flight can no longer fill it), a new subscription
-/// is asked for, and the command goes again through the cluster
-/// connection, which follows the redirect.
+/// One node's tracking connection, as the store's commands see it, for
+/// one store operation. A reply that says the key is not served here
+/// (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`: the command did not run)
+/// sends the command again through the store's cluster connection, which
+/// follows the redirect, and so every later command of the operation (a
+/// script's `SCRIPT LOAD` and second `EVALSHA` on a node that did not
+/// know it). What the operation then reads or writes is not tracked, so
+/// every ticket taken before is voided: no copy of it is cached.
+/// `MOVED` also means the slot map this generation was built on is stale:
+/// the cache stops at once and a new subscription is asked for. The
+/// others do not: `ASK` (a slot being migrated: the key is already on
+/// the importing node, and was deleted here, which invalidated it) and
+/// `TRYAGAIN`/`CLUSTERDOWN` (a passing state) leave the map as it was,
+/// and restarting on each would reconnect to every master for the length
+/// of a migration.
 #[derive(Clone)]
 pub(super) struct TrackedConn {
     conn: MultiplexedConnection,
     fallback: Option<ClusterConnection>,
     cache: Arc<NearCache>,
     lost: UnboundedSender<()>,
+    serial: u64,
+    serials: Arc<AtomicU64>,
+    /// Redirected once: the rest of the operation goes to the fallback.
+    diverted: bool,
+}
+
+/// The cluster redirect a reply is, if any.
+fn redirect(reply: &redis::RedisResult<Value>) -> Option<&str> {
+    let code = match reply {
+        Ok(Value::ServerError(e)) => Some(e.code()),
+        Err(e) if e.is_cluster_error() => e.code(),
+        _ => None,
+    }?;
+    matches!(code, "MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN").then_some(code)
 }
 
 impl TrackedConn {
-    /// Whether `reply` is a redirect; if so, the cache stops.
-    fn redirected(&self, reply: &redis::RedisResult<Value>) -> bool {
-        let redirect = match reply {
-            Ok(Value::ServerError(e)) => {
-                matches!(e.code(), "MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN")
-            }
-            Err(e) => e.is_cluster_error(),
-            Ok(_) => false,
+    /// Acts on a redirect (see the type's docs); whether it was one and
+    /// the command must go again through the fallback.
+    fn redirected(&mut self, reply: &redis::RedisResult<Value>) -> bool {
+        let Some(code) = redirect(reply) else {
+            return false;
         };
-        if redirect && self.fallback.is_some() {
+        if self.fallback.is_none() {
+            return false;
+        }
+        self.diverted = true;
+        // Only this generation's own redirect may stop the cache: a late
+        // one from an abandoned generation would stop its successor with
+        // nothing left to start it again.
+        if code == "MOVED" && self.serials.load(Ordering::SeqCst) == self.serial {
             self.cache.stop();
             let _ = self.lost.send(());
+        } else {
+            self.cache.void();
         }
-        redirect
+        true
     }
 }
 
 impl ConnectionLike for TrackedConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            let reply = self.conn.req_packed_command(cmd).await;
-            if !self.redirected(&reply) {
-                return reply;
+            if !self.diverted {
+                let reply = self.conn.req_packed_command(cmd).await;
+                if !self.redirected(&reply) {
+                    return reply;
+                }
             }
             match &mut self.fallback {
                 Some(cluster) => cluster.req_packed_command(cmd).await,
-                None => reply,
+                None => self.conn.req_packed_command(cmd).await,
             }
         })
     }
@@ -262,12 +312,20 @@ pub(super) async fn track(target: Target, keys: String, cache: Arc<NearCache>, l
                     },
                     cache: cache.clone(),
                     lost: lost_tx,
+                    serial,
+                    serials: serials.clone(),
                 };
                 set(&live, Some(tracked.clone()));
                 cache.start();
-                backoff = Duration::from_millis(50);
                 warned = false;
+                let began = std::time::Instant::now();
                 let why = watch(&tracked, map.as_ref(), &mut lost).await;
+                // A generation that served a while starts the next one
+                // soon; one that ended at once (a Cluster still settling
+                // after a move) backs off like a failed subscription.
+                if began.elapsed() >= HEARTBEAT {
+                    backoff = Duration::from_millis(50);
+                }
                 cache.stop();
                 set(&live, None);
                 tracing::warn!(
@@ -305,21 +363,31 @@ fn set(live: &Live, tracked: Option<Tracked>) {
 
 /// A Cluster's slot map: which master serves each slot.
 struct SlotMap {
-    /// The masters' addresses, in the order of the tracking connections.
-    masters: Vec<(String, u16)>,
+    /// The masters (host, port, node ID), in the order of the tracking
+    /// connections.
+    masters: Vec<(String, u16, String)>,
     owners: Arc<[u16]>,
 }
 
 impl SlotMap {
     /// Reads a `CLUSTER SLOTS` reply (`[start, end, [host, port, id, ...],
-    /// replicas...]` per range); `None` if it is not one, or names a master
-    /// by no address (`?` or empty: the node does not know its endpoint).
-    fn read(reply: &Value) -> Option<SlotMap> {
+    /// replicas...]` per range) from the node at `answering`. As Redis
+    /// documents, a master named by no address (`NULL`, empty, `0.0.0.0`,
+    /// `::`) is the node that answered, and `?` (an endpoint the node
+    /// does not know) leaves its slots untracked. `None` if the reply is
+    /// not a slot map or names no master at all.
+    fn read(reply: &Value, answering: &str) -> Option<SlotMap> {
         let Value::Array(ranges) = reply else {
             return None;
         };
-        let mut masters: Vec<(String, u16)> = Vec::new();
+        let mut masters: Vec<(String, u16, String)> = Vec::new();
         let mut owners = vec![NO_NODE; SLOTS];
+        let text = |v: Option<&Value>| match v {
+            Some(Value::BulkString(b)) => String::from_utf8(b.clone()).ok(),
+            Some(Value::SimpleString(t)) => Some(t.clone()),
+            Some(Value::Nil) | None => Some(String::new()),
+            _ => None,
+        };
         for range in ranges {
             let Value::Array(fields) = range else {
                 return None;
@@ -329,30 +397,32 @@ impl SlotMap {
             else {
                 return None;
             };
-            let host = match master.first() {
-                Some(Value::BulkString(h)) => String::from_utf8(h.clone()).ok()?,
-                Some(Value::SimpleString(h)) => h.clone(),
-                _ => return None,
-            };
+            let host = text(master.first())?;
             let Some(Value::Int(port)) = master.get(1) else {
                 return None;
             };
-            if host.is_empty() || host == "?" {
-                return None;
-            }
-            let address = (host, u16::try_from(*port).ok()?);
-            let node = match masters.iter().position(|m| *m == address) {
+            let id = text(master.get(2))?;
+            let host = match host.as_str() {
+                "?" => continue,
+                "" | "0.0.0.0" | "::" => answering.to_owned(),
+                _ => host,
+            };
+            let node = (host, u16::try_from(*port).ok()?, id);
+            let index = match masters.iter().position(|m| *m == node) {
                 Some(i) => i,
                 None => {
-                    masters.push(address);
+                    masters.push(node);
                     masters.len() - 1
                 }
             };
-            let node = u16::try_from(node).ok()?;
+            let index = u16::try_from(index).ok()?;
             let (start, end) = (usize::try_from(*start).ok()?, usize::try_from(*end).ok()?);
             for owner in owners.get_mut(start..=end)? {
-                *owner = node;
+                *owner = index;
             }
+        }
+        if masters.is_empty() {
+            return None;
         }
         Some(SlotMap {
             masters,
@@ -360,7 +430,8 @@ impl SlotMap {
         })
     }
 
-    /// Whether `other` puts every slot on the same address.
+    /// Whether `other` puts every slot on the same master (address and
+    /// node ID: a failover behind an unchanged address is a change).
     fn same_as(&self, other: &SlotMap) -> bool {
         let at = |map: &SlotMap, node: u16| map.masters.get(usize::from(node)).cloned();
         self.owners
@@ -370,15 +441,51 @@ impl SlotMap {
     }
 }
 
-async fn cluster_slots(conn: &mut impl ConnectionLike) -> Result<SlotMap, Failure> {
+async fn cluster_slots(
+    conn: &mut impl ConnectionLike,
+    answering: &str,
+) -> Result<SlotMap, Failure> {
     let reply = conn
         .req_packed_command(redis::cmd("CLUSTER").arg("SLOTS"))
         .await
         .and_then(Value::extract_error)
         .map_err(refused)?;
-    SlotMap::read(&reply).ok_or_else(|| {
-        Failure::Transient("CLUSTER SLOTS names a master by no address, or is unreadable".into())
+    SlotMap::read(&reply, answering).ok_or_else(|| {
+        Failure::Transient("CLUSTER SLOTS names no reachable master, or is unreadable".into())
     })
+}
+
+/// The host a connection goes to, for a node that names itself by none.
+fn host_of(info: &ConnectionInfo) -> Option<&str> {
+    match info.addr() {
+        ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => Some(host),
+        _ => None,
+    }
+}
+
+/// The slot map, from the first seed that answers.
+async fn seed_slots(seeds: &[ConnectionInfo]) -> Result<SlotMap, Failure> {
+    let mut why = Failure::Transient("no seed node".into());
+    for seed in seeds {
+        let Some(host) = host_of(seed) else {
+            return Err(Failure::Permanent(
+                "a Cluster reached other than by TCP".into(),
+            ));
+        };
+        let asked = async {
+            let client = redis::Client::open(seed.clone()).map_err(refused)?;
+            let mut conn = client
+                .get_multiplexed_async_connection()
+                .await
+                .map_err(refused)?;
+            cluster_slots(&mut conn, host).await
+        };
+        match asked.await {
+            Ok(map) => return Ok(map),
+            Err(e) => why = e,
+        }
+    }
+    Err(why)
 }
 
 /// Every tracking connection (one per master on a Cluster), and the slot
@@ -390,10 +497,13 @@ async fn subscribe_all(
 ) -> Result<(Vec<MultiplexedConnection>, Option<SlotMap>), Failure> {
     match target {
         Target::Single(client) => Ok((vec![subscribe(client, keys, push.clone()).await?], None)),
-        Target::Cluster { seed, conn } => {
-            let map = cluster_slots(&mut conn.clone()).await?;
+        Target::Cluster { seeds, .. } => {
+            let map = seed_slots(seeds).await?;
+            let Some(seed) = seeds.first() else {
+                return Err(Failure::Permanent("no seed node".into()));
+            };
             let mut nodes = Vec::with_capacity(map.masters.len());
-            for (host, port) in &map.masters {
+            for (host, port, _) in &map.masters {
                 let addr = match seed.addr() {
                     ConnectionAddr::Tcp(..) => ConnectionAddr::Tcp(host.clone(), *port),
                     ConnectionAddr::TcpTls {
@@ -448,11 +558,11 @@ async fn watch(
         }
         // Each heartbeat asks the next master for the slot map: a slot
         // moved or a failover ends this subscription within a second.
-        if let (Some(map), Some(node)) =
-            (map, tracked.nodes.get(asked % tracked.nodes.len().max(1)))
-        {
+        let next = asked % tracked.nodes.len().max(1);
+        if let (Some(map), Some(node)) = (map, tracked.nodes.get(next)) {
             asked = asked.wrapping_add(1);
-            match tokio::time::timeout(SILENCE, cluster_slots(&mut node.clone())).await {
+            let host = map.masters.get(next).map_or("", |m| m.0.as_str());
+            match tokio::time::timeout(SILENCE, cluster_slots(&mut node.clone(), host)).await {
                 Ok(Ok(now)) if now.same_as(map) => {}
                 Ok(Ok(_)) => return "the Cluster's slot map changed",
                 Ok(Err(_)) => return "CLUSTER SLOTS failed",
@@ -625,58 +735,82 @@ mod tests {
         );
     }
 
-    fn range(start: i64, end: i64, host: &str, port: i64) -> Value {
+    fn range(start: i64, end: i64, host: &str, id: &str) -> Value {
         Value::Array(vec![
             Value::Int(start),
             Value::Int(end),
             Value::Array(vec![
                 Value::BulkString(host.as_bytes().to_vec()),
-                Value::Int(port),
-                Value::BulkString(b"id".to_vec()),
+                Value::Int(7000),
+                Value::BulkString(id.as_bytes().to_vec()),
             ]),
         ])
     }
 
+    fn map(ranges: Vec<Value>) -> Option<SlotMap> {
+        SlotMap::read(&Value::Array(ranges), "10.0.0.9")
+    }
+
     #[test]
     fn a_slot_map_names_each_slots_master_and_tells_a_move() {
-        let reply = Value::Array(vec![
-            range(0, 5460, "10.0.0.1", 7000),
-            range(5461, 10922, "10.0.0.2", 7000),
-            range(10923, 16383, "10.0.0.3", 7000),
-        ]);
-        let map = SlotMap::read(&reply).unwrap();
-        assert_eq!(map.masters.len(), 3);
-        assert_eq!(map.owners[0], 0);
-        assert_eq!(map.owners[5461], 1);
-        assert_eq!(map.owners[16383], 2);
+        let three = || {
+            vec![
+                range(0, 5460, "10.0.0.1", "a"),
+                range(5461, 10922, "10.0.0.2", "b"),
+                range(10923, 16383, "10.0.0.3", "c"),
+            ]
+        };
+        let base = map(three()).unwrap();
+        assert_eq!(base.masters.len(), 3);
+        assert_eq!(base.owners[0], 0);
+        assert_eq!(base.owners[5461], 1);
+        assert_eq!(base.owners[16383], 2);
         // The same map in another order is the same map.
-        let reordered = Value::Array(vec![
-            range(10923, 16383, "10.0.0.3", 7000),
-            range(0, 5460, "10.0.0.1", 7000),
-            range(5461, 10922, "10.0.0.2", 7000),
-        ]);
-        assert!(map.same_as(&SlotMap::read(&reordered).unwrap()));
-        // One slot moved, or a master replaced (a failover), is a change.
-        let moved = Value::Array(vec![
-            range(0, 5459, "10.0.0.1", 7000),
-            range(5460, 5460, "10.0.0.2", 7000),
-            range(5461, 10922, "10.0.0.2", 7000),
-            range(10923, 16383, "10.0.0.3", 7000),
-        ]);
-        assert!(!map.same_as(&SlotMap::read(&moved).unwrap()));
-        let failover = Value::Array(vec![
-            range(0, 5460, "10.0.0.4", 7000),
-            range(5461, 10922, "10.0.0.2", 7000),
-            range(10923, 16383, "10.0.0.3", 7000),
-        ]);
-        assert!(!map.same_as(&SlotMap::read(&failover).unwrap()));
-        // A slot no master serves, in the map read.
-        let partial = Value::Array(vec![range(0, 100, "10.0.0.1", 7000)]);
-        assert_eq!(SlotMap::read(&partial).unwrap().owners[101], NO_NODE);
-        // Unreadable, or a master with no known endpoint: no map.
-        assert!(SlotMap::read(&Value::Array(vec![range(0, 1, "?", 7000)])).is_none());
-        assert!(SlotMap::read(&Value::Array(vec![range(0, 16384, "h", 7000)])).is_none());
-        assert!(SlotMap::read(&Value::Int(3)).is_none());
+        let mut reordered = three();
+        reordered.rotate_left(1);
+        assert!(base.same_as(&map(reordered).unwrap()));
+        // One slot moved is a change.
+        let moved = vec![
+            range(0, 5459, "10.0.0.1", "a"),
+            range(5460, 5460, "10.0.0.2", "b"),
+            range(5461, 10922, "10.0.0.2", "b"),
+            range(10923, 16383, "10.0.0.3", "c"),
+        ];
+        assert!(!base.same_as(&map(moved).unwrap()));
+        // A failover: another address, or another node behind the same one.
+        let mut failover = three();
+        failover[0] = range(0, 5460, "10.0.0.4", "d");
+        assert!(!base.same_as(&map(failover).unwrap()));
+        let mut same_address = three();
+        same_address[0] = range(0, 5460, "10.0.0.1", "d");
+        assert!(!base.same_as(&map(same_address).unwrap()));
+    }
+
+    #[test]
+    fn a_master_named_by_no_address_is_the_node_that_answered() {
+        for host in ["", "0.0.0.0", "::"] {
+            let m = map(vec![range(0, 16383, host, "a")]).unwrap();
+            assert_eq!(m.masters[0].0, "10.0.0.9", "{host:?}");
+        }
+        let null = Value::Array(vec![Value::Array(vec![
+            Value::Int(0),
+            Value::Int(16383),
+            Value::Array(vec![Value::Nil, Value::Int(7000), Value::Nil]),
+        ])]);
+        assert_eq!(SlotMap::read(&null, "h").unwrap().masters[0].0, "h");
+        // An unknown endpoint (`?`): its slots stay untracked.
+        let partial = map(vec![
+            range(0, 100, "10.0.0.1", "a"),
+            range(101, 16383, "?", "b"),
+        ])
+        .unwrap();
+        assert_eq!(partial.owners[100], 0);
+        assert_eq!(partial.owners[101], NO_NODE);
+        // Unreadable, out of range, or no master at all: no map.
+        assert!(map(vec![range(0, 16384, "h", "a")]).is_none());
+        assert!(map(vec![range(0, 1, "?", "a")]).is_none());
+        assert!(map(vec![]).is_none());
+        assert!(SlotMap::read(&Value::Int(3), "h").is_none());
     }
 
     #[test]
