@@ -289,6 +289,74 @@ mod postgres {
         assert!(reads_none().await);
     }
 
+    /// Updates that arrive together commit together (one statement, one
+    /// transaction: the rows share their `xmin`), each still applied to
+    /// its own session; a value the server refuses fails its own request
+    /// only.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_commit_together_and_a_refused_one_fails_alone() {
+        let store = stores::postgres_store().await;
+        let (pool, table) = (store.pool().clone(), store.table().to_owned());
+        let app = Arc::new(App::new(Arc::new(store)));
+        let mut cookies = Vec::new();
+        for _ in 0..60 {
+            cookies.push(app.session_with("seed", "0").await);
+        }
+        let write_all = |bad: Option<usize>| {
+            let tasks: Vec<_> = cookies
+                .iter()
+                .enumerate()
+                .map(|(i, cookie)| {
+                    let (app, cookie) = (app.clone(), cookie.clone());
+                    let value = if Some(i) == bad {
+                        "a%00b".to_owned()
+                    } else {
+                        format!("v{i}")
+                    };
+                    tokio::spawn(async move {
+                        app.send("POST", &format!("/set/k/{value}"), Some(&cookie))
+                            .await
+                            .status
+                    })
+                })
+                .collect();
+            async move {
+                let mut statuses = Vec::new();
+                for t in tasks {
+                    statuses.push(t.await.unwrap());
+                }
+                statuses
+            }
+        };
+        let statuses = write_all(None).await;
+        assert!(
+            statuses.iter().all(|s| *s == StatusCode::OK),
+            "{statuses:?}"
+        );
+        let transactions: i64 =
+            sqlx::query_scalar(&format!("SELECT count(DISTINCT xmin::text) FROM {table}"))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert!(
+            transactions < 30,
+            "60 concurrent writes took {transactions} transactions"
+        );
+        for (i, cookie) in cookies.iter().enumerate() {
+            let r = app.send("GET", "/get/k", Some(cookie)).await;
+            assert_eq!(r.body, format!("\"v{i}\""), "session {i}");
+        }
+        // Again, with a NUL in one value (`jsonb` cannot hold it).
+        let statuses = write_all(Some(7)).await;
+        for (i, status) in statuses.iter().enumerate() {
+            assert_eq!(*status == StatusCode::OK, i != 7, "session {i}: {status}");
+        }
+        for (i, cookie) in cookies.iter().enumerate() {
+            let r = app.send("GET", "/get/k", Some(cookie)).await;
+            assert_eq!(r.body, format!("\"v{i}\""), "session {i}");
+        }
+    }
+
     use keyfob::{Handle, Record, Update};
     use time::{Duration, OffsetDateTime};
 
