@@ -36,8 +36,6 @@ pub(crate) mod mysql;
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "redis"))]
 pub(crate) mod near;
 #[cfg(feature = "postgres")]
-mod pg_batch;
-#[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;

@@ -14,7 +14,6 @@ use time::OffsetDateTime;
 
 use super::{
     near::{self, NearCache},
-    pg_batch::{Args, Batcher},
     sql::{handle_from, sweep_at, valid_identifier},
     BoxFuture, Created, OwnedSession, SessionStore, Updated,
 };
@@ -108,9 +107,6 @@ pub struct PostgresStore {
     schema: Arc<str>,
     table: Arc<str>,
     q: Arc<Queries>,
-    /// Change-set writes, grouped into one statement per commit (see
-    /// `pg_batch`).
-    writes: Arc<Batcher>,
     /// The near cache and its listener; `None` when turned off.
     near: Option<Arc<Near>>,
     /// Its bounds (sessions, bytes), kept across a change of table.
@@ -239,7 +235,7 @@ fn listener_name(schema: &str, table: &str) -> String {
 /// A write PostgreSQL refused because of the value itself (a `\u0000` in
 /// JSON or text, which `jsonb` cannot hold) is the app's data problem, not
 /// an outage: report it as such instead of `503`.
-pub(super) fn write_error(e: sqlx::Error) -> Error {
+fn write_error(e: sqlx::Error) -> Error {
     let bad_value = e
         .as_database_error()
         .and_then(|d| d.code())
@@ -306,14 +302,11 @@ impl PostgresStore {
     }
 
     fn with_names(pool: PgPool, schema: &str, table: &str, near: Option<(u64, u64)>) -> Self {
-        let q = Queries::new(schema, table);
-        let writes = Batcher::new(pool.clone(), &q.table, q.update_returning.clone(), COLUMNS);
         PostgresStore {
             pool,
             schema: schema.into(),
             table: table.into(),
-            q: Arc::new(q),
-            writes: Arc::new(writes),
+            q: Arc::new(Queries::new(schema, table)),
             near: near.map(|(sessions, bytes)| Near::new(sessions, bytes)),
             near_bounds: near,
         }
@@ -673,49 +666,34 @@ impl SessionStore for PostgresStore {
             let near = self.near();
             let target = update.rename_to().unwrap_or(handle);
             let ticket = near.map(|c| c.ticket(target));
-            // A change of handle runs alone; every other write goes in the
-            // next group (one statement, one commit; see `pg_batch`).
-            let row = if update.rename_to().is_none() {
-                let args = Args {
-                    now: secs(now),
-                    clear,
-                    removed: removed.into_iter().map(str::to_owned).collect(),
-                    sets,
-                    seen: update.seen,
-                    idle: update.idle_deadline,
-                    owner: update
-                        .owner
-                        .as_ref()
-                        .map(|o| o.as_deref().map(str::to_owned)),
-                    expiry,
-                };
-                self.writes.update(handle, args).await
+            let sql = if near.is_some() {
+                &self.q.update_returning
             } else {
-                sqlx::query(&self.q.update_returning)
-                    .bind(&handle.as_bytes()[..])
-                    .bind(secs(now))
-                    .bind(clear)
-                    .bind(removed)
-                    .bind(to_json(&sets)?)
-                    .bind(update.seen)
-                    .bind(update.idle_deadline)
-                    .bind(update.owner.is_some())
-                    .bind(update.owner.as_ref().and_then(|o| o.as_deref()))
-                    .bind(expiry.is_some())
-                    .bind(expiry.flatten())
-                    .bind(update.rename_to().map(|h| h.as_bytes().to_vec()))
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(write_error)
+                &self.q.update
             };
+            let query = sqlx::query(sql)
+                .bind(&handle.as_bytes()[..])
+                .bind(secs(now))
+                .bind(clear)
+                .bind(removed)
+                .bind(to_json(&sets)?)
+                .bind(update.seen)
+                .bind(update.idle_deadline)
+                .bind(update.owner.is_some())
+                .bind(update.owner.as_ref().and_then(|o| o.as_deref()))
+                .bind(expiry.is_some())
+                .bind(expiry.flatten())
+                .bind(update.rename_to().map(|h| h.as_bytes().to_vec()));
             let Some(cache) = near else {
-                return Ok(if row?.is_some() {
+                let done = query.execute(&self.pool).await.map_err(write_error)?;
+                return Ok(if done.rows_affected() == 1 {
                     Updated::Applied
                 } else {
                     Updated::Gone
                 });
             };
             // With the cache, the stored row comes back to refresh it.
+            let row = query.fetch_optional(&self.pool).await.map_err(write_error);
             let row = match row {
                 Ok(Some(row)) => row,
                 // Gone, or unknown: no copy of it may stay.
