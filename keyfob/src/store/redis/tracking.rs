@@ -159,9 +159,9 @@ impl Tracked {
 /// first `}` after it, if not empty), modulo 16384.
 fn slot_of(key: &[u8]) -> u16 {
     let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
-        let rest = &key[open + 1..];
+        let rest = key.get(open + 1..)?;
         let close = rest.iter().position(|&b| b == b'}')?;
-        Some(&rest[..close]).filter(|tag| !tag.is_empty())
+        rest.get(..close).filter(|tag| !tag.is_empty())
     });
     crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(key)) % SLOTS as u16
 }
