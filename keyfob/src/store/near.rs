@@ -65,7 +65,8 @@ pub(crate) struct NearCache {
     map: Cache<Handle, Arc<Record>, Weight>,
     generations: Box<[AtomicU64]>,
     serving: AtomicBool,
-    /// Moves on every start and stop: a ticket from before is void.
+    /// Moves on every start, stop, clear and void: a ticket from before
+    /// is void.
     epoch: AtomicU64,
 }
 

@@ -753,7 +753,7 @@ mod near_cache {
         let outcome = body.await;
         // Put the slot back whatever happened, so the Cluster is as the
         // other tests found it.
-        let home = nodes[from].id.clone();
+        let (home, to_id) = (nodes[from].id.clone(), nodes[to].id.clone());
         let mut nodes = masters(CLUSTER).await;
         let home = nodes.iter().position(|n| n.id == home).unwrap();
         match nodes.iter().position(|n| n.serves(slot)) {
@@ -762,10 +762,27 @@ mod near_cache {
                 finish_move(&mut nodes, slot, owner, home).await;
             }
             _ => {
-                for node in &mut nodes {
-                    let _: () = node
-                        .query(redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg("STABLE"))
-                        .await;
+                // Stopped half-way: keys already migrated are moved back
+                // by finishing the move and reversing it.
+                let to = nodes.iter().position(|n| n.id == to_id).unwrap();
+                let moved: Vec<String> = nodes[to]
+                    .query(
+                        redis::cmd("CLUSTER")
+                            .arg("GETKEYSINSLOT")
+                            .arg(slot)
+                            .arg(100),
+                    )
+                    .await;
+                if moved.is_empty() {
+                    for node in &mut nodes {
+                        let _: () = node
+                            .query(redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg("STABLE"))
+                            .await;
+                    }
+                } else {
+                    finish_move(&mut nodes, slot, home, to).await;
+                    start_move(&mut nodes, slot, to, home).await;
+                    finish_move(&mut nodes, slot, to, home).await;
                 }
             }
         }

@@ -176,8 +176,9 @@ fn slot_of(key: &[u8]) -> u16 {
 /// every ticket taken before is voided: no copy of it is cached.
 /// `MOVED` also means the slot map this generation was built on is stale:
 /// the cache stops at once and a new subscription is asked for. The
-/// others do not: `ASK` (a slot being migrated: the key is already on
-/// the importing node, and was deleted here, which invalidated it) and
+/// others do not: `ASK` (a slot being migrated, and the key not here:
+/// moved to the importing node, and deleted here, which invalidated it,
+/// or never here) and
 /// `TRYAGAIN`/`CLUSTERDOWN` (a passing state) leave the map as it was,
 /// and restarting on each would reconnect to every master for the length
 /// of a migration.
@@ -321,9 +322,10 @@ pub(super) async fn track(target: Target, keys: String, cache: Arc<NearCache>, l
                 let began = std::time::Instant::now();
                 let why = watch(&tracked, map.as_ref(), &mut lost).await;
                 // A generation that served a while starts the next one
-                // soon; one that ended at once (a Cluster still settling
-                // after a move) backs off like a failed subscription.
-                if began.elapsed() >= HEARTBEAT {
+                // soon; one its first heartbeats ended (a Cluster still
+                // settling after a move, nodes that disagree on the map)
+                // backs off like a failed subscription, up to 2 s.
+                if began.elapsed() > HEARTBEAT * 3 {
                     backoff = Duration::from_millis(50);
                 }
                 cache.stop();
@@ -530,8 +532,8 @@ async fn subscribe_all(
     }
 }
 
-/// Until a connection closes, a ping goes unanswered, a command is
-/// redirected or (on a Cluster) the slot map changes: why it ended.
+/// Until a connection closes, a ping goes unanswered or (on a Cluster) a
+/// command meets `MOVED` or the slot map changes: why it ended.
 async fn watch(
     tracked: &Tracked,
     map: Option<&SlotMap>,
@@ -540,7 +542,7 @@ async fn watch(
     let mut asked = 0usize;
     loop {
         tokio::select! {
-            _ = lost.recv() => return "a connection closed, or a command was redirected",
+            _ = lost.recv() => return "a connection closed, or a command met MOVED",
             () = tokio::time::sleep(HEARTBEAT) => {}
         }
         let pings = async {
