@@ -100,6 +100,20 @@ async fn within<T>(
     op: &'static str,
     fut: impl Future<Output = Result<T>>,
 ) -> Result<T> {
+    // A call that is done at its first poll (a near-cache hit, the memory
+    // store) needs no timer: arming one reads the clock and registers an
+    // entry with Tokio's timer, on every cached request.
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match fut.as_mut().poll(cx) {
+            std::task::Poll::Ready(out) => Some(out),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await;
+    if let Some(out) = first {
+        return out;
+    }
     match tokio::time::timeout(limit, fut).await {
         Ok(out) => out,
         Err(_) => {
