@@ -3,6 +3,8 @@
 //! serve it on loopback exactly as `main` does.
 
 #![deny(missing_docs)]
+// Outside tests, a failure is an error the operator reads, never a panic.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod account;
 mod accounts_sql;

@@ -1,5 +1,8 @@
 //! `cargo run --release -p keyfob-demo`: see `docs/demo-http.md`.
 
+// Outside tests, a failure is an error the operator reads, never a panic.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;

@@ -70,6 +70,9 @@
 
 #![deny(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
+// No panic on a request path or on user configuration: outside tests, a
+// failure is an `Error` (clippy runs in CI with `-D warnings`).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 // docs.rs (see Cargo.toml) marks every feature-gated item with its feature.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
