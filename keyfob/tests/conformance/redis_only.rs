@@ -629,6 +629,17 @@ mod near_cache {
         }
     }
 
+    /// Up to 100 of the keys `node` holds in `slot`.
+    async fn keys_in_slot(node: &mut Node, slot: u16) -> Vec<String> {
+        node.query(
+            redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(100),
+        )
+        .await
+    }
+
     fn setslot(slot: u16, state: &str, id: &str) -> Cmd {
         let mut c = redis::cmd("CLUSTER");
         c.arg("SETSLOT").arg(slot).arg(state).arg(id);
@@ -644,14 +655,7 @@ mod near_cache {
         let _: () = nodes[to].query(&setslot(slot, "IMPORTING", &from_id)).await;
         let _: () = nodes[from].query(&setslot(slot, "MIGRATING", &to_id)).await;
         loop {
-            let keys: Vec<String> = nodes[from]
-                .query(
-                    redis::cmd("CLUSTER")
-                        .arg("GETKEYSINSLOT")
-                        .arg(slot)
-                        .arg(100),
-                )
-                .await;
+            let keys = keys_in_slot(&mut nodes[from], slot).await;
             if keys.is_empty() {
                 break;
             }
@@ -706,10 +710,14 @@ mod near_cache {
             here.create(&h, &record(now)).await.unwrap();
             let v1 = here.load(&h, now).await.unwrap().unwrap().version();
             // A session elsewhere, cached: it must stay served throughout.
-            let other = (20u8..)
-                .map(|b| Handle::from_bytes([b; 32]))
-                .find(|o| !nodes[from].serves(slot_of_local(&format!("{prefix}:s:{o}"))))
-                .unwrap();
+            let mut other = Handle::from_bytes([20; 32]);
+            for b in 20u8.. {
+                other = Handle::from_bytes([b; 32]);
+                let its = slot_of(&mut nodes[0], &format!("{prefix}:s:{other}")).await;
+                if !nodes[from].serves(its) {
+                    break;
+                }
+            }
             here.create(&other, &record(now)).await.unwrap();
             assert!(here.load(&other, now).await.unwrap().is_some());
             // The new owner knows none of keyfob's scripts.
@@ -765,15 +773,7 @@ mod near_cache {
                 // Stopped half-way: keys already migrated are moved back
                 // by finishing the move and reversing it.
                 let to = nodes.iter().position(|n| n.id == to_id).unwrap();
-                let moved: Vec<String> = nodes[to]
-                    .query(
-                        redis::cmd("CLUSTER")
-                            .arg("GETKEYSINSLOT")
-                            .arg(slot)
-                            .arg(100),
-                    )
-                    .await;
-                if moved.is_empty() {
+                if keys_in_slot(&mut nodes[to], slot).await.is_empty() {
                     for node in &mut nodes {
                         let _: () = node
                             .query(redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg("STABLE"))
@@ -789,22 +789,6 @@ mod near_cache {
         if let Err(e) = outcome {
             std::panic::resume_unwind(e.into_panic());
         }
-    }
-
-    /// The hash slot of a key (CRC16/XMODEM, no hash tags in these keys).
-    fn slot_of_local(key: &str) -> u16 {
-        let mut crc: u16 = 0;
-        for &b in key.as_bytes() {
-            crc ^= u16::from(b) << 8;
-            for _ in 0..8 {
-                crc = if crc & 0x8000 != 0 {
-                    (crc << 1) ^ 0x1021
-                } else {
-                    crc << 1
-                };
-            }
-        }
-        crc % 16_384
     }
 
     both!(

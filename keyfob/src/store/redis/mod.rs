@@ -596,7 +596,7 @@ impl RedisStore {
         for (k, v) in fields {
             call.arg(k).arg(v);
         }
-        let stored: i64 = invoke(&call, &mut conn).await.map_err(Error::store)?;
+        let stored: i64 = call.invoke_async(&mut conn).await.map_err(Error::store)?;
         let created = if stored == 1 {
             Created::Stored
         } else {
@@ -663,7 +663,7 @@ impl RedisStore {
         for (key, value) in update.changes.ops() {
             call.arg(key).arg(value.map_or("", RawValue::get));
         }
-        let reply: Vec<Vec<u8>> = invoke(&call, &mut conn).await.map_err(Error::store)?;
+        let reply: Vec<Vec<u8>> = call.invoke_async(&mut conn).await.map_err(Error::store)?;
         let status = reply.first().map(|s| s.as_slice());
         match status {
             Some(b"1") => {
@@ -747,7 +747,11 @@ impl RedisStore {
     async fn delete_inner(&self, handle: &Handle) -> Result<bool> {
         let key = self.session_key(handle);
         let (mut conn, _) = self.session_conn(&key);
-        let reply: Vec<Vec<u8>> = invoke(&self.scripts.delete.key(key), &mut conn)
+        let reply: Vec<Vec<u8>> = self
+            .scripts
+            .delete
+            .key(key)
+            .invoke_async(&mut conn)
             .await
             .map_err(Error::store)?;
         if reply.first().map(Vec::as_slice) != Some(b"1") {
@@ -756,24 +760,6 @@ impl RedisStore {
         self.unindex(text(reply.get(1)), &[handle.to_string()])
             .await?;
         Ok(true)
-    }
-}
-
-/// Runs a script on a session key. A near cache's tracking connection may
-/// be redirected between the `SCRIPT LOAD` that answers a first `NOSCRIPT`
-/// and the second `EVALSHA` (a slot moving just then), which then meets
-/// another node without the script; by then the connection sends
-/// everything through the cluster connection, whose `SCRIPT LOAD` reaches
-/// every master, so one more attempt settles it.
-async fn invoke<T: redis::FromRedisValue>(
-    call: &redis::ScriptInvocation<'_>,
-    conn: &mut Conn,
-) -> redis::RedisResult<T> {
-    match call.invoke_async(conn).await {
-        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            call.invoke_async(conn).await
-        }
-        done => done,
     }
 }
 

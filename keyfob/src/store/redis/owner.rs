@@ -39,7 +39,7 @@ impl RedisStore {
         // A tombstone may point to a session rotated again: follow a few hops.
         for _ in 0..4 {
             let (mut conn, _) = self.session_conn(&key);
-            let reply = super::invoke(&self.scripts.revoke.key(&key), &mut conn).await;
+            let reply = self.scripts.revoke.key(&key).invoke_async(&mut conn).await;
             // After the delete (a load racing it cannot leave a copy): this
             // process sees its own revocation on its next request.
             if let (Some(cache), Ok(h)) = (self.near(), at.parse::<Handle>()) {

@@ -114,14 +114,17 @@ pub(super) enum Target {
 /// The tracking connections while they are up: the store sends its
 /// session reads and writes through them, so Redis tracks what it reads
 /// and does not echo back what it writes.
-pub(super) type Live = Arc<Mutex<Option<Tracked>>>;
+pub(super) type Live = Arc<Mutex<Option<Arc<Tracked>>>>;
 
-#[derive(Clone)]
+/// One generation of tracking connections (one subscription), shared by
+/// the store's operations on it.
 pub(super) struct Tracked {
-    nodes: Arc<[MultiplexedConnection]>,
+    nodes: Box<[MultiplexedConnection]>,
     /// On a Cluster, the index in `nodes` of each hash slot's master
     /// ([`NO_NODE`] for a slot no master serves); empty on a single server.
     owners: Arc<[u16]>,
+    /// On a Cluster, the store's cluster connection, for what a node
+    /// redirects and for script loads.
     fallback: Option<ClusterConnection>,
     cache: Arc<NearCache>,
     lost: UnboundedSender<()>,
@@ -136,7 +139,7 @@ impl Tracked {
     /// The tracking connection of the node that serves `key`, or `None`
     /// (a slot no master serves: the store's own connection takes it,
     /// and what it reads is not cached).
-    pub(super) fn conn_for(&self, key: &str) -> Option<TrackedConn> {
+    pub(super) fn conn_for(self: &Arc<Self>, key: &str) -> Option<TrackedConn> {
         let node = if self.owners.is_empty() {
             0
         } else {
@@ -144,11 +147,7 @@ impl Tracked {
         };
         Some(TrackedConn {
             conn: self.nodes.get(usize::from(node))?.clone(),
-            fallback: self.fallback.clone(),
-            cache: self.cache.clone(),
-            lost: self.lost.clone(),
-            serial: self.serial,
-            serials: self.serials.clone(),
+            generation: self.clone(),
             diverted: false,
         })
     }
@@ -170,28 +169,40 @@ fn slot_of(key: &[u8]) -> u16 {
 /// one store operation. A reply that says the key is not served here
 /// (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`: the command did not run)
 /// sends the command again through the store's cluster connection, which
-/// follows the redirect, and so every later command of the operation (a
-/// script's `SCRIPT LOAD` and second `EVALSHA` on a node that did not
-/// know it). What the operation then reads or writes is not tracked, so
-/// every ticket taken before is voided: no copy of it is cached.
+/// follows the redirect, and so every later command of the operation.
+/// What the operation then reads or writes is not tracked, so every
+/// ticket taken before is voided: no copy of it is cached.
+///
 /// `MOVED` also means the slot map this generation was built on is stale:
 /// the cache stops at once and a new subscription is asked for. The
 /// others do not: `ASK` (a slot being migrated, and the key not here:
 /// moved to the importing node, and deleted here, which invalidated it,
-/// or never here) and
-/// `TRYAGAIN`/`CLUSTERDOWN` (a passing state) leave the map as it was,
-/// and restarting on each would reconnect to every master for the length
-/// of a migration.
+/// or never here) and `TRYAGAIN`/`CLUSTERDOWN` (a passing state) leave the
+/// map as it was, and restarting on each would reconnect to every master
+/// for the length of a migration.
+///
+/// On a Cluster a script load (`SCRIPT LOAD`, after a `NOSCRIPT`) always
+/// goes through the cluster connection, which sends it to every master:
+/// the script's second `EVALSHA` then finds it wherever a redirect, then
+/// or later, takes it.
 #[derive(Clone)]
 pub(super) struct TrackedConn {
     conn: MultiplexedConnection,
-    fallback: Option<ClusterConnection>,
-    cache: Arc<NearCache>,
-    lost: UnboundedSender<()>,
-    serial: u64,
-    serials: Arc<AtomicU64>,
+    generation: Arc<Tracked>,
     /// Redirected once: the rest of the operation goes to the fallback.
     diverted: bool,
+}
+
+/// Whether `cmd` is `SCRIPT LOAD`.
+fn loads_a_script(cmd: &Cmd) -> bool {
+    let mut words = cmd.args_iter().map(|a| match a {
+        redis::Arg::Simple(word) => word,
+        _ => &[],
+    });
+    matches!(
+        (words.next(), words.next()),
+        (Some(a), Some(b)) if a.eq_ignore_ascii_case(b"SCRIPT") && b.eq_ignore_ascii_case(b"LOAD")
+    )
 }
 
 /// The cluster redirect a reply is, if any.
@@ -211,18 +222,19 @@ impl TrackedConn {
         let Some(code) = redirect(reply) else {
             return false;
         };
-        if self.fallback.is_none() {
+        let g = &*self.generation;
+        if g.fallback.is_none() {
             return false;
         }
         self.diverted = true;
         // Only this generation's own redirect may stop the cache: a late
         // one from an abandoned generation would stop its successor with
         // nothing left to start it again.
-        if code == "MOVED" && self.serials.load(Ordering::SeqCst) == self.serial {
-            self.cache.stop();
-            let _ = self.lost.send(());
+        if code == "MOVED" && g.serials.load(Ordering::SeqCst) == g.serial {
+            g.cache.stop();
+            let _ = g.lost.send(());
         } else {
-            self.cache.void();
+            g.cache.void();
         }
         true
     }
@@ -231,14 +243,15 @@ impl TrackedConn {
 impl ConnectionLike for TrackedConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            if !self.diverted {
+            let cluster = self.generation.fallback.is_some();
+            if !(self.diverted || cluster && loads_a_script(cmd)) {
                 let reply = self.conn.req_packed_command(cmd).await;
                 if !self.redirected(&reply) {
                     return reply;
                 }
             }
-            match &mut self.fallback {
-                Some(cluster) => cluster.req_packed_command(cmd).await,
+            match self.generation.fallback.clone() {
+                Some(mut cluster) => cluster.req_packed_command(cmd).await,
                 None => self.conn.req_packed_command(cmd).await,
             }
         })
@@ -302,7 +315,7 @@ pub(super) async fn track(target: Target, keys: String, cache: Arc<NearCache>, l
                 .unwrap_or_else(|_| Err(Failure::Transient("timed out".into())));
         match subscribed {
             Ok((nodes, map)) => {
-                let tracked = Tracked {
+                let tracked = Arc::new(Tracked {
                     nodes: nodes.into(),
                     owners: map
                         .as_ref()
@@ -315,7 +328,7 @@ pub(super) async fn track(target: Target, keys: String, cache: Arc<NearCache>, l
                     lost: lost_tx,
                     serial,
                     serials: serials.clone(),
-                };
+                });
                 set(&live, Some(tracked.clone()));
                 cache.start();
                 warned = false;
@@ -357,7 +370,7 @@ pub(super) async fn track(target: Target, keys: String, cache: Arc<NearCache>, l
     }
 }
 
-fn set(live: &Live, tracked: Option<Tracked>) {
+fn set(live: &Live, tracked: Option<Arc<Tracked>>) {
     if let Ok(mut s) = live.lock() {
         *s = tracked;
     }
@@ -718,6 +731,22 @@ mod tests {
             &push(PushKind::Invalidate, vec![Value::Nil]),
         );
         assert!(!cached(&cache, &b));
+    }
+
+    #[test]
+    fn only_script_load_is_taken_for_a_script_load() {
+        let words = |w: &[&str]| {
+            let mut c = redis::Cmd::new();
+            for x in w {
+                c.arg(*x);
+            }
+            loads_a_script(&c)
+        };
+        assert!(words(&["SCRIPT", "LOAD", "return 1"]));
+        assert!(words(&["script", "load", "return 1"]));
+        assert!(!words(&["SCRIPT", "FLUSH"]));
+        assert!(!words(&["EVALSHA", "abc", "1", "k"]));
+        assert!(!words(&["SCRIPT"]));
     }
 
     #[test]
