@@ -182,7 +182,7 @@ pub async fn revoke_all(session: &Session) -> Result<u64> {
     let Some((owner, _)) = owned(session).await? else {
         return Ok(0);
     };
-    let n = revoke_all_of(&*session.shared().store, &owner).await?;
+    let n = revoke_all_of(&session.shared().store, &owner).await?;
     session.delete().await?;
     Ok(n)
 }

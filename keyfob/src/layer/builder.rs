@@ -417,8 +417,10 @@ impl SessionLayerBuilder {
     }
 
     pub(super) fn into_shared(self) -> Shared {
+        let store = Timed::new(self.store, self.store_timeout);
         Shared {
-            store: Arc::new(Timed::new(self.store, self.store_timeout)),
+            store_dyn: Arc::new(store.clone()),
+            store,
             cookie: self.cookie,
             policy: self.policy,
             clock: self.clock,

@@ -147,7 +147,7 @@ impl SessionLayer {
     /// (listing and revoking sessions, health checks). For cookie sessions,
     /// the revocation store (one that keeps nothing when none was given).
     pub fn store(&self) -> &Arc<dyn SessionStore> {
-        &self.shared.store
+        &self.shared.store_dyn
     }
 }
 

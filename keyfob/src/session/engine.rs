@@ -20,7 +20,7 @@ use crate::{
     id::{Handle, SessionId},
     keys::Keyring,
     record::{reserved, ChangeSet, Data, Record, Update},
-    store::{Created, SessionStore, Updated},
+    store::{timeout::Timed, Created, SessionStore, Updated},
 };
 
 use super::{Session, State};
@@ -28,7 +28,10 @@ use super::{Session, State};
 /// What the layer holds for every session: store, cookie and expiry settings.
 pub(crate) struct Shared {
     /// The server-side store; for cookie sessions, their revocation store.
-    pub(crate) store: Arc<dyn SessionStore>,
+    /// The engine calls it directly (unboxed, observed calls).
+    pub(crate) store: Timed,
+    /// The same, for [`SessionLayer::store`](crate::SessionLayer::store).
+    pub(crate) store_dyn: Arc<dyn SessionStore>,
     pub(crate) cookie: CookieConfig,
     pub(crate) policy: Policy,
     pub(crate) clock: Arc<dyn Clock>,

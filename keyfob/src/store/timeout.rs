@@ -37,62 +37,208 @@ use crate::{
 };
 
 /// The store the engine calls: the app's store under a time limit.
+///
+/// The engine calls the inherent methods below, which return unboxed
+/// futures; the [`SessionStore`] impl (boxed, as the trait requires) is for
+/// [`SessionLayer::store`](crate::SessionLayer::store) and the cookie
+/// sessions' revocation store.
+#[derive(Clone)]
 pub(crate) struct Timed {
     inner: Arc<dyn SessionStore>,
     limit: Option<StdDuration>,
     kind: &'static str,
+    /// Metric keys, built once: the `histogram!` macro builds one per call
+    /// (a label vector: an allocation and a free per store call).
+    keys: Arc<Keys>,
 }
+
+/// The store operations, in the order of [`Keys`]' rows.
+#[derive(Clone, Copy)]
+enum Op {
+    Load,
+    Create,
+    Update,
+    Delete,
+    DeleteExpired,
+    ListByOwner,
+    DeleteByOwner,
+    HoldsExpired,
+}
+
+impl Op {
+    const ALL: [Op; 8] = [
+        Op::Load,
+        Op::Create,
+        Op::Update,
+        Op::Delete,
+        Op::DeleteExpired,
+        Op::ListByOwner,
+        Op::DeleteByOwner,
+        Op::HoldsExpired,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Op::Load => "load",
+            Op::Create => "create",
+            Op::Update => "update",
+            Op::Delete => "delete",
+            Op::DeleteExpired => "delete_expired",
+            Op::ListByOwner => "list_by_owner",
+            Op::DeleteByOwner => "delete_by_owner",
+            Op::HoldsExpired => "holds_expired",
+        }
+    }
+}
+
+/// The `outcome` label's values; [`Timed::observed`] indexes them.
+const OUTCOMES: [&str; 4] = ["ok", "error", "timeout", "unsupported"];
+const TIMEOUT: usize = 2;
+
+/// `keyfob_store_duration_seconds{store, op, outcome}` for every op and
+/// outcome, and `keyfob_store_timeouts_total{store, op}` for every op.
+struct Keys {
+    duration: Vec<metrics::Key>,
+    timeouts: Vec<metrics::Key>,
+}
+
+impl Keys {
+    fn new(store: &'static str) -> Self {
+        let label = metrics::Label::from_static_parts;
+        let duration = Op::ALL
+            .iter()
+            .flat_map(|op| {
+                OUTCOMES.iter().map(move |outcome| {
+                    metrics::Key::from_parts(
+                        "keyfob_store_duration_seconds",
+                        vec![
+                            label("store", store),
+                            label("op", op.name()),
+                            label("outcome", outcome),
+                        ],
+                    )
+                })
+            })
+            .collect();
+        let timeouts = Op::ALL
+            .iter()
+            .map(|op| {
+                metrics::Key::from_parts(
+                    "keyfob_store_timeouts_total",
+                    vec![label("store", store), label("op", op.name())],
+                )
+            })
+            .collect();
+        Keys { duration, timeouts }
+    }
+}
+
+/// What the `metrics` macros would pass: this module, at info level.
+static METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
 impl Timed {
     pub(crate) fn new(inner: Arc<dyn SessionStore>, limit: Option<StdDuration>) -> Self {
         let kind = inner.kind();
-        Timed { inner, limit, kind }
+        Timed {
+            inner,
+            limit,
+            kind,
+            keys: Arc::new(Keys::new(kind)),
+        }
     }
 
-    fn bound<'a, T: Send + 'a>(
+    /// Runs one store call under the limit and observes it: a
+    /// `keyfob.store` span (when a subscriber wants it) and the metrics.
+    async fn observed<T>(&self, op: Op, fut: BoxFuture<'_, Result<T>>) -> Result<T> {
+        let span = tracing::debug_span!(
+            "keyfob.store",
+            store = self.kind,
+            op = op.name(),
+            outcome = tracing::field::Empty,
+            duration_us = tracing::field::Empty
+        );
+        // No subscriber wants the span: skip entering it at every poll and
+        // recording into it (each a call through `tracing`'s dispatch).
+        let traced = !span.is_disabled();
+        let started = Instant::now();
+        let out = match (self.limit, traced) {
+            (None, false) => fut.await,
+            (None, true) => fut.instrument(span.clone()).await,
+            (Some(limit), false) => within(limit, op.name(), fut).await,
+            (Some(limit), true) => within(limit, op.name(), fut.instrument(span.clone())).await,
+        };
+        let elapsed = started.elapsed();
+        let outcome = match &out {
+            Ok(_) => 0,
+            Err(e) if e.kind() == ErrorKind::Timeout => TIMEOUT,
+            // A capability the store lacks (no owner index), not a failure.
+            Err(e) if e.kind() == ErrorKind::Unsupported => 3,
+            Err(_) => 1,
+        };
+        if traced {
+            span.record("outcome", OUTCOMES[outcome]);
+            span.record("duration_us", elapsed.as_micros() as u64);
+        }
+        let row = op as usize;
+        let keys = &self.keys;
+        metrics::with_recorder(|r| {
+            let key = &keys.duration[row * OUTCOMES.len() + outcome];
+            r.register_histogram(key, &METADATA)
+                .record(elapsed.as_secs_f64());
+            if outcome == TIMEOUT {
+                r.register_counter(&keys.timeouts[row], &METADATA)
+                    .increment(1);
+            }
+        });
+        out
+    }
+
+    pub(crate) async fn load(
         &self,
-        op: &'static str,
-        fut: BoxFuture<'a, Result<T>>,
-    ) -> BoxFuture<'a, Result<T>> {
-        Box::pin(observed(self.kind, op, self.limit, fut))
+        handle: &Handle,
+        now: OffsetDateTime,
+    ) -> Result<Option<Arc<Record>>> {
+        self.observed(Op::Load, self.inner.load(handle, now)).await
     }
-}
 
-/// Runs one store call under the limit, in a span, and records its outcome.
-async fn observed<T>(
-    store: &'static str,
-    op: &'static str,
-    limit: Option<StdDuration>,
-    fut: BoxFuture<'_, Result<T>>,
-) -> Result<T> {
-    let span = tracing::debug_span!(
-        "keyfob.store",
-        store,
-        op,
-        outcome = tracing::field::Empty,
-        duration_us = tracing::field::Empty
-    );
-    let started = Instant::now();
-    let out = match limit {
-        None => fut.instrument(span.clone()).await,
-        Some(limit) => within(limit, op, fut.instrument(span.clone())).await,
-    };
-    let elapsed = started.elapsed();
-    let outcome = match &out {
-        Ok(_) => "ok",
-        Err(e) if e.kind() == ErrorKind::Timeout => "timeout",
-        // A capability the store lacks (no owner index), not a failure.
-        Err(e) if e.kind() == ErrorKind::Unsupported => "unsupported",
-        Err(_) => "error",
-    };
-    span.record("outcome", outcome);
-    span.record("duration_us", elapsed.as_micros() as u64);
-    metrics::histogram!("keyfob_store_duration_seconds", "store" => store, "op" => op, "outcome" => outcome)
-        .record(elapsed.as_secs_f64());
-    if outcome == "timeout" {
-        metrics::counter!("keyfob_store_timeouts_total", "store" => store, "op" => op).increment(1);
+    pub(crate) async fn create(&self, handle: &Handle, record: &Record) -> Result<Created> {
+        self.observed(Op::Create, self.inner.create(handle, record))
+            .await
     }
-    out
+
+    pub(crate) async fn update(
+        &self,
+        handle: &Handle,
+        update: &Update,
+        now: OffsetDateTime,
+    ) -> Result<Updated> {
+        self.observed(Op::Update, self.inner.update(handle, update, now))
+            .await
+    }
+
+    pub(crate) async fn delete(&self, handle: &Handle) -> Result<bool> {
+        self.observed(Op::Delete, self.inner.delete(handle)).await
+    }
+
+    pub(crate) async fn list_by_owner(
+        &self,
+        owner: &str,
+        now: OffsetDateTime,
+        limit: usize,
+    ) -> Result<Vec<OwnedSession>> {
+        self.observed(Op::ListByOwner, self.inner.list_by_owner(owner, now, limit))
+            .await
+    }
+
+    pub(crate) async fn holds_expired(&self, handle: &Handle, now: OffsetDateTime) -> Result<bool> {
+        self.observed(Op::HoldsExpired, self.inner.holds_expired(handle, now))
+            .await
+    }
+
+    pub(crate) fn update_uses_base(&self) -> bool {
+        self.inner.update_uses_base()
+    }
 }
 
 async fn within<T>(
@@ -137,14 +283,14 @@ impl SessionStore for Timed {
         handle: &'a Handle,
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<Option<Arc<Record>>>> {
-        self.bound("load", self.inner.load(handle, now))
+        Box::pin(Timed::load(self, handle, now))
     }
     fn create<'a>(
         &'a self,
         handle: &'a Handle,
         record: &'a Record,
     ) -> BoxFuture<'a, Result<Created>> {
-        self.bound("create", self.inner.create(handle, record))
+        Box::pin(Timed::create(self, handle, record))
     }
     fn update<'a>(
         &'a self,
@@ -152,13 +298,13 @@ impl SessionStore for Timed {
         update: &'a Update,
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<Updated>> {
-        self.bound("update", self.inner.update(handle, update, now))
+        Box::pin(Timed::update(self, handle, update, now))
     }
     fn delete<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Result<bool>> {
-        self.bound("delete", self.inner.delete(handle))
+        Box::pin(Timed::delete(self, handle))
     }
     fn delete_expired(&self, now: OffsetDateTime, batch: usize) -> BoxFuture<'_, Result<u64>> {
-        self.bound("delete_expired", self.inner.delete_expired(now, batch))
+        Box::pin(self.observed(Op::DeleteExpired, self.inner.delete_expired(now, batch)))
     }
     fn list_by_owner<'a>(
         &'a self,
@@ -166,17 +312,17 @@ impl SessionStore for Timed {
         now: OffsetDateTime,
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<OwnedSession>>> {
-        self.bound("list_by_owner", self.inner.list_by_owner(owner, now, limit))
+        Box::pin(Timed::list_by_owner(self, owner, now, limit))
     }
     fn delete_by_owner<'a>(
         &'a self,
         owner: &'a str,
         keep: Option<&'a Handle>,
     ) -> BoxFuture<'a, Result<u64>> {
-        self.bound("delete_by_owner", self.inner.delete_by_owner(owner, keep))
+        Box::pin(self.observed(Op::DeleteByOwner, self.inner.delete_by_owner(owner, keep)))
     }
     fn update_uses_base(&self) -> bool {
-        self.inner.update_uses_base()
+        Timed::update_uses_base(self)
     }
     fn kind(&self) -> &'static str {
         self.kind
@@ -186,7 +332,7 @@ impl SessionStore for Timed {
         handle: &'a Handle,
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<bool>> {
-        self.bound("holds_expired", self.inner.holds_expired(handle, now))
+        Box::pin(Timed::holds_expired(self, handle, now))
     }
 }
 
