@@ -181,7 +181,6 @@ impl CookieConfig {
     /// The length of [`set_cookie`](Self::set_cookie)'s line for a value of
     /// `value_len` bytes, without building it: a cookie session checks its
     /// size against the browsers' limit before anything is written.
-    #[cfg_attr(not(feature = "cookie-store"), allow(dead_code))]
     pub(crate) fn set_cookie_len(&self, value_len: usize, max_age: Option<i64>) -> usize {
         let digits = |n: i64| n.max(0).checked_ilog10().map_or(1, |d| d as usize + 1);
         let mut len = self.name.len() + 1 + value_len;
@@ -207,7 +206,9 @@ impl CookieConfig {
 
     /// `Set-Cookie` for a session ID; `max_age` `None` makes a browser-session cookie.
     pub(crate) fn set_cookie(&self, value: &str, max_age: Option<i64>) -> HeaderValue {
-        let mut s = String::with_capacity(self.name.len() + value.len() + 80);
+        // Exactly the line's length: a `String` with spare capacity costs
+        // `Bytes` a second allocation when it becomes the header value.
+        let mut s = String::with_capacity(self.set_cookie_len(value.len(), max_age));
         s.push_str(&self.name);
         s.push('=');
         s.push_str(value);

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, ErrorKind};
 
 const ID_LEN: usize = 32;
-const ENCODED_LEN: usize = 43;
+pub(crate) const ENCODED_LEN: usize = 43;
 
 /// `N` bytes from the operating system's CSPRNG: the one source of every
 /// secret keyfob makes (session IDs, keys, nonces, CSRF secrets). A failure
@@ -23,12 +23,25 @@ pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], Error> {
 }
 
 /// A session ID: the secret that the cookie carries. Crate-private by design.
+///
+/// It carries its handle, hashed once when the ID is made: a request that
+/// loads and saves its session asks for the handle at least twice.
 #[derive(Clone, PartialEq, Eq)]
-pub(crate) struct SessionId([u8; ID_LEN]);
+pub(crate) struct SessionId {
+    secret: [u8; ID_LEN],
+    handle: Handle,
+}
 
 impl SessionId {
+    fn new(secret: [u8; ID_LEN]) -> Self {
+        SessionId {
+            secret,
+            handle: Handle(Sha256::digest(secret).into()),
+        }
+    }
+
     pub(crate) fn generate() -> Result<Self, Error> {
-        Ok(SessionId(random_bytes()?))
+        Ok(SessionId::new(random_bytes()?))
     }
 
     /// Parses a cookie value; `None` unless it is exactly a canonical ID.
@@ -40,17 +53,26 @@ impl SessionId {
         // `decode_slice` rejects non-canonical trailing bits with the default
         // engine config, so one ID has exactly one accepted spelling.
         match URL_SAFE_NO_PAD.decode_slice(value, &mut bytes) {
-            Ok(ID_LEN) => Some(SessionId(bytes)),
+            Ok(ID_LEN) => Some(SessionId::new(bytes)),
             _ => None,
         }
     }
 
     pub(crate) fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(self.0)
+        URL_SAFE_NO_PAD.encode(self.secret)
+    }
+
+    /// The cookie form written into `buf`, with no allocation.
+    pub(crate) fn encode_into<'b>(&self, buf: &'b mut [u8; ENCODED_LEN]) -> &'b str {
+        match URL_SAFE_NO_PAD.encode_slice(self.secret, buf) {
+            // base64url output is ASCII.
+            Ok(ENCODED_LEN) => std::str::from_utf8(buf).unwrap_or_default(),
+            _ => "",
+        }
     }
 
     pub(crate) fn handle(&self) -> Handle {
-        Handle(Sha256::digest(self.0).into())
+        self.handle
     }
 }
 
@@ -225,6 +247,22 @@ mod tests {
     fn handle_never_parses_as_an_id() {
         let id = SessionId::generate().unwrap();
         assert_eq!(SessionId::parse(id.handle().to_string().as_bytes()), None);
+    }
+
+    #[test]
+    fn the_handle_is_the_sha256_of_the_secret_whichever_way_the_id_was_made() {
+        let made = SessionId::generate().unwrap();
+        let parsed = SessionId::parse(made.encode().as_bytes()).unwrap();
+        let expected = Handle(Sha256::digest(made.secret).into());
+        assert_eq!(made.handle(), expected);
+        assert_eq!(parsed.handle(), expected);
+    }
+
+    #[test]
+    fn encode_into_writes_the_cookie_form() {
+        let id = SessionId::generate().unwrap();
+        let mut buf = [0; ENCODED_LEN];
+        assert_eq!(id.encode_into(&mut buf), id.encode());
     }
 
     #[test]

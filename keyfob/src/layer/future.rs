@@ -124,16 +124,16 @@ fn apply_cookie<B: From<&'static str>>(
     let cookie = &shared.cookie;
     let value = match out {
         CookieOut::Keep => None,
-        CookieOut::Set { id, max_age } => {
-            let value = match &shared.signed_ids {
-                Some(keys) => match keys.tag_id(&cookie.name, &id.encode()) {
-                    Ok(v) => v,
-                    Err(err) => return error_response(&err),
-                },
-                None => id.encode(),
-            };
-            Some(cookie.set_cookie(&value, max_age))
-        }
+        CookieOut::Set { id, max_age } => match &shared.signed_ids {
+            Some(keys) => match keys.tag_id(&cookie.name, &id.encode()) {
+                Ok(value) => Some(cookie.set_cookie(&value, max_age)),
+                Err(err) => return error_response(&err),
+            },
+            None => {
+                let mut buf = [0; crate::id::ENCODED_LEN];
+                Some(cookie.set_cookie(id.encode_into(&mut buf), max_age))
+            }
+        },
         #[cfg(feature = "cookie-store")]
         CookieOut::Sealed { value, max_age } => Some(cookie.set_cookie(&value, max_age)),
         CookieOut::Remove => Some(cookie.removal()),
