@@ -3,7 +3,7 @@
 //! (The rules, caveats and examples are on the public type below,
 //! where docs.rs shows them: this module is private.)
 
-use std::{fmt, str::FromStr};
+use std::{fmt, str::FromStr, sync::OnceLock};
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use sha2::{Digest, Sha256};
@@ -24,19 +24,30 @@ pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], Error> {
 
 /// A session ID: the secret that the cookie carries. Crate-private by design.
 ///
-/// It carries its handle, hashed once when the ID is made: a request that
-/// loads and saves its session asks for the handle at least twice.
-#[derive(Clone, PartialEq, Eq)]
+/// It keeps its handle once hashed: a request that loads and saves its
+/// session asks for it at least twice. Hashed on first use, not when the
+/// cookie is parsed: the layer parses the cookie of every request, and most
+/// handlers behind it may never open the session.
+#[derive(Clone)]
 pub(crate) struct SessionId {
     secret: [u8; ID_LEN],
-    handle: Handle,
+    handle: OnceLock<Handle>,
 }
+
+impl PartialEq for SessionId {
+    fn eq(&self, other: &Self) -> bool {
+        // The handle follows from the secret.
+        self.secret == other.secret
+    }
+}
+
+impl Eq for SessionId {}
 
 impl SessionId {
     fn new(secret: [u8; ID_LEN]) -> Self {
         SessionId {
             secret,
-            handle: Handle(Sha256::digest(secret).into()),
+            handle: OnceLock::new(),
         }
     }
 
@@ -62,17 +73,20 @@ impl SessionId {
         URL_SAFE_NO_PAD.encode(self.secret)
     }
 
-    /// The cookie form written into `buf`, with no allocation.
-    pub(crate) fn encode_into<'b>(&self, buf: &'b mut [u8; ENCODED_LEN]) -> &'b str {
+    /// The cookie form written into `buf`, with no allocation; `None` only
+    /// if the encoder disagreed about the length (then use [`Self::encode`]).
+    pub(crate) fn encode_into<'b>(&self, buf: &'b mut [u8; ENCODED_LEN]) -> Option<&'b str> {
         match URL_SAFE_NO_PAD.encode_slice(self.secret, buf) {
             // base64url output is ASCII.
-            Ok(ENCODED_LEN) => std::str::from_utf8(buf).unwrap_or_default(),
-            _ => "",
+            Ok(ENCODED_LEN) => std::str::from_utf8(buf).ok(),
+            _ => None,
         }
     }
 
     pub(crate) fn handle(&self) -> Handle {
-        self.handle
+        *self
+            .handle
+            .get_or_init(|| Handle(Sha256::digest(self.secret).into()))
     }
 }
 
@@ -262,7 +276,7 @@ mod tests {
     fn encode_into_writes_the_cookie_form() {
         let id = SessionId::generate().unwrap();
         let mut buf = [0; ENCODED_LEN];
-        assert_eq!(id.encode_into(&mut buf), id.encode());
+        assert_eq!(id.encode_into(&mut buf), Some(id.encode().as_str()));
     }
 
     #[test]

@@ -131,7 +131,10 @@ fn apply_cookie<B: From<&'static str>>(
             },
             None => {
                 let mut buf = [0; crate::id::ENCODED_LEN];
-                Some(cookie.set_cookie(id.encode_into(&mut buf), max_age))
+                Some(match id.encode_into(&mut buf) {
+                    Some(value) => cookie.set_cookie(value, max_age),
+                    None => cookie.set_cookie(&id.encode(), max_age),
+                })
             }
         },
         #[cfg(feature = "cookie-store")]

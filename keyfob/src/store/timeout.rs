@@ -40,8 +40,9 @@ use crate::{
 ///
 /// The engine calls the inherent methods below, which return unboxed
 /// futures; the [`SessionStore`] impl (boxed, as the trait requires) is for
-/// [`SessionLayer::store`](crate::SessionLayer::store) and the cookie
-/// sessions' revocation store.
+/// [`SessionLayer::store`](crate::SessionLayer::store), the account
+/// functions that take a `&dyn SessionStore` (`auth::revoke_all`,
+/// `auth::revoke_others`), and the cookie sessions' revocation store.
 #[derive(Clone)]
 pub(crate) struct Timed {
     inner: Arc<dyn SessionStore>,
@@ -93,7 +94,10 @@ impl Op {
 
 /// The `outcome` label's values; [`Timed::observed`] indexes them.
 const OUTCOMES: [&str; 4] = ["ok", "error", "timeout", "unsupported"];
+const OK: usize = 0;
+const ERROR: usize = 1;
 const TIMEOUT: usize = 2;
+const UNSUPPORTED: usize = 3;
 
 /// `keyfob_store_duration_seconds{store, op, outcome}` for every op and
 /// outcome, and `keyfob_store_timeouts_total{store, op}` for every op.
@@ -158,9 +162,13 @@ impl Timed {
             outcome = tracing::field::Empty,
             duration_us = tracing::field::Empty
         );
-        // No subscriber wants the span: skip entering it at every poll and
-        // recording into it (each a call through `tracing`'s dispatch).
-        let traced = !span.is_disabled();
+        // Skip entering the span at every poll and recording into it (each
+        // a call through `tracing`'s dispatch) when nobody can see it: no
+        // subscriber enabled it, and no `log` logger takes debug records
+        // (which `tracing`'s `log` feature sends when no subscriber is set).
+        let traced = !span.is_disabled()
+            || (!tracing::dispatcher::has_been_set()
+                && log::max_level() >= log::LevelFilter::Debug);
         let started = Instant::now();
         let out = match (self.limit, traced) {
             (None, false) => fut.await,
@@ -170,11 +178,11 @@ impl Timed {
         };
         let elapsed = started.elapsed();
         let outcome = match &out {
-            Ok(_) => 0,
+            Ok(_) => OK,
             Err(e) if e.kind() == ErrorKind::Timeout => TIMEOUT,
             // A capability the store lacks (no owner index), not a failure.
-            Err(e) if e.kind() == ErrorKind::Unsupported => 3,
-            Err(_) => 1,
+            Err(e) if e.kind() == ErrorKind::Unsupported => UNSUPPORTED,
+            Err(_) => ERROR,
         };
         if traced {
             span.record("outcome", OUTCOMES[outcome]);
@@ -183,12 +191,14 @@ impl Timed {
         let row = op as usize;
         let keys = &self.keys;
         metrics::with_recorder(|r| {
-            let key = &keys.duration[row * OUTCOMES.len() + outcome];
-            r.register_histogram(key, &METADATA)
-                .record(elapsed.as_secs_f64());
+            if let Some(key) = keys.duration.get(row * OUTCOMES.len() + outcome) {
+                r.register_histogram(key, &METADATA)
+                    .record(elapsed.as_secs_f64());
+            }
             if outcome == TIMEOUT {
-                r.register_counter(&keys.timeouts[row], &METADATA)
-                    .increment(1);
+                if let Some(key) = keys.timeouts.get(row) {
+                    r.register_counter(key, &METADATA).increment(1);
+                }
             }
         });
         out
@@ -333,6 +343,39 @@ impl SessionStore for Timed {
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<bool>> {
         Box::pin(Timed::holds_expired(self, handle, now))
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    #[test]
+    fn every_op_and_outcome_has_its_metric_key_in_place() {
+        let keys = Keys::new("memory");
+        assert_eq!(keys.duration.len(), Op::ALL.len() * OUTCOMES.len());
+        assert_eq!(keys.timeouts.len(), Op::ALL.len());
+        for (i, op) in Op::ALL.iter().enumerate() {
+            assert_eq!(*op as usize, i, "Op::ALL out of order at {}", op.name());
+            for (j, outcome) in OUTCOMES.iter().enumerate() {
+                let key = &keys.duration[i * OUTCOMES.len() + j];
+                assert_eq!(key.name(), "keyfob_store_duration_seconds");
+                let labels: Vec<_> = key.labels().map(|l| (l.key(), l.value())).collect();
+                assert_eq!(
+                    labels,
+                    [
+                        ("store", "memory"),
+                        ("op", op.name()),
+                        ("outcome", *outcome)
+                    ]
+                );
+            }
+            let labels: Vec<_> = keys.timeouts[i]
+                .labels()
+                .map(|l| (l.key(), l.value()))
+                .collect();
+            assert_eq!(labels, [("store", "memory"), ("op", op.name())]);
+        }
     }
 }
 
