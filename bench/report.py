@@ -17,6 +17,31 @@ def fmt_rps(xs):
     return f"{med(xs):,.0f} ({min(xs):,.0f}–{max(xs):,.0f})" if xs else "–"
 
 
+def cpu_per_req(row):
+    """Server CPU µs per request of one run (scripts/bench's server_cpu_us), or None."""
+    for f in row.get("extra", "").split():
+        name, _, v = f.partition("=")
+        if name == "server_cpu_us" and int(row["requests"]) > 0:
+            return int(v) / int(row["requests"])
+    return None
+
+
+def cpu_ratio(num, den):
+    """Median over runs made side by side of num's CPU per request ÷ den's."""
+    rs = []
+    for i in den:
+        if i in num:
+            a, b = cpu_per_req(num[i]), cpu_per_req(den[i])
+            if a and b:
+                rs.append(a / b)
+    return f"{med(rs):.2f}× ({min(rs):.2f}–{max(rs):.2f})" if rs else "–"
+
+
+def fmt_cpu(cell):
+    xs = [c for c in (cpu_per_req(r) for r in cell.values()) if c]
+    return f"{med(xs):.2f}" if xs else "–"
+
+
 def fmt_p99(xs):
     return f"{med(xs) / 1000:.2f} ms" if xs else "–"
 
@@ -71,6 +96,21 @@ for store in stores:
         barec_r = f"{med(cratio):.2f}×" if cratio else "–"
         print(f"| `/{route}`{note} | {fmt_rps(krps)} | {fmt_p99([float(x['p99_us']) for x in k.values()])} | {fmt_rps(trps)} | {fmt_p99([float(x['p99_us']) for x in t.values()])} | {ratio} | {bare_r} | {barec_r} | {wr} |")
     print()
+    # Server CPU per request (user + system time of the server process over
+    # the run ÷ requests): what each request costs the server, whether or not
+    # wrk (on the other core) kept it saturated.
+    if any(cpu_per_req(x) for c in (k for key, k in cell.items() if key[1] == store) for x in c.values()):
+        print("| route | keyfob CPU µs / request | tower-sessions CPU µs / request | tower-sessions ÷ keyfob CPU | bare with cookie ÷ keyfob CPU |")
+        print("|---|---|---|---|---|")
+        print(f"| `/bare` (axum, no session) | {fmt_cpu(bare)} | | | |")
+        if barec:
+            print(f"| `/bare` sent a session cookie | {fmt_cpu(barec)} | | | |")
+        for route in routes:
+            k = cell.get(("http", store, route, "keyfob"), {})
+            t = cell.get(("http", store, route, "tower-sessions"), {})
+            vs_bare = cpu_ratio(barec, k) if route == "read" and barec else "–"
+            print(f"| `/{route}` | {fmt_cpu(k)} | {fmt_cpu(t)} | {cpu_ratio(t, k)} | {vs_bare} |")
+        print()
     # What each implementation cost the store, per request (scripts/bench's
     # store_counters): summed over the runs, divided by their requests.
     side = {"wal_bytes": "WAL bytes", "redo_bytes": "redo log bytes",
@@ -116,8 +156,8 @@ for store in stores:
 rss = [r for r in rows if r["kind"] == "rss"]
 if rss:
     print("### memory store: RSS per session and `/read` by store size\n")
-    print("| sessions | RSS bytes / session | data bytes / session | overhead bytes / session | `/read` req/s (min–max) | p99 |")
-    print("|---|---|---|---|---|---|")
+    print("| sessions | RSS bytes / session | data bytes / session | overhead bytes / session | `/read` req/s (min–max) | p99 | `/read` CPU µs / request |")
+    print("|---|---|---|---|---|---|---|")
     sizes = []
     for r in rss:
         if r["impl"] not in sizes:
@@ -125,5 +165,5 @@ if rss:
     for s in sizes:
         runs = [r for r in rss if r["impl"] == s]
         info = dict(f.partition("=")[::2] for f in runs[0]["extra"].split())
-        print(f"| {int(info['n']):,} | {info['bytes_per_session']} | {info['data_bytes_per_session']} | {info['overhead_per_session']} | {fmt_rps([float(r['rps']) for r in runs])} | {fmt_p99([float(r['p99_us']) for r in runs])} |")
+        print(f"| {int(info['n']):,} | {info['bytes_per_session']} | {info['data_bytes_per_session']} | {info['overhead_per_session']} | {fmt_rps([float(r['rps']) for r in runs])} | {fmt_p99([float(r['p99_us']) for r in runs])} | {fmt_cpu({r['run']: r for r in runs})} |")
     print()
