@@ -169,12 +169,16 @@ impl Timed {
         let traced = !span.is_disabled()
             || (!tracing::dispatcher::has_been_set()
                 && log::max_level() >= log::LevelFilter::Debug);
+        // (A `Span::none()` does nothing when entered, not even for `log`.)
+        let fut = fut.instrument(if traced {
+            span.clone()
+        } else {
+            tracing::Span::none()
+        });
         let started = Instant::now();
-        let out = match (self.limit, traced) {
-            (None, false) => fut.await,
-            (None, true) => fut.instrument(span.clone()).await,
-            (Some(limit), false) => within(limit, op.name(), fut).await,
-            (Some(limit), true) => within(limit, op.name(), fut.instrument(span.clone())).await,
+        let out = match self.limit {
+            None => fut.await,
+            Some(limit) => within(limit, op.name(), fut).await,
         };
         let elapsed = started.elapsed();
         let outcome = match &out {
